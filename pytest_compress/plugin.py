@@ -1,0 +1,1 @@
+"""pytest glue for pytest-compress (markers, fixtures, options, reports)."""

@@ -1,0 +1,200 @@
+"""Tensor-level quantization: the affine min/max mapping and its symmetric variant.
+
+Numerics follow PyTorch's quantization kernels: the range is widened to include 0 so
+that 0.0 is exactly representable, codes are rounded half to even and clamped to
+[qmin, qmax]. Scales are computed in float64 and stored as float32 (float64 for float64 input);
+a constant tensor gets a scale that makes its round trip exact instead of dividing
+by a zero range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MIN_BITS = 2
+MAX_BITS = 16
+
+
+def scale_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """Scales are float32, or float64 for float64 tensors so constants round-trip exactly."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """Integer codes with the parameters that map them back to real values.
+
+    ``real = (codes - zero_point) * scale``; along ``axis`` when per-channel, in which
+    case ``scale`` and ``zero_point`` have one entry per channel.
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    bits: int
+    axis: int | None
+    qmin: int
+    qmax: int
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+
+def check_bits(bits: object, *, name: str = "bits") -> int:
+    """Return ``bits`` if it is an int in [2, 16]; otherwise raise ``ValueError``."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(
+            f"{name} must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}"
+        )
+    return bits
+
+
+def quant_range(bits: int, *, symmetric: bool) -> tuple[int, int]:
+    """The integer range (qmin, qmax) of ``bits``-bit codes: signed when symmetric."""
+    check_bits(bits)
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def check_finite(x: torch.Tensor, name: str = "tensor") -> None:
+    """Raise ``ValueError`` naming ``name`` and the count of NaN/infinite values, if any."""
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(
+            f"{name} has {bad} NaN or infinite value{'s' if bad != 1 else ''} "
+            f"(of {x.numel()}); quantization needs finite values"
+        )
+
+
+def _reduce_dims(x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of ``x``: over everything, or per channel along ``axis``."""
+    if axis is None:
+        return x.amin(), x.amax()
+    flat = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    return flat.amin(dim=1), flat.amax(dim=1)
+
+
+def choose_qparams(
+    min_val: torch.Tensor,
+    max_val: torch.Tensor,
+    *,
+    bits: int,
+    symmetric: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (see ``scale_dtype_for``) and zero point (int32) for the range [min_val, max_val].
+
+    The range is widened to include 0. Affine: ``scale = (max - min) / (L - 1)`` with
+    ``L = 2**bits`` levels. Symmetric: zero point 0 and ``scale = max|x| / ((L - 1) / 2)``
+    (PyTorch's rule). A degenerate range (a constant ``c`` per channel, or all zeros)
+    gets ``scale = |c|`` (1 for zeros) so that ``c`` is exactly one code away from zero.
+    """
+    qmin, qmax = quant_range(bits, symmetric=symmetric)
+    lo = torch.clamp(min_val.to(torch.float64), max=0.0)
+    hi = torch.clamp(max_val.to(torch.float64), min=0.0)
+    constant = min_val.to(torch.float64) == max_val.to(torch.float64)
+    if symmetric:
+        amax = torch.maximum(-lo, hi)
+        scale = amax / ((qmax - qmin) / 2)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+    magnitude = torch.maximum(-lo, hi)
+    scale = torch.where(constant, magnitude, scale)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scale_dtype = scale_dtype_for(min_val.dtype)
+    scale = torch.clamp(scale.to(scale_dtype), min=torch.finfo(scale_dtype).tiny)
+
+    if symmetric:
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale64 = scale.to(torch.float64)
+        zero_point = torch.clamp(qmin - torch.round(lo / scale64), qmin, qmax).to(torch.int32)
+    return scale, zero_point
+
+
+def _broadcast(param: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    if axis is None or param.dim() == 0:
+        return param
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
+def quantize_with(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    *,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+) -> torch.Tensor:
+    """Integer codes (int32) of ``x`` for given parameters: ``clamp(round(x / s) + z)``.
+
+    Rounds half to even, as ``torch.round`` and PyTorch's kernels do.
+    """
+    s = _broadcast(scale.to(torch.float64), x, axis)
+    z = _broadcast(zero_point.to(torch.float64), x, axis)
+    codes = torch.round(x.to(torch.float64) / s) + z
+    return torch.clamp(codes, qmin, qmax).to(torch.int32)
+
+
+def _normalise_axis(x: torch.Tensor, axis: int | None) -> int | None:
+    if axis is None:
+        return None
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ValueError(f"axis must be None or an int, got {axis!r}")
+    if x.dim() == 0 or not -x.dim() <= axis < x.dim():
+        raise ValueError(f"axis {axis} is out of range for a tensor of shape {tuple(x.shape)}")
+    return axis % x.dim()
+
+
+def quantize(
+    x: torch.Tensor,
+    *,
+    bits: int = 8,
+    symmetric: bool = False,
+    axis: int | None = None,
+    name: str = "tensor",
+) -> QuantizedTensor:
+    """Quantize ``x`` to ``bits``-bit integer codes, per tensor or per channel along ``axis``.
+
+    ``name`` appears in the error raised for NaN or infinite values.
+    """
+    check_bits(bits)
+    check_finite(x, name)
+    axis = _normalise_axis(x, axis)
+    qmin, qmax = quant_range(bits, symmetric=symmetric)
+    if x.numel() == 0:
+        channels = () if axis is None else (x.shape[axis],)
+        scale = torch.ones(channels, dtype=scale_dtype_for(x.dtype))
+        zero_point = torch.zeros(channels, dtype=torch.int32)
+    else:
+        scale, zero_point = choose_qparams(*_reduce_dims(x, axis), bits=bits, symmetric=symmetric)
+    codes = quantize_with(x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis)
+    return QuantizedTensor(codes, scale, zero_point, bits, axis, qmin, qmax, x.dtype)
+
+
+def dequantize(q: QuantizedTensor) -> torch.Tensor:
+    """Real values of ``q``: ``(codes - zero_point) * scale``, in the original dtype."""
+    s = _broadcast(q.scale.to(torch.float64), q.codes, q.axis)
+    z = _broadcast(q.zero_point.to(torch.float64), q.codes, q.axis)
+    return ((q.codes.to(torch.float64) - z) * s).to(q.dtype)
+
+
+def fake_quantize(
+    x: torch.Tensor,
+    *,
+    bits: int = 8,
+    symmetric: bool = False,
+    axis: int | None = None,
+    name: str = "tensor",
+) -> torch.Tensor:
+    """``dequantize(quantize(x, ...))``: ``x`` rounded onto the quantization grid."""
+    return dequantize(quantize(x, bits=bits, symmetric=symmetric, axis=axis, name=name))

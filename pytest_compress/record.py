@@ -1,0 +1,66 @@
+"""What a compressed copy remembers about how it was compressed.
+
+``quantize_model`` replaces weights with their fake-quantized values and records here
+the parameters that produced them, so ``save_compressed`` can recover the exact integer
+codes and bit-pack them. The record lives on the copy (never on the user's model) as a
+plain attribute, so ``copy.deepcopy`` and pickling carry it along.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .quant import QuantizedTensor, dequantize, quantize_with
+
+_RECORD_ATTR = "_pytest_compress_record"
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """The mapping a parameter was fake-quantized with: codes = clamp(round(w / s) + z)."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    bits: int
+    axis: int | None
+    qmin: int
+    qmax: int
+
+    @classmethod
+    def of(cls, q: QuantizedTensor) -> QuantParams:
+        return cls(q.scale, q.zero_point, q.bits, q.axis, q.qmin, q.qmax)
+
+    def codes_of(self, values: torch.Tensor, name: str) -> QuantizedTensor:
+        """The codes behind fake-quantized ``values``; ``ValueError`` if they left the grid."""
+        codes = quantize_with(
+            values, self.scale, self.zero_point, qmin=self.qmin, qmax=self.qmax, axis=self.axis
+        )
+        q = QuantizedTensor(
+            codes, self.scale, self.zero_point, self.bits, self.axis, self.qmin, self.qmax,
+            values.dtype,
+        )
+        if not torch.equal(dequantize(q), values):
+            raise ValueError(
+                f"{name} is no longer on its {self.bits}-bit quantization grid (it changed "
+                "after quantize_model); quantize the model again before saving it"
+            )
+        return q
+
+
+@dataclass
+class CompressionRecord:
+    """Per state_dict key, the quantization mapping of each fake-quantized tensor."""
+
+    quantized: dict[str, QuantParams] = field(default_factory=dict)
+
+
+def get_record(model: nn.Module) -> CompressionRecord:
+    """The model's record, or an empty one for a model pytest-compress did not compress."""
+    return model.__dict__.get(_RECORD_ATTR) or CompressionRecord()
+
+
+def set_record(model: nn.Module, record: CompressionRecord) -> None:
+    model.__dict__[_RECORD_ATTR] = record

@@ -1,0 +1,269 @@
+"""Compression recipes as small frozen dataclasses, and the string shorthands for them.
+
+``QuantSpec`` says how to quantize, ``PruneSpec`` how to prune; ``as_quant_spec`` and
+``as_prune_spec`` turn the shorthands (``"int8"``, ``"w8a8"``, ``0.8``) into specs.
+Every invalid value raises ``ValueError`` naming the argument and the allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .quant import MAX_BITS, MIN_BITS, check_bits
+
+OBSERVERS = ("minmax", "percentile", "mse")
+PARAMETER_TARGETS = ("weights", "all")
+SCOPES = ("layer", "global")
+NORMS = ("l1", "l2")
+QUANT_SHORTHANDS = (
+    f'"int{MIN_BITS}".."int{MAX_BITS}" (weights), '
+    f'"w<bits>a<bits>" such as "w8a8" or "w4a8" (weights and activations)'
+)
+_INT_PATTERN = re.compile(r"int(\d+)")
+_WA_PATTERN = re.compile(r"w(\d+)a(\d+)")
+_NM_PATTERN = re.compile(r"(\d+):(\d+)")
+
+
+def _patterns(value: object, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise ValueError(
+        f"{name} must be a module-name pattern or a sequence of them "
+        f'(fnmatch style, e.g. "features.*"), got {value!r}'
+    )
+
+
+def _fraction(value: object, name: str, *, low_open: bool, high_open: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    low_ok = value > 0 if low_open else value >= 0
+    high_ok = value < 1 if high_open else value <= 1
+    if not (low_ok and high_ok):
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize a model.
+
+    - ``bits``: weight bits, 2 to 16.
+    - ``symmetric``: zero point fixed at 0 (signed codes) instead of the affine min/max mapping.
+    - ``per_channel``: one scale per output channel of each weight (biases and other
+      1-D parameters are always per tensor).
+    - ``parameters``: ``"weights"`` (the weights of Linear, Conv*, ConvTranspose* and
+      Embedding layers) or ``"all"`` (every floating-point parameter, biases and
+      normalisation layers included: the seed article's parameter quantization).
+    - ``activation_bits``: also fake-quantize the outputs of the selected layers at run
+      time, per tensor, with ranges calibrated on data by ``observer``.
+    - ``observer``: ``"minmax"``, ``"percentile"`` (``percentile`` of the values, e.g.
+      99.99) or ``"mse"`` (the clipping range with the least squared error).
+    - ``include`` / ``exclude``: fnmatch patterns on module names.
+    """
+
+    bits: int = 8
+    symmetric: bool = False
+    per_channel: bool = True
+    parameters: str = "weights"
+    activation_bits: int | None = None
+    observer: str = "minmax"
+    percentile: float = 99.99
+    include: tuple[str, ...] = field(default=())
+    exclude: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits, name="QuantSpec.bits")
+        if self.activation_bits is not None:
+            check_bits(self.activation_bits, name="QuantSpec.activation_bits")
+        for flag in ("symmetric", "per_channel"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"QuantSpec.{flag} must be True or False")
+        if self.parameters not in PARAMETER_TARGETS:
+            raise ValueError(
+                f"QuantSpec.parameters must be one of {PARAMETER_TARGETS}, got {self.parameters!r}"
+            )
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"QuantSpec.observer must be one of {OBSERVERS}, got {self.observer!r}")
+        if not isinstance(self.percentile, (int, float)) or not 50 < self.percentile <= 100:
+            raise ValueError(f"QuantSpec.percentile must be in (50, 100], got {self.percentile!r}")
+        object.__setattr__(self, "include", _patterns(self.include, "QuantSpec.include"))
+        object.__setattr__(self, "exclude", _patterns(self.exclude, "QuantSpec.exclude"))
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.activation_bits is not None
+
+    def describe(self) -> str:
+        """The recipe in words, e.g. ``int4 per-channel`` or ``w8a8 (minmax)``."""
+        if self.activation_bits is not None:
+            words = f"w{self.bits}a{self.activation_bits} ({self.observer})"
+        else:
+            words = f"int{self.bits}"
+        words += " symmetric" if self.symmetric else ""
+        words += " per-channel" if self.per_channel else " per-tensor"
+        if self.parameters == "all":
+            words += ", all parameters"
+        return words
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How to prune a model.
+
+    Exactly one way to choose weights, unless ``activation_threshold`` alone is given:
+
+    - ``threshold=alpha``: per layer, zero every weight with ``|w| < alpha * max|w|``
+      (the seed article's rule; with ``structure="channel"`` the rule applies to channel norms).
+    - ``amount``: the fraction of weights (or channels) removed by magnitude, per layer
+      (``scope="layer"``) or across all selected layers (``scope="global"``).
+    - ``structure="N:M"`` (e.g. ``"2:4"``): keep the N largest of every group of M
+      consecutive weights along the input dimension.
+
+    ``structure="channel"`` removes whole output channels ranked by their ``norm``
+    (``"l1"`` or ``"l2"``). ``activation_threshold=beta`` zeroes, at run time, every
+    output activation of the selected layers with ``|a| < beta * max|a|`` (max over
+    that forward's output tensor).
+    """
+
+    amount: float | None = None
+    threshold: float | None = None
+    scope: str = "layer"
+    structure: str = "unstructured"
+    norm: str = "l1"
+    activation_threshold: float | None = None
+    include: tuple[str, ...] = field(default=())
+    exclude: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.amount is not None:
+            object.__setattr__(
+                self,
+                "amount",
+                _fraction(self.amount, "PruneSpec.amount", low_open=True, high_open=True),
+            )
+        if self.threshold is not None:
+            object.__setattr__(
+                self,
+                "threshold",
+                _fraction(self.threshold, "PruneSpec.threshold (alpha)", low_open=False,
+                          high_open=False),
+            )
+        if self.activation_threshold is not None:
+            object.__setattr__(
+                self,
+                "activation_threshold",
+                _fraction(self.activation_threshold, "PruneSpec.activation_threshold (beta)",
+                          low_open=False, high_open=False),
+            )
+        if self.scope not in SCOPES:
+            raise ValueError(f"PruneSpec.scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"PruneSpec.norm must be one of {NORMS}, got {self.norm!r}")
+        structures = '"unstructured", "channel" or "N:M" such as "2:4"'
+        if not isinstance(self.structure, str):
+            raise ValueError(f"PruneSpec.structure must be {structures}, got {self.structure!r}")
+        if self.n_m is None and self.structure not in ("unstructured", "channel"):
+            raise ValueError(f"PruneSpec.structure must be {structures}, got {self.structure!r}")
+        object.__setattr__(self, "include", _patterns(self.include, "PruneSpec.include"))
+        object.__setattr__(self, "exclude", _patterns(self.exclude, "PruneSpec.exclude"))
+        self._check_selection()
+
+    def _check_selection(self) -> None:
+        ways = [w for w in ("amount", "threshold") if getattr(self, w) is not None]
+        if self.n_m is not None:
+            if ways:
+                raise ValueError(
+                    f"PruneSpec.structure={self.structure!r} fixes how many weights are kept; "
+                    f"do not also give {ways[0]}"
+                )
+            return
+        if len(ways) > 1:
+            raise ValueError("PruneSpec takes amount or threshold, not both")
+        if not ways and self.activation_threshold is None:
+            raise ValueError(
+                "PruneSpec needs amount (fraction removed, 0 < amount < 1), threshold "
+                '(alpha, 0 <= alpha <= 1), structure="N:M" or activation_threshold (beta)'
+            )
+        if self.scope == "global" and self.structure == "channel":
+            raise ValueError(
+                'PruneSpec.scope="global" ranks single weights across layers; with '
+                'structure="channel" use scope="layer"'
+            )
+        if self.scope == "global" and self.threshold is not None:
+            raise ValueError(
+                'PruneSpec.threshold (alpha) is relative to each layer\'s max|w|: use scope="layer"'
+            )
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """(N, M) for an N:M structure, else None."""
+        match = _NM_PATTERN.fullmatch(self.structure) if isinstance(self.structure, str) else None
+        if match is None:
+            return None
+        n, m = int(match[1]), int(match[2])
+        if not 0 < n < m:
+            raise ValueError(f"PruneSpec.structure {self.structure!r} needs 0 < N < M")
+        return n, m
+
+    @property
+    def prunes_weights(self) -> bool:
+        return self.amount is not None or self.threshold is not None or self.n_m is not None
+
+    def describe(self) -> str:
+        """The recipe in words, e.g. ``prune 80% (global, magnitude)``."""
+        parts = []
+        if self.n_m is not None:
+            parts.append(f"prune {self.structure} (N:M)")
+        elif self.amount is not None:
+            kind = "channel " + self.norm if self.structure == "channel" else "magnitude"
+            parts.append(f"prune {self.amount:.0%} ({self.scope}, {kind})")
+        elif self.threshold is not None:
+            kind = "channel " + self.norm if self.structure == "channel" else "magnitude"
+            parts.append(f"prune |w| < {self.threshold:g} max|w| (layer, {kind})")
+        if self.activation_threshold is not None:
+            parts.append(f"activation prune |a| < {self.activation_threshold:g} max|a|")
+        return " + ".join(parts)
+
+
+def as_quant_spec(value: QuantSpec | str | None) -> QuantSpec | None:
+    """A ``QuantSpec`` from a spec, a shorthand string, or None (no quantization)."""
+    if value is None or isinstance(value, QuantSpec):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if match := _INT_PATTERN.fullmatch(text):
+            bits = int(match[1])
+            if MIN_BITS <= bits <= MAX_BITS:
+                return QuantSpec(bits=bits)
+        elif match := _WA_PATTERN.fullmatch(text):
+            weight_bits, activation_bits = int(match[1]), int(match[2])
+            if all(MIN_BITS <= b <= MAX_BITS for b in (weight_bits, activation_bits)):
+                return QuantSpec(bits=weight_bits, activation_bits=activation_bits)
+    raise ValueError(
+        f"quantize must be a QuantSpec or one of {QUANT_SHORTHANDS}; got {value!r}"
+    )
+
+
+def as_prune_spec(value: PruneSpec | float | str | None) -> PruneSpec | None:
+    """A ``PruneSpec`` from a spec, a bare fraction (amount), ``"N:M"``, or None."""
+    if value is None or isinstance(value, PruneSpec):
+        return value
+    if isinstance(value, float) and 0 < value < 1:
+        return PruneSpec(amount=value)
+    if isinstance(value, str) and _NM_PATTERN.fullmatch(value.strip()):
+        return PruneSpec(structure=value.strip())
+    raise ValueError(
+        'prune must be a PruneSpec, a fraction 0 < amount < 1 (e.g. 0.8) or "N:M" '
+        f'(e.g. "2:4"); got {value!r}'
+    )
+
+
+def describe_recipe(quantize: QuantSpec | None, prune: PruneSpec | None) -> str:
+    """Both parts of a recipe in words, e.g. ``int4 per-channel + prune 80% (global, magnitude)``."""
+    parts = [spec.describe() for spec in (quantize, prune) if spec is not None]
+    return " + ".join(parts) if parts else "no compression"
