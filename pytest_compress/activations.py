@@ -64,7 +64,9 @@ def prune_activations(a: torch.Tensor, beta: float) -> torch.Tensor:
 ACTIVATION_HOOKS = (ActivationFakeQuantize, ActivationPrune)
 
 
-def activation_hooks(model: nn.Module) -> Iterator[tuple[str, ActivationFakeQuantize | ActivationPrune]]:
+def activation_hooks(
+    model: nn.Module,
+) -> Iterator[tuple[str, ActivationFakeQuantize | ActivationPrune]]:
     """(module name, hook) for every activation hook of ours, in the order they run."""
     for name, module in model.named_modules():
         for hook in module._forward_hooks.values():

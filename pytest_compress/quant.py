@@ -99,16 +99,21 @@ def choose_qparams(
     lo = torch.clamp(min_val.to(torch.float64), max=0.0)
     hi = torch.clamp(max_val.to(torch.float64), min=0.0)
     constant = min_val.to(torch.float64) == max_val.to(torch.float64)
+    magnitude = torch.maximum(-lo, hi)
     if symmetric:
-        amax = torch.maximum(-lo, hi)
-        scale = amax / ((qmax - qmin) / 2)
+        scale = magnitude / ((qmax - qmin) / 2)
     else:
         scale = (hi - lo) / (qmax - qmin)
-    magnitude = torch.maximum(-lo, hi)
-    scale = torch.where(constant, magnitude, scale)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        # hi - lo overflows float64 for float64 ranges wider than its largest finite value.
+        scale = torch.where(torch.isfinite(scale), scale, hi / (qmax - qmin) - lo / (qmax - qmin))
     scale_dtype = scale_dtype_for(min_val.dtype)
+    # Rounding a scale down would push the range's ends past qmin/qmax, and a subnormal
+    # scale can lose most of its bits, so spread ranges get at least the smallest normal.
     scale = torch.clamp(scale.to(scale_dtype), min=torch.finfo(scale_dtype).tiny)
+    # A constant c keeps scale |c| exactly (c is representable in the scale's dtype), even
+    # when c is subnormal: c is then one code from zero and round-trips exactly.
+    scale = torch.where(constant, magnitude.to(scale_dtype), scale)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
 
     if symmetric:
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
@@ -182,10 +187,16 @@ def quantize(
 
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
-    """Real values of ``q``: ``(codes - zero_point) * scale``, in the original dtype."""
+    """Real values of ``q``: ``(codes - zero_point) * scale``, in the original dtype.
+
+    The grid's last point can lie up to half a step beyond the quantized range; for a
+    range that ends near the dtype's largest finite value it saturates there instead of
+    becoming infinite (which is also the nearer value).
+    """
     s = _broadcast(q.scale.to(torch.float64), q.codes, q.axis)
     z = _broadcast(q.zero_point.to(torch.float64), q.codes, q.axis)
-    return ((q.codes.to(torch.float64) - z) * s).to(q.dtype)
+    largest = torch.finfo(q.dtype).max
+    return torch.clamp((q.codes.to(torch.float64) - z) * s, -largest, largest).to(q.dtype)
 
 
 def fake_quantize(

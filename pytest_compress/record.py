@@ -39,7 +39,13 @@ class QuantParams:
             values, self.scale, self.zero_point, qmin=self.qmin, qmax=self.qmax, axis=self.axis
         )
         q = QuantizedTensor(
-            codes, self.scale, self.zero_point, self.bits, self.axis, self.qmin, self.qmax,
+            codes,
+            self.scale,
+            self.zero_point,
+            self.bits,
+            self.axis,
+            self.qmin,
+            self.qmax,
             values.dtype,
         )
         if not torch.equal(dequantize(q), values):

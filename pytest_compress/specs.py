@@ -88,7 +88,9 @@ class QuantSpec:
                 f"QuantSpec.parameters must be one of {PARAMETER_TARGETS}, got {self.parameters!r}"
             )
         if self.observer not in OBSERVERS:
-            raise ValueError(f"QuantSpec.observer must be one of {OBSERVERS}, got {self.observer!r}")
+            raise ValueError(
+                f"QuantSpec.observer must be one of {OBSERVERS}, got {self.observer!r}"
+            )
         if not isinstance(self.percentile, (int, float)) or not 50 < self.percentile <= 100:
             raise ValueError(f"QuantSpec.percentile must be in (50, 100], got {self.percentile!r}")
         object.__setattr__(self, "include", _patterns(self.include, "QuantSpec.include"))
@@ -150,15 +152,20 @@ class PruneSpec:
             object.__setattr__(
                 self,
                 "threshold",
-                _fraction(self.threshold, "PruneSpec.threshold (alpha)", low_open=False,
-                          high_open=False),
+                _fraction(
+                    self.threshold, "PruneSpec.threshold (alpha)", low_open=False, high_open=False
+                ),
             )
         if self.activation_threshold is not None:
             object.__setattr__(
                 self,
                 "activation_threshold",
-                _fraction(self.activation_threshold, "PruneSpec.activation_threshold (beta)",
-                          low_open=False, high_open=False),
+                _fraction(
+                    self.activation_threshold,
+                    "PruneSpec.activation_threshold (beta)",
+                    low_open=False,
+                    high_open=False,
+                ),
             )
         if self.scope not in SCOPES:
             raise ValueError(f"PruneSpec.scope must be one of {SCOPES}, got {self.scope!r}")
@@ -244,9 +251,7 @@ def as_quant_spec(value: QuantSpec | str | None) -> QuantSpec | None:
             weight_bits, activation_bits = int(match[1]), int(match[2])
             if all(MIN_BITS <= b <= MAX_BITS for b in (weight_bits, activation_bits)):
                 return QuantSpec(bits=weight_bits, activation_bits=activation_bits)
-    raise ValueError(
-        f"quantize must be a QuantSpec or one of {QUANT_SHORTHANDS}; got {value!r}"
-    )
+    raise ValueError(f"quantize must be a QuantSpec or one of {QUANT_SHORTHANDS}; got {value!r}")
 
 
 def as_prune_spec(value: PruneSpec | float | str | None) -> PruneSpec | None:
@@ -264,6 +269,6 @@ def as_prune_spec(value: PruneSpec | float | str | None) -> PruneSpec | None:
 
 
 def describe_recipe(quantize: QuantSpec | None, prune: PruneSpec | None) -> str:
-    """Both parts of a recipe in words, e.g. ``int4 per-channel + prune 80% (global, magnitude)``."""
+    """The recipe in words, e.g. ``int4 per-channel + prune 80% (global, magnitude)``."""
     parts = [spec.describe() for spec in (quantize, prune) if spec is not None]
     return " + ".join(parts) if parts else "no compression"

@@ -1,0 +1,241 @@
+"""Model-level recipes: each returns a compressed copy and never touches the model it is given.
+
+``prune_model`` bakes zeros into ordinary parameters; ``quantize_model`` replaces
+weights by their fake-quantized values (recording the mapping, so ``save_compressed``
+can store the integer codes) and, when asked, rounds layer outputs at run time;
+``compress_model`` prunes, then quantizes (the Deep Compression order).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import prune as masks
+from .activations import ActivationFakeQuantize, ActivationPrune
+from .batches import call_model, model_device, split_batch, to_device
+from .layers import Layer, compressible_layers, matches, require_layers
+from .observers import RangeObserver
+from .quant import dequantize, quant_range, quantize
+from .record import CompressionRecord, QuantParams, get_record, set_record
+from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``, or a ``ValueError`` saying why it cannot be copied."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:  # any failure of a user's __deepcopy__ is reported the same way
+        raise ValueError(
+            f"cannot copy the model with copy.deepcopy ({type(error).__name__}: {error}); "
+            "pytest-compress compresses a copy so that your model is never modified"
+        ) from error
+
+
+def prune_model(model: nn.Module, spec: PruneSpec | float | str) -> nn.Module:
+    """A copy of ``model`` pruned by ``spec`` (a ``PruneSpec``, an amount such as 0.8, or "2:4").
+
+    The zeros are baked into ordinary parameters: no ``torch.nn.utils.prune``
+    re-parametrisation, state_dict keys unchanged. Activation pruning adds forward hooks.
+    """
+    prune_spec = _required(as_prune_spec(spec), "prune")
+    compressed = copy_model(model)
+    _prune_in_place(compressed, prune_spec)
+    return compressed
+
+
+def quantize_model(
+    model: nn.Module,
+    spec: QuantSpec | str,
+    calibration_data: Iterable[Any] | None = None,
+) -> nn.Module:
+    """A copy of ``model`` whose forward uses fake-quantized weights (and activations).
+
+    ``calibration_data`` (batches of inputs, or (inputs, targets) pairs) is required
+    when ``spec`` quantizes activations: their ranges are observed on it.
+    """
+    quant_spec = _required(as_quant_spec(spec), "quantize")
+    _check_calibration(quant_spec, calibration_data)
+    compressed = copy_model(model)
+    _quantize_in_place(compressed, quant_spec, calibration_data)
+    return compressed
+
+
+def compress_model(
+    model: nn.Module,
+    *,
+    quantize: QuantSpec | str | None = None,
+    prune: PruneSpec | float | str | None = None,
+    calibration_data: Iterable[Any] | None = None,
+) -> nn.Module:
+    """A copy of ``model`` pruned by ``prune`` and then quantized by ``quantize``.
+
+    Pruned weights stay exactly zero after quantization (0.0 is always on the grid).
+    """
+    quant_spec = as_quant_spec(quantize)
+    prune_spec = as_prune_spec(prune)
+    if quant_spec is None and prune_spec is None:
+        raise ValueError(
+            'compress_model needs quantize=... (e.g. "int8") and/or prune=... (e.g. 0.8)'
+        )
+    if quant_spec is not None:
+        _check_calibration(quant_spec, calibration_data)
+    compressed = copy_model(model)
+    if prune_spec is not None:
+        _prune_in_place(compressed, prune_spec)
+    if quant_spec is not None:
+        _quantize_in_place(compressed, quant_spec, calibration_data)
+    return compressed
+
+
+def _required(spec: Any, argument: str) -> Any:
+    if spec is None:
+        raise ValueError(f"{argument} must be given (a spec or a shorthand), got None")
+    return spec
+
+
+def _check_calibration(spec: QuantSpec, calibration_data: Iterable[Any] | None) -> None:
+    if spec.quantizes_activations and calibration_data is None:
+        raise ValueError(
+            f"quantize={spec.describe()!r} quantizes activations, which needs "
+            "calibration_data: batches of inputs (or (inputs, targets) pairs) to observe "
+            "activation ranges on"
+        )
+
+
+# --- pruning -------------------------------------------------------------------------
+
+
+def _prune_in_place(model: nn.Module, spec: PruneSpec) -> None:
+    layers = compressible_layers(model, spec.include, spec.exclude)
+    require_layers(layers, spec.include, spec.exclude)
+    if spec.prunes_weights:
+        weights = [layer.module.weight for layer in layers]
+        with torch.no_grad():
+            for weight, keep in zip(weights, _keep_masks(layers, spec), strict=True):
+                weight.masked_fill_(~keep, 0.0)
+    if spec.activation_threshold is not None:
+        for layer in layers:
+            layer.module.register_forward_hook(ActivationPrune(spec.activation_threshold))
+
+
+def _keep_masks(layers: list[Layer], spec: PruneSpec) -> list[torch.Tensor]:
+    weights = [layer.module.weight.detach() for layer in layers]
+    if spec.n_m is not None:
+        n, m = spec.n_m
+        return [
+            masks.n_m_mask(w, n, m, axis=layer.input_axis)
+            for layer, w in zip(layers, weights, strict=True)
+        ]
+    if spec.structure == "channel":
+        return [
+            masks.channel_mask(
+                w,
+                axis=layer.output_axis,
+                norm=spec.norm,
+                amount=spec.amount,
+                threshold=spec.threshold,
+            )
+            for layer, w in zip(layers, weights, strict=True)
+        ]
+    if spec.threshold is not None:
+        return [masks.threshold_mask(w, spec.threshold) for w in weights]
+    assert spec.amount is not None
+    if spec.scope == "global":
+        return masks.global_magnitude_masks(weights, spec.amount)
+    return [masks.magnitude_mask(w, spec.amount) for w in weights]
+
+
+# --- quantization --------------------------------------------------------------------
+
+
+def _quantize_in_place(
+    model: nn.Module, spec: QuantSpec, calibration_data: Iterable[Any] | None
+) -> None:
+    layers = compressible_layers(model, spec.include, spec.exclude)
+    require_layers(layers, spec.include, spec.exclude)
+    record = CompressionRecord(dict(get_record(model).quantized))
+    for names, param, axis in _parameters_to_quantize(model, layers, spec):
+        q = quantize(
+            param.detach(),
+            bits=spec.bits,
+            symmetric=spec.symmetric,
+            axis=axis,
+            name=names[0],
+        )
+        with torch.no_grad():
+            param.copy_(dequantize(q))
+        for name in names:
+            record.quantized[name] = QuantParams.of(q)
+    set_record(model, record)
+    if spec.activation_bits is not None:
+        assert calibration_data is not None
+        _calibrate_activations(model, layers, spec, calibration_data)
+
+
+def _parameters_to_quantize(
+    model: nn.Module, layers: list[Layer], spec: QuantSpec
+) -> list[tuple[list[str], nn.Parameter, int | None]]:
+    """(every state_dict name of the parameter, the parameter, its per-channel axis)."""
+    axes: dict[int, int | None] = {}
+    for layer in layers:
+        weight = layer.module.weight
+        axes[id(weight)] = layer.output_axis if spec.per_channel and weight.dim() >= 2 else None
+    if spec.parameters == "all":
+        for module_name, module in model.named_modules():
+            if not matches(module_name, spec.include, spec.exclude):
+                continue
+            for param in module.parameters(recurse=False):
+                if param.is_floating_point() and id(param) not in axes:
+                    per_channel = spec.per_channel and param.dim() >= 2
+                    axes[id(param)] = 0 if per_channel else None
+
+    names: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in axes:
+            names.setdefault(id(param), []).append(name)
+            params[id(param)] = param
+    return [(names[key], params[key], axes[key]) for key in names]
+
+
+def _calibrate_activations(
+    model: nn.Module, layers: list[Layer], spec: QuantSpec, calibration_data: Iterable[Any]
+) -> None:
+    """Observe each selected layer's output range on the data, then round it at run time."""
+    observers = {layer.name: RangeObserver(spec.observer, spec.percentile) for layer in layers}
+    handles = [layer.module.register_forward_hook(observers[layer.name]) for layer in layers]
+    device = model_device(model)
+    batches = 0
+    was_training = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.inference_mode():
+            for batch in calibration_data:
+                inputs, _ = split_batch(batch, need_targets=False)
+                call_model(model, to_device(inputs, device))
+                batches += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in was_training.items():
+            module.training = training
+    if batches == 0:
+        raise ValueError("calibration_data yielded no batches; activation ranges need data")
+    bits = spec.activation_bits
+    assert bits is not None
+    qmin, qmax = quant_range(bits, symmetric=False)
+    for layer in layers:
+        observer = observers[layer.name]
+        if not observer.observed:
+            continue  # the layer did not run on the calibration data (or has no float output)
+        scale, zero_point = observer.qparams(bits)
+        layer.module.register_forward_hook(
+            ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)
+        )

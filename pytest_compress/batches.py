@@ -1,0 +1,49 @@
+"""How a batch of data reaches a model: ``(inputs, targets)`` pairs, or bare inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def split_batch(batch: Any, *, need_targets: bool) -> tuple[Any, Any]:
+    """(inputs, targets) of a batch; a bare tensor or mapping is inputs only."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    if not need_targets and isinstance(batch, (torch.Tensor, Mapping)):
+        return batch, None
+    kind = type(batch).__name__
+    raise ValueError(
+        f"each batch must be an (inputs, targets) pair{'' if need_targets else ' or inputs'}, "
+        f"got a {kind}{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}"
+    )
+
+
+def to_device(value: Any, device: torch.device | str) -> Any:
+    """``value`` moved to ``device``: tensors, and tensors inside tuples, lists and dicts."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """Run ``model`` on inputs: a tensor, a tuple/list of positional inputs, or a dict of kwargs."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's first parameter (or buffer) lives; CPU for a stateless model."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -1,0 +1,83 @@
+"""Which layers of a model are compressible, and which of their axes mean what."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    *_CONV_TRANSPOSE,
+    nn.Embedding,
+    nn.EmbeddingBag,
+)
+COMPRESSIBLE_NAMES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding, EmbeddingBag"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A compressible layer: its qualified name, the module, and its weight's axes."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def weight_name(self) -> str:
+        return f"{self.name}.weight" if self.name else "weight"
+
+    @property
+    def output_axis(self) -> int:
+        """The weight axis of output channels (ConvTranspose stores weights as [in, out, ...])."""
+        return 1 if isinstance(self.module, _CONV_TRANSPOSE) else 0
+
+    @property
+    def input_axis(self) -> int:
+        """The weight axis summed over in the layer's product (N:M groups run along it)."""
+        weight = self.module.weight
+        if weight.dim() < 2:
+            return 0
+        return 0 if isinstance(self.module, _CONV_TRANSPOSE) else 1
+
+
+def matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Whether a module name passes the include (any, when given) and exclude patterns."""
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return False
+    return not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+
+
+def compressible_layers(
+    model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[Layer]:
+    """The selected compressible layers, each weight once even when tied between layers."""
+    seen: set[int] = set()
+    layers = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, COMPRESSIBLE_TYPES) or not isinstance(weight, nn.Parameter):
+            continue
+        if id(weight) in seen or not matches(name, include, exclude):
+            continue
+        seen.add(id(weight))
+        layers.append(Layer(name, module))
+    return layers
+
+
+def require_layers(layers: list[Layer], include: Sequence[str], exclude: Sequence[str]) -> None:
+    """Raise ``ValueError`` when nothing is left to compress."""
+    if layers:
+        return
+    selection = ""
+    if include or exclude:
+        selection = f" matching include={list(include)} exclude={list(exclude)}"
+    raise ValueError(
+        f"the model has no compressible layer{selection}; compressible layers are "
+        f"{COMPRESSIBLE_NAMES}"
+    )

@@ -1,0 +1,153 @@
+"""Measurements of a model: its metric on data, its size in bytes, its sparsity."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .apply import copy_model
+from .batches import call_model, model_device, split_batch, to_device
+from .layers import compressible_layers
+
+BatchMetric = Callable[[Any, Any], tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class ModelMetric:
+    """A whole-model metric ``fn(model, data) -> float``, declared with ``model_metric``."""
+
+    fn: Callable[[nn.Module, Any], float]
+
+    def __call__(self, model: nn.Module, data: Any) -> float:
+        return self.fn(model, data)
+
+    @property
+    def __name__(self) -> str:  # reports name the metric by its function
+        return getattr(self.fn, "__name__", type(self.fn).__name__)
+
+
+def model_metric(fn: Callable[[nn.Module, Any], float]) -> ModelMetric:
+    """Declare ``fn(model, data) -> float`` as a whole-model metric (perplexity, mAP, ...).
+
+    Without this wrapper a callable metric is a batch metric ``(outputs, targets) ->
+    (sum, count)``; the two kinds are never guessed from a signature.
+    """
+    if not callable(fn):
+        raise ValueError(f"model_metric needs a callable fn(model, data) -> float, got {fn!r}")
+    return ModelMetric(fn)
+
+
+def top1_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The default batch metric: (correct predictions, samples) for class logits."""
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2:
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
+        raise ValueError(
+            f"top-1 accuracy needs class scores of shape (batch, classes), got {shape}; "
+            "pass a batch metric (outputs, targets) -> (sum, count) or model_metric(fn)"
+        )
+    predictions = outputs.argmax(dim=-1)
+    return (predictions == targets).sum(), targets.numel()
+
+
+def evaluate(
+    model: nn.Module,
+    data: Iterable[Any],
+    metric: BatchMetric | ModelMetric | None = None,
+    device: str | torch.device = "cpu",
+) -> float:
+    """The model's metric over ``data``: top-1 accuracy of (inputs, targets) batches by default.
+
+    Runs in eval mode under ``torch.inference_mode()`` and restores every module's own
+    train/eval flag afterwards. A model that lives elsewhere than ``device`` is
+    evaluated as a copy moved there, so the model itself is never moved.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    device = torch.device(device)
+    if model_device(model) != device:
+        model = copy_model(model).to(device)
+    flags = {module: module.training for module in model.modules()}
+    try:
+        model.eval()
+        with torch.inference_mode():
+            if isinstance(metric, ModelMetric):
+                return float(metric(model, data))
+            return _batch_metric(model, data, metric or top1_accuracy, device)
+    finally:
+        for module, training in flags.items():
+            module.training = training
+
+
+def _batch_metric(
+    model: nn.Module, data: Iterable[Any], metric: BatchMetric, device: torch.device
+) -> float:
+    if not callable(metric):
+        raise ValueError(
+            f"metric must be a batch metric (outputs, targets) -> (sum, count) or "
+            f"model_metric(fn), got {metric!r}"
+        )
+    total = 0.0
+    count = 0.0
+    for batch in data:
+        inputs, targets = split_batch(batch, need_targets=True)
+        outputs = call_model(model, to_device(inputs, device))
+        result = metric(outputs, to_device(targets, device))
+        if not (isinstance(result, (tuple, list)) and len(result) == 2):
+            raise ValueError(
+                f"a batch metric must return (sum, count), got {type(result).__name__}; "
+                "wrap a whole-model metric with model_metric(fn)"
+            )
+        total += float(result[0])
+        count += float(result[1])
+    if count == 0:
+        raise ValueError("data yielded no samples: the metric of an empty data set is undefined")
+    return total / count
+
+
+def model_size(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: the float model as it is usually shipped."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def compressed_size(model: nn.Module) -> int:
+    """Bytes of the file ``save_compressed`` writes for ``model`` (it loads back)."""
+    from .packing import save_compressed
+
+    with tempfile.TemporaryDirectory(prefix="pytest-compress-") as folder:
+        path = os.path.join(folder, "model.ptc")
+        save_compressed(model, path)
+        return os.path.getsize(path)
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Fraction of exact zeros among the compressible weights, overall and per layer."""
+
+    overall: float
+    per_layer: dict[str, float] = field(default_factory=dict)
+
+    def __float__(self) -> float:
+        return self.overall
+
+
+def sparsity(model: nn.Module) -> SparsityReport:
+    """Exact zeros among the weights of the compressible layers (each tied weight once)."""
+    zeros = 0
+    total = 0
+    per_layer = {}
+    for layer in compressible_layers(model):
+        weight = layer.module.weight.detach()
+        layer_zeros = int((weight == 0).sum())
+        per_layer[layer.name] = layer_zeros / weight.numel() if weight.numel() else 0.0
+        zeros += layer_zeros
+        total += weight.numel()
+    return SparsityReport(zeros / total if total else 0.0, per_layer)

@@ -1,0 +1,275 @@
+"""Tensor-level pruning masks: threshold, magnitude (per tensor or global), channel and N:M.
+
+Every function takes weights and returns boolean *keep*-masks (True = keep) of the
+weight's shape on the weight's device; none modifies its input. Applying a mask means
+``torch.where(mask, weight, 0)``; ``apply.py`` bakes the zeros into ordinary parameters.
+
+The rules, each vectorised over whole tensors:
+
+- ``threshold_mask``: the seed article's rule, ``|w| < alpha * max|w|`` is pruned.
+- ``magnitude_mask`` / ``global_magnitude_masks``: exactly ``k = round(amount * numel)``
+  of the smallest ``|w|`` are pruned (``k`` as ``torch.nn.utils.prune`` computes it), in
+  one tensor or across several; ties at the cut go lowest flat index first.
+- ``channel_mask``: whole channels along ``axis``, ranked by L1 or L2 norm.
+- ``n_m_mask``: the ``n`` largest ``|w|`` of every ``m`` consecutive weights are kept.
+
+Weights must be finite: a NaN has no magnitude to rank, so every function raises
+``ValueError`` rather than return a mask that silently depends on where NaNs sort.
+
+Activation pruning (``|a| < beta * max|a|`` zeroed at run time) lives with the other
+forward hooks in ``activations.py``; ``prune_activations`` is re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .activations import prune_activations
+from .specs import NORMS, _fraction
+
+__all__ = [
+    "channel_mask",
+    "global_magnitude_masks",
+    "magnitude_mask",
+    "n_m_mask",
+    "prune_activations",
+    "threshold_mask",
+]
+
+
+def threshold_mask(weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Keep-mask of the seed article's rule: prune every weight with ``|w| < alpha * max|w|``.
+
+    ``alpha`` is in [0, 1] and ``max|w|`` is taken over the whole tensor (one layer).
+    The comparison is exact: ``alpha * max|w|`` is the float64 product, not rounded to
+    the weight's dtype. An all-zero weight keeps everything (nothing is below 0).
+    """
+    alpha = _fraction(alpha, "alpha", low_open=False, high_open=False)
+    _check_weight(weight)
+    if weight.numel() == 0:
+        return torch.ones_like(weight, dtype=torch.bool)
+    magnitude = _magnitudes(weight)
+    return _at_least(magnitude, alpha * float(magnitude.amax()))
+
+
+def magnitude_mask(weight: torch.Tensor, amount: float) -> torch.Tensor:
+    """Keep-mask that prunes exactly ``k = round(amount * numel)`` weights of smallest ``|w|``.
+
+    ``k`` is computed as ``torch.nn.utils.prune.l1_unstructured`` computes it (Python's
+    ``round``, half to even). Among weights whose ``|w|`` equals the cut value, the lowest
+    flat (row-major) indices are pruned first. Zeros are the smallest magnitudes, so
+    re-pruning an already pruned tensor with the same ``amount`` gives the same mask.
+    """
+    amount = _fraction(amount, "amount", low_open=True, high_open=True)
+    _check_weight(weight)
+    if weight.numel() == 0:
+        return torch.ones_like(weight, dtype=torch.bool)
+    magnitude = _magnitudes(weight).reshape(-1)
+    keep = _keep_all_but_smallest(magnitude, round(amount * magnitude.numel()))
+    return keep.view(weight.shape)
+
+
+def global_magnitude_masks(weights: Sequence[torch.Tensor], amount: float) -> list[torch.Tensor]:
+    """One keep-mask per tensor, pruning exactly ``k = round(amount * total)`` weights overall.
+
+    The ``k`` smallest ``|w|`` across all tensors are pruned (as
+    ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured``), so a layer of
+    small weights may lose more than ``amount`` of itself and another layer less. Ties at
+    the cut go in concatenation order: earlier tensor first, then lower flat index.
+    """
+    amount = _fraction(amount, "amount", low_open=True, high_open=True)
+    weights = list(weights)
+    for i, weight in enumerate(weights):
+        _check_weight(weight, name=f"weights[{i}]")
+    if not weights:
+        return []
+    # One buffer of magnitudes, written in place by abs(out=...): no per-tensor copies
+    # and no concatenation of temporaries (25 M float32 weights are 100 MB per copy).
+    dtype = weights[0].dtype
+    for weight in weights[1:]:
+        dtype = torch.promote_types(dtype, weight.dtype)
+    dtype = _magnitude_dtype(dtype)
+    device = weights[0].device
+    sizes = [weight.numel() for weight in weights]
+    flat = torch.empty(sum(sizes), dtype=dtype, device=device)
+    for chunk, weight in zip(flat.split(sizes), weights):
+        torch.abs(weight.reshape(-1).to(device=device, dtype=dtype), out=chunk)
+    if flat.numel() and not math.isfinite(float(flat.amax())):
+        for i, chunk in enumerate(flat.split(sizes)):
+            _check_finite_max(chunk.amax() if chunk.numel() else chunk.sum(), chunk, f"weights[{i}]")
+    keep = _keep_all_but_smallest(flat, round(amount * flat.numel()))
+    # Clone each piece: a view would keep the whole concatenated buffer alive (and
+    # torch.save of a view writes the entire storage).
+    return [
+        chunk.view(weight.shape).to(weight.device, copy=True)
+        for chunk, weight in zip(keep.split(sizes), weights)
+    ]
+
+
+def channel_mask(
+    weight: torch.Tensor,
+    *,
+    axis: int,
+    norm: str = "l1",
+    amount: float | None = None,
+    threshold: float | None = None,
+) -> torch.Tensor:
+    """Keep-mask that prunes whole channels along ``axis``, ranked by their L1 or L2 norm.
+
+    A channel is the slice ``weight.select(axis, c)``: ``axis`` is 0 (output channels)
+    for Linear, Conv and Embedding weights, 1 for ConvTranspose. Give exactly one of:
+
+    - ``amount`` in (0, 1): prune the ``round(amount * C)`` channels of smallest norm,
+      as ``torch.nn.utils.prune.ln_structured(n=1 or 2, dim=axis)``; ties at the cut go
+      lowest channel index first;
+    - ``threshold`` (alpha) in [0, 1]: prune every channel with
+      ``norm < alpha * max norm`` (exact comparison, as in ``threshold_mask``).
+
+    Norms are ``torch.linalg.vector_norm`` over all other dimensions (computed in float32
+    for float16/bfloat16 weights, where an L2 norm overflows easily); for a 1-D weight
+    each element is its own channel.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if (amount is None) == (threshold is None):
+        raise ValueError(
+            "channel_mask needs exactly one of amount (fraction of channels removed, "
+            "0 < amount < 1) or threshold (alpha, 0 <= alpha <= 1)"
+        )
+    if amount is not None:
+        amount = _fraction(amount, "amount", low_open=True, high_open=True)
+    if threshold is not None:
+        threshold = _fraction(threshold, "threshold", low_open=False, high_open=False)
+    _check_weight(weight)
+    axis = _check_axis(weight, axis)
+    if weight.numel() == 0:
+        return torch.ones_like(weight, dtype=torch.bool)
+    magnitude = _magnitudes(weight)
+    others = [d for d in range(weight.ndim) if d != axis]
+    if others:
+        # Same call as torch.nn.utils.prune._compute_norm, so the norms (and the
+        # ranking) are bit-identical to ln_structured's for float32 and float64.
+        source = weight if weight.dtype == magnitude.dtype else magnitude
+        norms = torch.linalg.vector_norm(source, ord=1 if norm == "l1" else 2, dim=others)
+    else:
+        norms = magnitude  # vector_norm(dim=[]) would reduce over everything
+    if amount is not None:
+        keep_channels = _keep_all_but_smallest(norms, round(amount * norms.numel()))
+    else:
+        keep_channels = _at_least(norms, threshold * float(norms.amax()))
+    view = [1] * weight.ndim
+    view[axis] = -1
+    return keep_channels.view(view).expand(weight.shape).contiguous()
+
+
+def n_m_mask(weight: torch.Tensor, n: int, m: int, *, axis: int) -> torch.Tensor:
+    """Keep-mask of N:M sparsity: the ``n`` largest ``|w|`` of every ``m`` consecutive weights.
+
+    Groups run along ``axis``, the input dimension: 1 for Linear and Conv weights, 0 for
+    ConvTranspose and for 1-D tensors. When the size along ``axis`` is not a multiple of
+    ``m``, the last, partial group keeps its ``n`` largest (all of it if it has at most
+    ``n`` elements). Within a group, ties go lowest index first (it is pruned first).
+    """
+    if (
+        isinstance(n, bool)
+        or isinstance(m, bool)
+        or not isinstance(n, int)
+        or not isinstance(m, int)
+        or not 0 < n < m
+    ):
+        raise ValueError(f"n and m must be integers with 0 < n < m (e.g. 2:4), got n={n!r}, m={m!r}")
+    _check_weight(weight)
+    axis = _check_axis(weight, axis)
+    if weight.numel() == 0:
+        return torch.ones_like(weight, dtype=torch.bool)
+    rows = _magnitudes(weight).movedim(axis, -1)
+    length = rows.shape[-1]
+    pad = -length % m
+    if pad:
+        # -1 is below every magnitude, so padding is pruned before any real weight:
+        # a partial group of r elements keeps min(r, n) of them.
+        rows = torch.nn.functional.pad(rows, (0, pad), value=-1.0)
+    groups = rows.reshape(*rows.shape[:-1], -1, m)
+    # A stable ascending sort ranks each group by (|w|, index); the last n are kept.
+    order = torch.sort(groups, dim=-1, stable=True).indices
+    keep = torch.zeros(groups.shape, dtype=torch.bool, device=weight.device)
+    keep.scatter_(-1, order[..., m - n :], True)
+    keep = keep.reshape(rows.shape)[..., :length]
+    return keep.movedim(-1, axis).contiguous()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_weight(weight: object, name: str = "weight") -> None:
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        got = f"dtype {weight.dtype}" if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{name} must be a floating-point torch.Tensor, got {got}")
+
+
+def _check_axis(weight: torch.Tensor, axis: object) -> int:
+    ndim = weight.ndim
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
+        allowed = f"an integer in [{-ndim}, {ndim - 1}]" if ndim else "none (a 0-d tensor)"
+        raise ValueError(
+            f"axis must be {allowed} for a weight of shape {tuple(weight.shape)}, got {axis!r}"
+        )
+    return axis % ndim
+
+
+def _magnitude_dtype(dtype: torch.dtype) -> torch.dtype:
+    # float16/bfloat16 widen exactly to float32, where sorting, selection and norms are
+    # supported everywhere and do not overflow.
+    return dtype if dtype == torch.float64 else torch.float32
+
+
+def _magnitudes(weight: torch.Tensor) -> torch.Tensor:
+    """``|weight|`` in float32 (float64 for float64); raises on NaN or infinity."""
+    magnitude = weight.abs().to(_magnitude_dtype(weight.dtype))
+    _check_finite_max(magnitude.amax(), magnitude, "weight")
+    return magnitude
+
+
+def _check_finite_max(largest: torch.Tensor, magnitude: torch.Tensor, name: str) -> None:
+    # max|w| is finite iff every |w| is (amax propagates NaN), so the common case costs
+    # one reduction; the count is only computed for the error message.
+    if not math.isfinite(float(largest)):
+        bad = int((~torch.isfinite(magnitude)).sum())
+        raise ValueError(
+            f"{name} has {bad} NaN or infinite value{'s' if bad != 1 else ''} "
+            f"(of {magnitude.numel()}); pruning needs finite values"
+        )
+
+
+def _at_least(values: torch.Tensor, bound: float) -> torch.Tensor:
+    """``values >= bound`` exactly, for float32/float64 ``values`` and a Python float ``bound``."""
+    if values.dtype == torch.float64:
+        return values >= bound
+    # Comparing float32 with a Python float rounds the bound to float32 first, which
+    # may round it *down* and keep a value just below it. The smallest float32 that is
+    # >= bound gives the exact answer without widening the tensor.
+    rounded = torch.tensor(bound, dtype=values.dtype)
+    if float(rounded) < bound:
+        rounded = torch.nextafter(rounded, torch.tensor(math.inf, dtype=values.dtype))
+    return values >= float(rounded)
+
+
+def _keep_all_but_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Flat keep-mask pruning the ``k`` smallest of 1-D ``values``; ties: lowest index first."""
+    count = values.numel()
+    if k <= 0:
+        return torch.ones(count, dtype=torch.bool, device=values.device)
+    if k >= count:
+        return torch.zeros(count, dtype=torch.bool, device=values.device)
+    # Selection, not a sort: kthvalue is O(n) (a full sort of 25 M values is ~10x slower).
+    cut = torch.kthvalue(values, k).values
+    keep = values > cut
+    # Everything below the cut is pruned; of the values equal to it, only as many as
+    # are still needed, in index order (nonzero returns indices sorted).
+    ties = torch.nonzero(values == cut).squeeze(1)
+    below = count - int(keep.sum()) - ties.numel()
+    keep[ties[k - below :]] = True
+    return keep
