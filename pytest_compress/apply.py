@@ -20,7 +20,7 @@ from .activations import ActivationFakeQuantize, ActivationPrune
 from .batches import call_model, model_device, split_batch, to_device
 from .layers import Layer, compressible_layers, matches, require_layers
 from .observers import RangeObserver
-from .quant import dequantize, quant_range, quantize
+from .quant import compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
 from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
 
@@ -162,17 +162,18 @@ def _quantize_in_place(
     require_layers(layers, spec.include, spec.exclude)
     record = CompressionRecord(dict(get_record(model).quantized))
     for names, param, axis in _parameters_to_quantize(model, layers, spec):
-        q = quantize(
-            param.detach(),
-            bits=spec.bits,
-            symmetric=spec.symmetric,
-            axis=axis,
-            name=names[0],
+        scale, zero_point, axis = compute_qparams(
+            param.detach(), bits=spec.bits, symmetric=spec.symmetric, axis=axis, name=names[0]
+        )
+        qmin, qmax = quant_range(spec.bits, symmetric=spec.symmetric)
+        values = fake_quantize_with(
+            param.detach(), scale, zero_point, qmin=qmin, qmax=qmax, axis=axis
         )
         with torch.no_grad():
-            param.copy_(dequantize(q))
+            param.copy_(values)
+        params = QuantParams(scale, zero_point, spec.bits, axis, qmin, qmax)
         for name in names:
-            record.quantized[name] = QuantParams.of(q)
+            record.quantized[name] = params
     set_record(model, record)
     if spec.activation_bits is not None:
         assert calibration_data is not None

@@ -1,0 +1,46 @@
+"""What the compression checks run on: the trained models and the held-out digits.
+
+Every check evaluates on the test split, which training never saw; activation ranges
+are calibrated on the validation split.
+"""
+
+import pytest
+
+import digits
+import nets
+
+
+@pytest.fixture(scope="session")
+def compress_model():
+    """The seed article's LeNet, trained on the digits' training split."""
+    return nets.load(nets.Net(), nets.LENET_CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
+def compress_data():
+    """Held-out test images for the LeNet."""
+    return digits.loader(digits.split("images").test)
+
+
+@pytest.fixture(scope="session")
+def compress_calibration_data():
+    """Validation images: activation observers never see the test split."""
+    return digits.loader(digits.split("images").validation)
+
+
+@pytest.fixture(scope="session")
+def digits_mlp():
+    """The MLP on flat 8x8 digits."""
+    return nets.load(nets.mlp(), nets.MLP_CHECKPOINT)
+
+
+@pytest.fixture(scope="session")
+def digits_vectors():
+    """Held-out test digits as flat vectors, for the MLP."""
+    return digits.loader(digits.split("vectors").test)
+
+
+@pytest.fixture(scope="session")
+def digits_vectors_validation():
+    """Validation digits as flat vectors: the MLP's calibration data."""
+    return digits.loader(digits.split("vectors").validation)

@@ -1,0 +1,964 @@
+"""``save_compressed`` / ``load_compressed``: the honest on-disk size of a compressed model.
+
+The file holds every ``state_dict`` entry of the model, quantized weights as bit-packed
+integer codes and sparse tensors in a sparse encoding where that is smaller, so its length
+is what the compressed model really costs. No pickle is involved: the loader only parses
+a JSON header and raw little-endian numbers, checking every length against the file and
+the target model before allocating anything.
+
+File layout, version 1 (all integers little-endian)::
+
+    offset  size  field
+    0       4     magic b"PTCZ"
+    4       2     format version (uint16), 1
+    6       4     header length H in bytes (uint32)
+    10      4     CRC-32 of everything after these 14 bytes (uint32)
+    14      H     header: zlib-compressed UTF-8 JSON (below)
+    14+H    ...   data: the blobs of the header's tensors, one after the other, in order
+
+The header is ``{"t": [tensor, ...], "h": [hook, ...]}``. A tensor is one of
+
+- ``{"k": key, "a": source}``: an alias; ``key`` shares its storage with the earlier
+  entry ``source`` (tied weights) and is stored once. ``"r": 1`` when it also shares the
+  source's quantization record.
+- ``{"k": key, "d": dtype, "s": shape, "e": layout, "L": nbytes, ...}`` with ``dtype``
+  a torch dtype name (``"float32"``, ``"int64"``, ``"bool"``, ...) and ``nbytes`` the
+  length of its blob. Optional fields: ``"q": [bits, axis, qmin, qmax, scale dtype,
+  scale shape]`` when the tensor is quantized, ``"n"`` (stored element count) for a
+  sparse layout and ``"w"`` (gap width in bits) for the gaps layout.
+
+A tensor's blob is, in order:
+
+1. quantized only: the scales (raw ``scale dtype``), then the zero points minus
+   ``qmin``, bit-packed at ``bits`` bits;
+2. the index of the stored elements, by layout:
+   ``"dense"``: nothing, every element is stored;
+   ``"mask"``: one bit per element, set where the element is stored;
+   ``"gaps"``: one ``w``-bit gap per stored element, the count of elements skipped since
+   the previous stored one (Deep Compression's relative indices). A gap longer than
+   ``2**w - 1`` is bridged by filler entries that each skip ``2**w - 1`` and store a zero,
+   so the stored positions are ``cumsum(gap + 1) - 1``;
+3. the stored elements in flat (C) order: codes minus ``qmin`` bit-packed at ``bits`` bits
+   for a quantized tensor, raw element bytes otherwise.
+
+Elements that are not stored are zero: the zero point of their channel for a quantized
+tensor (dequantized to exactly 0.0), 0 / 0.0 / False otherwise (a ``-0.0`` left out by a
+sparse layout comes back as ``+0.0``, equal under ``torch.equal`` and in every output).
+The writer picks whichever layout is smallest, preferring dense, then mask, on a tie.
+
+Bit packing: code ``i`` occupies bits ``i*bits .. i*bits+bits-1`` of the blob, counting
+from the least significant bit of byte 0 (``np.packbits(bitorder="little")`` order);
+unused bits of the last byte are zero.
+
+A hook is ``[module, "fq", scale, zero_point, bits, qmin, qmax]`` (an
+``ActivationFakeQuantize``) or ``[module, "prune", beta]`` (an ``ActivationPrune``), in
+the order ``activation_hooks`` lists them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import secrets
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .activations import ACTIVATION_HOOKS, ActivationFakeQuantize, ActivationPrune, activation_hooks
+from .quant import MAX_BITS, MIN_BITS, QuantizedTensor, dequantize
+from .record import CompressionRecord, QuantParams, get_record, set_record
+
+MAGIC = b"PTCZ"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<4sHII")  # magic, version, header length, CRC-32 of the rest
+# A compressed JSON header is a few bytes per tensor; this only stops a zlib bomb.
+_MAX_HEADER_BYTES = 64 << 20
+_CHUNK_CODES = 1 << 20  # codes per chunk in the generic bit packer (a multiple of 8)
+_MAX_GAP_BITS = 16
+
+LAYOUTS = ("dense", "mask", "gaps")
+
+_DTYPES: dict[str, torch.dtype] = {
+    name: getattr(torch, name)
+    for name in (
+        "float16",
+        "bfloat16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+        "uint8",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint16",
+        "uint32",
+        "uint64",
+        "bool",
+    )
+    if isinstance(getattr(torch, name, None), torch.dtype)
+}
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+
+
+# --- bit packing ---------------------------------------------------------------------------
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes that ``count`` values take at ``bits`` bits each: ``ceil(count * bits / 8)``."""
+    return (count * bits + 7) // 8
+
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned integers ``0 <= v < 2**bits`` (1 <= bits <= 16) at ``bits`` bits each."""
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be from 1 to 16, got {bits}")
+    v = np.asarray(values).reshape(-1)
+    if v.size and (v.min() < 0 or int(v.max()) >= 1 << bits):
+        raise ValueError(f"values to pack at {bits} bits must lie in [0, {(1 << bits) - 1}]")
+    if bits == 8:
+        return v.astype(np.uint8).tobytes()
+    if bits == 16:
+        return v.astype("<u2").tobytes()
+    if 8 % bits == 0:
+        # Several codes per byte: shift each into its slot and OR them together.
+        per_byte = 8 // bits
+        padded = np.zeros(-(-v.size // per_byte) * per_byte, dtype=np.uint8)
+        padded[: v.size] = v
+        shifts = np.arange(per_byte, dtype=np.uint8) * bits
+        return np.bitwise_or.reduce(padded.reshape(-1, per_byte) << shifts, axis=1).tobytes()
+    # Any other width: spread each code into its bits, then pack 8 bits a byte. Chunks of a
+    # multiple of 8 codes end on a byte boundary, and keep the bit matrix small.
+    shifts = np.arange(bits, dtype=np.uint16)
+    parts = []
+    for start in range(0, v.size, _CHUNK_CODES):
+        chunk = v[start : start + _CHUNK_CODES].astype(np.uint16)
+        bit_matrix = ((chunk[:, None] >> shifts) & 1).astype(np.uint8)
+        parts.append(np.packbits(bit_matrix.reshape(-1), bitorder="little").tobytes())
+    return b"".join(parts)
+
+
+def unpack_bits(data: bytes | memoryview, bits: int, count: int) -> np.ndarray:
+    """The ``count`` unsigned ``bits``-bit integers packed in ``data``, as uint16.
+
+    ``ValueError`` if ``data`` is not exactly ``packed_size(count, bits)`` bytes or its
+    unused trailing bits are not zero.
+    """
+    if not 1 <= bits <= 16:
+        raise ValueError(f"bits must be from 1 to 16, got {bits}")
+    if len(data) != packed_size(count, bits):
+        raise ValueError(
+            f"{count} values at {bits} bits take {packed_size(count, bits)} bytes, got {len(data)}"
+        )
+    raw = np.frombuffer(data, dtype=np.uint8)
+    spare = raw.size * 8 - count * bits
+    if spare and raw[-1] >> (8 - spare):
+        raise ValueError(f"the unused last {spare} bits of a {bits}-bit packed blob are not zero")
+    if bits == 8:
+        return raw.astype(np.uint16)
+    if bits == 16:
+        return raw.view("<u2").astype(np.uint16)
+    if 8 % bits == 0:
+        per_byte = 8 // bits
+        shifts = np.arange(per_byte, dtype=np.uint8) * bits
+        slots = (raw[:, None] >> shifts) & ((1 << bits) - 1)
+        return slots.reshape(-1)[:count].astype(np.uint16)
+    # Generic: unpack to bits, pad each code's bits to 16 and pack them back as uint16.
+    out = np.empty(count, dtype=np.uint16)
+    for start in range(0, count, _CHUNK_CODES):
+        n = min(_CHUNK_CODES, count - start)
+        first = start * bits // 8  # chunks start on a byte boundary (a multiple of 8 codes)
+        bit_matrix = np.unpackbits(
+            raw[first : first + packed_size(n, bits)], bitorder="little", count=n * bits
+        ).reshape(n, bits)
+        wide = np.zeros((n, 16), dtype=np.uint8)
+        wide[:, :bits] = bit_matrix
+        out[start : start + n] = np.packbits(wide, axis=1, bitorder="little").view("<u2")[:, 0]
+    return out
+
+
+# --- sparse layouts ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a tensor's stored elements are indexed: ``name`` in LAYOUTS, ``gap_bits`` for gaps."""
+
+    name: str
+    gap_bits: int = 0
+
+
+def _gaps(nonzero: np.ndarray) -> np.ndarray:
+    """Elements skipped before each nonzero: position minus previous position minus 1."""
+    positions = np.flatnonzero(nonzero)
+    return np.diff(positions, prepend=-1) - 1
+
+
+def _gap_entries(gaps: np.ndarray, gap_bits: int) -> int:
+    """Entries the gaps layout needs: one per nonzero plus one filler per 2**w skipped."""
+    return int(gaps.size + (gaps >> gap_bits).sum())
+
+
+def layout_sizes(nonzero: np.ndarray, value_bits: int) -> list[tuple[int, Layout]]:
+    """(index + value bytes, layout) for dense, mask, and gaps at every useful gap width."""
+    nonzero = np.asarray(nonzero, dtype=bool).reshape(-1)
+    total = nonzero.size
+    kept = int(nonzero.sum())
+    sizes = [
+        (packed_size(total, value_bits), Layout("dense")),
+        (packed_size(total, 1) + packed_size(kept, value_bits), Layout("mask")),
+    ]
+    if kept < total:  # with no zeros, gaps can never beat dense
+        gaps = _gaps(nonzero)
+        for gap_bits in range(1, _MAX_GAP_BITS + 1):
+            entries = _gap_entries(gaps, gap_bits)
+            cost = packed_size(entries, gap_bits) + packed_size(entries, value_bits)
+            sizes.append((cost, Layout("gaps", gap_bits)))
+    return sizes
+
+
+def choose_layout(nonzero: np.ndarray, value_bits: int) -> Layout:
+    """The smallest layout (dense, then mask, then the narrowest gaps win ties)."""
+    return min(layout_sizes(nonzero, value_bits), key=lambda size_layout: size_layout[0])[1]
+
+
+def encode_index(nonzero: np.ndarray, layout: Layout) -> tuple[bytes, np.ndarray]:
+    """The index blob of ``layout`` and the flat positions it stores, for a nonzero mask."""
+    nonzero = np.asarray(nonzero, dtype=bool).reshape(-1)
+    if layout.name == "dense":
+        return b"", np.arange(nonzero.size, dtype=np.int64)
+    if layout.name == "mask":
+        return pack_bits(nonzero.astype(np.uint8), 1), np.flatnonzero(nonzero)
+    if layout.name != "gaps":
+        raise ValueError(f"unknown layout {layout.name!r}; expected one of {LAYOUTS}")
+    gaps = _gaps(nonzero)
+    step = 1 << layout.gap_bits
+    fillers = gaps >> layout.gap_bits
+    # Each nonzero becomes its fillers (gap step - 1 each) followed by the remaining gap.
+    entry_gaps = np.full(gaps.size + int(fillers.sum()), step - 1, dtype=np.int64)
+    last_entry = np.cumsum(fillers + 1) - 1
+    entry_gaps[last_entry] = gaps - fillers * step
+    positions = np.cumsum(entry_gaps + 1) - 1
+    return pack_bits(entry_gaps, layout.gap_bits), positions
+
+
+def decode_index(blob: bytes | memoryview, layout: Layout, total: int, stored: int) -> np.ndarray:
+    """The flat positions an index blob stores (``stored`` of them, among ``total``)."""
+    if layout.name == "dense":
+        if len(blob) or stored != total:
+            raise ValueError("a dense tensor has no index and stores every element")
+        return np.arange(total, dtype=np.int64)
+    if layout.name == "mask":
+        positions = np.flatnonzero(unpack_bits(blob, 1, total))
+        if positions.size != stored:
+            raise ValueError(f"the mask marks {positions.size} elements, the header says {stored}")
+        return positions
+    if layout.name != "gaps":
+        raise ValueError(f"unknown layout {layout.name!r}; expected one of {LAYOUTS}")
+    gaps = unpack_bits(blob, layout.gap_bits, stored).astype(np.int64)
+    positions = np.cumsum(gaps + 1) - 1
+    if positions.size and positions[-1] >= total:
+        raise ValueError(f"the gaps run to element {positions[-1]}, past the {total} elements")
+    return positions
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def _raw_bytes(t: torch.Tensor) -> np.ndarray:
+    """A tensor's elements as a (numel, itemsize) uint8 array, in C order."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().reshape(flat.numel(), t.element_size())
+
+
+def _zero_points_along(
+    zero_point: torch.Tensor, axis: int | None, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Each element's zero point (its code for 0.0), as a flat int64 array."""
+    view = [1] * len(shape)
+    if axis is not None:
+        view[axis] = -1
+    zp = zero_point.detach().cpu().to(torch.int64).numpy().reshape(view)
+    return np.broadcast_to(zp, shape).reshape(-1)
+
+
+def _tensor_entry(key: str, t: torch.Tensor, layout: Layout, stored: int, nbytes: int) -> dict:
+    entry: dict[str, Any] = {
+        "k": key,
+        "d": _DTYPE_NAMES[t.dtype],
+        "s": list(t.shape),
+        "e": layout.name,
+        "L": nbytes,
+    }
+    if layout.name != "dense":
+        entry["n"] = stored
+    if layout.name == "gaps":
+        entry["w"] = layout.gap_bits
+    return entry
+
+
+def _checked_qparams(key: str, values: torch.Tensor, params: QuantParams) -> int | None:
+    """The record's axis, normalised; ``ValueError`` if the record cannot be stored."""
+    bits, qmin, qmax = params.bits, params.qmin, params.qmax
+    if values.dtype not in _DTYPE_NAMES or not values.is_floating_point():
+        raise ValueError(f"{key} is quantized but has dtype {values.dtype}, not a float dtype")
+    if not (MIN_BITS <= bits <= MAX_BITS and qmin <= qmax and qmax - qmin < 1 << bits):
+        raise ValueError(f"{key}: codes [{qmin}, {qmax}] do not fit in {bits} bits")
+    axis = params.axis
+    if axis is not None:
+        if not -values.dim() <= axis < values.dim():
+            raise ValueError(f"{key}: axis {axis} is out of range for shape {tuple(values.shape)}")
+        axis %= values.dim()
+    channels = 1 if axis is None else values.shape[axis]
+    scale, zero_point = params.scale, params.zero_point
+    if scale.numel() != channels or zero_point.shape != scale.shape:
+        raise ValueError(
+            f"{key}: {channels} channel(s), but a scale of shape {tuple(scale.shape)} and a "
+            f"zero point of shape {tuple(zero_point.shape)}"
+        )
+    if scale.dtype not in _DTYPE_NAMES or not scale.is_floating_point():
+        raise ValueError(f"{key}: scale dtype {scale.dtype} is not a supported float dtype")
+    if zero_point.numel() and (int(zero_point.min()) < qmin or int(zero_point.max()) > qmax):
+        raise ValueError(f"{key}: zero points outside [{qmin}, {qmax}]")
+    return axis
+
+
+def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tuple[dict, bytes]:
+    """Scales, packed zero points, index and packed codes of a fake-quantized tensor."""
+    axis = _checked_qparams(key, values, params)
+    codes = params.codes_of(values.detach().cpu(), key).codes  # ValueError if off the grid
+    codes = codes.reshape(-1).numpy().astype(np.int64)
+    zero_point = params.zero_point.detach().cpu()
+    nonzero = codes != _zero_points_along(zero_point, axis, tuple(values.shape))
+    layout = choose_layout(nonzero, params.bits)
+    index, positions = encode_index(nonzero, layout)
+    blob = b"".join(
+        (
+            _raw_bytes(params.scale).tobytes(),
+            pack_bits(zero_point.reshape(-1).to(torch.int64).numpy() - params.qmin, params.bits),
+            index,
+            pack_bits(
+                (codes if layout.name == "dense" else codes[positions]) - params.qmin, params.bits
+            ),
+        )
+    )
+    entry = _tensor_entry(key, values, layout, positions.size, len(blob))
+    entry["q"] = [
+        params.bits,
+        axis,
+        params.qmin,
+        params.qmax,
+        _DTYPE_NAMES[params.scale.dtype],
+        list(params.scale.shape),
+    ]
+    return entry, blob
+
+
+def _encode_raw(key: str, t: torch.Tensor) -> tuple[dict, bytes]:
+    """Index and raw element bytes of a tensor stored as it is."""
+    if t.dtype not in _DTYPE_NAMES:
+        raise ValueError(
+            f"{key} has dtype {t.dtype}, which the file format does not store "
+            f"(supported: {', '.join(_DTYPES)})"
+        )
+    rows = _raw_bytes(t)
+    # Floats compare by value so that -0.0 (from multiplying by a mask) counts as pruned.
+    nonzero = (t.detach().cpu() != 0).reshape(-1).numpy() if t.is_floating_point() else rows.any(1)
+    layout = choose_layout(nonzero, 8 * t.element_size())
+    index, positions = encode_index(nonzero, layout)
+    values = rows.tobytes() if layout.name == "dense" else rows[positions].tobytes()
+    return _tensor_entry(key, t, layout, positions.size, len(index) + len(values)), index + values
+
+
+def _same_params(a: QuantParams, b: QuantParams) -> bool:
+    return a is b or (
+        (a.bits, a.axis, a.qmin, a.qmax) == (b.bits, b.axis, b.qmin, b.qmax)
+        and a.scale.dtype == b.scale.dtype
+        and torch.equal(a.scale, b.scale)
+        and torch.equal(a.zero_point, b.zero_point)
+    )
+
+
+def _storage_id(t: torch.Tensor) -> tuple | None:
+    """What makes two state_dict entries one tensor; None for empty tensors (no storage)."""
+    if t.numel() == 0:
+        return None
+    return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+
+
+def _encode_tensors(model: nn.Module) -> tuple[list[dict], list[bytes]]:
+    state = model.state_dict()
+    quantized = get_record(model).quantized
+    unknown = sorted(set(quantized) - set(state))
+    if unknown:
+        raise ValueError(f"the compression record names keys not in the state_dict: {unknown}")
+    entries: list[dict] = []
+    blobs: list[bytes] = []
+    first_key: dict[tuple, str] = {}
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"state_dict entry {key} is a {type(t).__name__}, not a tensor")
+        if t.layout != torch.strided:
+            raise ValueError(f"state_dict entry {key} has layout {t.layout}; only dense tensors")
+        storage = _storage_id(t)
+        source = first_key.get(storage) if storage is not None else None
+        if source is not None:
+            mine, theirs = quantized.get(key), quantized.get(source)
+            if mine is None and theirs is None:
+                entries.append({"k": key, "a": source})
+                continue
+            if mine is not None and theirs is not None and _same_params(mine, theirs):
+                entries.append({"k": key, "a": source, "r": 1})
+                continue
+            # Tied but recorded differently: store both, each with its own record.
+        elif storage is not None:
+            first_key[storage] = key
+        if key in quantized:
+            entry, blob = _encode_quantized(key, t, quantized[key])
+        else:
+            entry, blob = _encode_raw(key, t)
+        entries.append(entry)
+        blobs.append(blob)
+    return entries, blobs
+
+
+def _hook_entries(model: nn.Module) -> list[list]:
+    hooks: list[list] = []
+    for name, hook in activation_hooks(model):
+        if isinstance(hook, ActivationFakeQuantize):
+            hooks.append(
+                [
+                    name,
+                    "fq",
+                    float(hook.scale),
+                    int(hook.zero_point),
+                    int(hook.bits),
+                    int(hook.qmin),
+                    int(hook.qmax),
+                ]
+            )
+        else:
+            hooks.append([name, "prune", float(hook.beta)])
+    return hooks
+
+
+def _write_atomically(path: str, parts: list[bytes]) -> int:
+    """Write ``parts`` to a temporary file beside ``path``, then rename it over ``path``."""
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: never write through someone else's file; mode 0o666 minus the umask, as open().
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(temporary, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return sum(len(part) for part in parts)
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
+    """Write ``model`` (a compressed copy, or any model) to ``path``; return the bytes written.
+
+    Quantized weights (those in the model's compression record) are stored as bit-packed
+    codes, sparse tensors in a sparse layout where that is smaller, tied tensors once, and
+    activation hooks by their parameters. The file appears only complete: a failure leaves
+    no file behind and an existing ``path`` untouched. See the module docstring for the format.
+    """
+    path = os.fspath(path)
+    with torch.no_grad():
+        entries, blobs = _encode_tensors(model)
+    try:
+        text = json.dumps(
+            {"t": entries, "h": _hook_entries(model)}, separators=(",", ":"), allow_nan=False
+        )
+    except ValueError as err:  # a NaN or infinite activation scale
+        raise ValueError(f"cannot save {path}: {err}") from err
+    header = zlib.compress(text.encode("utf-8"), 9)
+    crc = zlib.crc32(header)
+    for blob in blobs:
+        crc = zlib.crc32(blob, crc)
+    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), crc)
+    return _write_atomically(path, [prefix, header, *blobs])
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+class _BadFile(ValueError):
+    """What is wrong with a file; ``load_compressed`` prefixes the file's name."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise _BadFile(message)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_in(value: object, low: int, high: int, what: str) -> int:
+    _check(
+        _is_int(value) and low <= value <= high,
+        f"{what} must be an integer in [{low}, {high}], got {value!r}",
+    )
+    return value  # type: ignore[return-value]
+
+
+def _finite_float(value: object, what: str, *, positive: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > 0 if positive else value >= 0)
+    _check(
+        ok,
+        f"{what} must be a finite {'positive' if positive else 'non-negative'} number, "
+        f"got {value!r}",
+    )
+    return float(value)  # type: ignore[arg-type]
+
+
+def _dtype(name: object, what: str) -> torch.dtype:
+    _check(isinstance(name, str) and name in _DTYPES, f"{what}: unknown dtype {name!r}")
+    return _DTYPES[name]  # type: ignore[index]
+
+
+def _shape(value: object, what: str) -> tuple[int, ...]:
+    _check(
+        isinstance(value, list) and all(_is_int(d) and d >= 0 for d in value),
+        f"{what}: shape must be a list of non-negative integers, got {value!r}",
+    )
+    return tuple(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Quant:
+    bits: int
+    axis: int | None
+    qmin: int
+    qmax: int
+    scale_dtype: torch.dtype
+    scale_shape: tuple[int, ...]
+
+    @property
+    def channels(self) -> int:
+        return math.prod(self.scale_shape)
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A validated tensor entry whose blob lengths agree with the target model's shape."""
+
+    key: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    layout: Layout
+    stored: int
+    nbytes: int
+    quant: _Quant | None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def part_sizes(self) -> list[int]:
+        """Byte lengths of the blob's parts: [scales, zero points,] index, values."""
+        if self.layout.name == "dense":
+            index = 0
+        elif self.layout.name == "mask":
+            index = packed_size(self.numel, 1)
+        else:
+            index = packed_size(self.stored, self.layout.gap_bits)
+        if self.quant is None:
+            return [index, self.stored * _itemsize(self.dtype)]
+        q = self.quant
+        return [
+            q.channels * _itemsize(q.scale_dtype),
+            packed_size(q.channels, q.bits),
+            index,
+            packed_size(self.stored, q.bits),
+        ]
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _parse_quant(value: object, key: str, shape: tuple[int, ...]) -> _Quant:
+    _check(isinstance(value, list) and len(value) == 6, f"{key}: malformed quantization {value!r}")
+    bits, axis, qmin, qmax, scale_dtype, scale_shape = value  # type: ignore[misc]
+    bits = _int_in(bits, MIN_BITS, MAX_BITS, f"{key}: bits")
+    _check(
+        axis is None or (_is_int(axis) and 0 <= axis < len(shape)),
+        f"{key}: quantization axis {axis!r} is out of range for shape {shape}",
+    )
+    qmin = _int_in(qmin, -(1 << MAX_BITS), 1 << MAX_BITS, f"{key}: qmin")
+    qmax = _int_in(qmax, qmin, qmin + (1 << bits) - 1, f"{key}: qmax")
+    dtype = _dtype(scale_dtype, f"{key}: scale")
+    _check(dtype.is_floating_point, f"{key}: scale dtype {scale_dtype} is not a float dtype")
+    scale_shape = _shape(scale_shape, f"{key}: scale")
+    channels = 1 if axis is None else shape[axis]
+    _check(
+        math.prod(scale_shape) == channels,
+        f"{key}: {math.prod(scale_shape)} scales for {channels} channel(s)",
+    )
+    return _Quant(bits, axis, qmin, qmax, dtype, scale_shape)
+
+
+def _parse_stored(entry: dict, key: str, target: torch.Tensor) -> _Stored:
+    dtype = _dtype(entry.get("d"), key)
+    shape = _shape(entry.get("s"), key)
+    _check(
+        shape == tuple(target.shape),
+        f"{key} has shape {shape} in the file but {tuple(target.shape)} in the model",
+    )
+    _check(
+        dtype == target.dtype,
+        f"{key} has dtype {dtype} in the file but {target.dtype} in the model",
+    )
+    numel = math.prod(shape)
+    name = entry.get("e")
+    _check(name in LAYOUTS, f"{key}: unknown encoding {name!r} (expected one of {LAYOUTS})")
+    gap_bits = (
+        _int_in(entry.get("w"), 1, _MAX_GAP_BITS, f"{key}: gap width") if name == "gaps" else 0
+    )
+    stored = numel if name == "dense" else _int_in(entry.get("n"), 0, numel, f"{key}: stored count")
+    quant = None
+    if "q" in entry:
+        quant = _parse_quant(entry["q"], key, shape)
+        _check(
+            dtype.is_floating_point,
+            f"{key}: a quantized tensor must have a float dtype, not {dtype}",
+        )
+    nbytes = _int_in(entry.get("L"), 0, 1 << 62, f"{key}: blob length")
+    item = _Stored(key, dtype, shape, Layout(name, gap_bits), stored, nbytes, quant)
+    expected = sum(item.part_sizes())
+    _check(
+        nbytes == expected,
+        f"{key}: blob of {nbytes} bytes, but its shape {shape}, encoding and bit width "
+        f"need {expected}",
+    )
+    return item
+
+
+def _parse_tensors(
+    value: object, target: dict[str, torch.Tensor]
+) -> tuple[list[_Stored], dict[str, tuple[str, bool]]]:
+    """Validated stored entries and aliases (key -> (source, shares record))."""
+    _check(isinstance(value, list), "header has no tensor list")
+    stored: list[_Stored] = []
+    aliases: dict[str, tuple[str, bool]] = {}
+    seen: dict[str, _Stored] = {}
+    for entry in value:  # type: ignore[union-attr]
+        _check(
+            isinstance(entry, dict) and isinstance(entry.get("k"), str),
+            f"malformed tensor entry {str(entry)[:80]}",
+        )
+        key = entry["k"]
+        _check(key not in seen and key not in aliases, f"{key} is stored twice")
+        _check(key in target, f"{key} is in the file but not in the model's state_dict")
+        if "a" in entry:
+            source = seen.get(entry["a"])
+            _check(
+                source is not None,
+                f"{key} aliases {entry['a']!r}, which is not an earlier stored tensor",
+            )
+            _check(
+                tuple(target[key].shape) == source.shape and target[key].dtype == source.dtype,
+                f"{key} is tied to {source.key} in the file, but the model's {key} has shape "
+                f"{tuple(target[key].shape)} and dtype {target[key].dtype}",
+            )
+            shares_record = entry.get("r", 0) == 1
+            _check(
+                not shares_record or source.quant is not None,
+                f"{key} shares the quantization of {source.key}, which is not quantized",
+            )
+            aliases[key] = (source.key, shares_record)
+            continue
+        item = _parse_stored(entry, key, target[key])
+        seen[key] = item
+        stored.append(item)
+    missing = [key for key in target if key not in seen and key not in aliases]
+    _check(
+        not missing, f"the file lacks {len(missing)} state_dict entries of the model: {missing[:5]}"
+    )
+    return stored, aliases
+
+
+def _parse_hooks(
+    value: object, model: nn.Module
+) -> list[tuple[str, ActivationFakeQuantize | ActivationPrune]]:
+    _check(isinstance(value, list), "header has no hook list")
+    modules = dict(model.named_modules())
+    hooks: list[tuple[str, ActivationFakeQuantize | ActivationPrune]] = []
+    for entry in value:  # type: ignore[union-attr]
+        _check(
+            isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[0], str),
+            f"malformed activation hook {str(entry)[:80]}",
+        )
+        name, kind, *params = entry
+        _check(
+            name in modules, f"activation hook on module {name!r}, which the model does not have"
+        )
+        if kind == "fq" and len(params) == 5:
+            scale = _finite_float(params[0], f"hook on {name!r}: scale", positive=True)
+            bits = _int_in(params[2], MIN_BITS, MAX_BITS, f"hook on {name!r}: bits")
+            qmin = _int_in(params[3], -(1 << MAX_BITS), 1 << MAX_BITS, f"hook on {name!r}: qmin")
+            qmax = _int_in(params[4], qmin, qmin + (1 << bits) - 1, f"hook on {name!r}: qmax")
+            zero_point = _int_in(params[1], qmin, qmax, f"hook on {name!r}: zero point")
+            hooks.append((name, ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)))
+        elif kind == "prune" and len(params) == 1:
+            hooks.append(
+                (
+                    name,
+                    ActivationPrune(
+                        _finite_float(params[0], f"hook on {name!r}: beta", positive=False)
+                    ),
+                )
+            )
+        else:
+            raise _BadFile(f"unknown activation hook {str(entry)[:80]}")
+    return hooks
+
+
+def _read_header(f: Any, size: int) -> tuple[dict, int, int]:
+    """The header document, the data section's offset and the stored CRC."""
+    prefix = f.read(_PREFIX.size)
+    _check(
+        len(prefix) == _PREFIX.size,
+        f"the file is {size} bytes, shorter than the {_PREFIX.size}-byte prefix "
+        "(truncated, or not a pytest-compress file)",
+    )
+    magic, version, header_len, crc = _PREFIX.unpack(prefix)
+    _check(
+        magic == MAGIC,
+        f"wrong magic bytes {magic!r} (expected {MAGIC!r}): not a pytest-compress file",
+    )
+    _check(
+        version <= FORMAT_VERSION,
+        f"format version {version} is newer than this pytest-compress reads "
+        f"(up to {FORMAT_VERSION}); upgrade pytest-compress",
+    )
+    _check(version == FORMAT_VERSION, f"unsupported format version {version}")
+    _check(
+        header_len <= size - _PREFIX.size,
+        f"the header length {header_len} runs past the end of the {size}-byte file (truncated?)",
+    )
+    decompressor = zlib.decompressobj()
+    try:
+        text = decompressor.decompress(f.read(header_len), _MAX_HEADER_BYTES)
+    except zlib.error as err:
+        raise _BadFile(f"the header is not valid zlib data ({err})") from None
+    _check(
+        decompressor.eof and not decompressor.unconsumed_tail,
+        "the header is truncated or decompresses to more than 64 MiB",
+    )
+    _check(not decompressor.unused_data, "stray bytes after the compressed header")
+    try:
+        doc = json.loads(text.decode("utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise _BadFile(f"the header is not valid JSON ({err})") from None
+    _check(isinstance(doc, dict), "the header is not a JSON object")
+    return doc, _PREFIX.size + header_len, crc
+
+
+def _check_crc(f: Any, expected: int) -> None:
+    f.seek(_PREFIX.size)
+    crc = 0
+    while chunk := f.read(1 << 20):  # streamed: a file is never read into memory unchecked
+        crc = zlib.crc32(chunk, crc)
+    _check(crc == expected, "checksum mismatch: the file is corrupted")
+
+
+def _decode_raw(item: _Stored, index: memoryview, values: memoryview) -> torch.Tensor:
+    positions = decode_index(index, item.layout, item.numel, item.stored)
+    itemsize = _itemsize(item.dtype)
+    rows = np.frombuffer(values, dtype=np.uint8).reshape(item.stored, itemsize)
+    if item.layout.name == "dense":
+        out = rows.copy()
+    else:
+        out = np.zeros((item.numel, itemsize), dtype=np.uint8)
+        out[positions] = rows
+    _check(
+        item.dtype != torch.bool or not out.size or out.max() <= 1,
+        f"{item.key}: a bool tensor holds bytes other than 0 and 1",
+    )
+    return torch.from_numpy(out.reshape(-1)).view(item.dtype).reshape(item.shape)
+
+
+def _decode_quantized(item: _Stored, parts: list[memoryview]) -> tuple[torch.Tensor, QuantParams]:
+    q = item.quant
+    assert q is not None
+    scale_blob, zp_blob, index, values = parts
+    scale = torch.from_numpy(np.frombuffer(scale_blob, dtype=np.uint8).copy())
+    scale = scale.view(q.scale_dtype).reshape(q.scale_shape)
+    _check(
+        bool(torch.isfinite(scale).all() and (scale > 0).all()),
+        f"{item.key}: scales must be finite and positive",
+    )
+    zero_point = unpack_bits(zp_blob, q.bits, q.channels).astype(np.int64) + q.qmin
+    positions = decode_index(index, item.layout, item.numel, item.stored)
+    stored = unpack_bits(values, q.bits, item.stored).astype(np.int64) + q.qmin
+    _check(
+        not zero_point.size or zero_point.max() <= q.qmax,
+        f"{item.key}: a zero point exceeds qmax {q.qmax}",
+    )
+    _check(not stored.size or stored.max() <= q.qmax, f"{item.key}: a code exceeds qmax {q.qmax}")
+    zp = torch.from_numpy(zero_point.astype(np.int32)).reshape(q.scale_shape)
+    codes = _zero_points_along(zp, q.axis, item.shape).astype(np.int32)  # a fresh copy
+    codes[positions] = stored
+    params = QuantParams(scale, zp, q.bits, q.axis, q.qmin, q.qmax)
+    quantized = QuantizedTensor(
+        torch.from_numpy(codes).reshape(item.shape),
+        scale,
+        zp,
+        q.bits,
+        q.axis,
+        q.qmin,
+        q.qmax,
+        item.dtype,
+    )
+    return dequantize(quantized), params
+
+
+def _split(blob: memoryview, sizes: list[int]) -> list[memoryview]:
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(blob[start : start + size])
+        start += size
+    return parts
+
+
+def _read_file(
+    path: str, model: nn.Module, target: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, bool]], dict[str, QuantParams], list]:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        doc, data_offset, crc = _read_header(f, size)
+        stored, aliases = _parse_tensors(doc.get("t"), target)
+        hooks = _parse_hooks(doc.get("h"), model)
+        # Every length is now known from the model's own shapes: check the file against it
+        # before reading the data, so a wrong file never costs more than its header.
+        data_len = sum(item.nbytes for item in stored)
+        actual = size - data_offset
+        _check(
+            actual >= data_len,
+            f"truncated: the header describes {data_len} bytes of tensor data, "
+            f"the file holds {actual}",
+        )
+        _check(actual == data_len, f"{actual - data_len} unexpected bytes after the tensor data")
+        _check_crc(f, crc)
+        f.seek(data_offset)
+        data = memoryview(f.read(data_len))
+    tensors: dict[str, torch.Tensor] = {}
+    quantized: dict[str, QuantParams] = {}
+    offset = 0
+    for item in stored:
+        parts = _split(data[offset : offset + item.nbytes], item.part_sizes())
+        offset += item.nbytes
+        try:
+            if item.quant is None:
+                tensors[item.key] = _decode_raw(item, *parts)
+            else:
+                tensors[item.key], quantized[item.key] = _decode_quantized(item, parts)
+        except _BadFile:
+            raise
+        except ValueError as err:
+            raise _BadFile(f"{item.key}: {err}") from None
+    for key, (source, shares_record) in aliases.items():
+        tensors[key] = tensors[source]
+        if shares_record:
+            quantized[key] = quantized[source]
+    ordered = {key: tensors[key] for key in target}
+    record = {key: quantized[key] for key in target if key in quantized}
+    return ordered, aliases, record, hooks
+
+
+def _slot(model: nn.Module, key: str) -> tuple[str, dict, str] | None:
+    """Where state_dict entry ``key`` lives: ("parameter" or "buffer", the dict, its name)."""
+    prefix, _, name = key.rpartition(".")
+    try:
+        owner = model.get_submodule(prefix)
+    except AttributeError:  # an entry a custom _save_to_state_dict made up
+        return None
+    for kind, slots in (("parameter", owner._parameters), ("buffer", owner._buffers)):
+        if slots.get(name) is not None:
+            return kind, slots, name
+    return None
+
+
+def _tie(model: nn.Module, aliases: dict[str, tuple[str, bool]]) -> None:
+    """Make the model share each aliased tensor with its source, as the saved model did."""
+    for key, (source, _) in aliases.items():
+        mine, theirs = _slot(model, key), _slot(model, source)
+        if mine is not None and theirs is not None and mine[0] == theirs[0]:
+            mine[1][mine[2]] = theirs[1][theirs[2]]
+
+
+def _check_model_ties(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """A model that ties two entries can only hold the file if their values agree."""
+    groups: dict[tuple, list[str]] = {}
+    for key, t in model.state_dict().items():
+        storage = _storage_id(t)
+        if storage is not None:
+            groups.setdefault(storage, []).append(key)
+    for keys in groups.values():
+        first = tensors[keys[0]]
+        for key in keys[1:]:
+            same = tensors[key] is first or torch.equal(
+                tensors[key].reshape(-1).view(torch.uint8), first.reshape(-1).view(torch.uint8)
+            )
+            _check(
+                same,
+                f"the model ties {keys[0]} and {key}, but the file holds different values for them",
+            )
+
+
+def _replace_activation_hooks(model: nn.Module, hooks: list) -> None:
+    for module in model.modules():
+        for hook_id, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, ACTIVATION_HOOKS):
+                del module._forward_hooks[hook_id]
+                for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+                    getattr(module, extra, {}).pop(hook_id, None)
+    for name, hook in hooks:
+        model.get_submodule(name).register_forward_hook(hook)
+
+
+def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """A copy of ``model`` holding what ``save_compressed`` wrote to ``path``.
+
+    ``model`` gives the architecture (a freshly built float model will do) and is never
+    modified. The copy gets the file's tensors, ties, compression record and activation
+    hooks, so its outputs equal the saved model's exactly. A truncated, corrupted or
+    foreign file, or one saved from another architecture, raises ``ValueError`` naming
+    the file and the problem.
+    """
+    path = os.fspath(path)
+    target = model.state_dict()
+    try:
+        tensors, aliases, record, hooks = _read_file(path, model, target)
+        loaded = copy.deepcopy(model)
+        _tie(loaded, aliases)
+        _check_model_ties(loaded, tensors)
+    except _BadFile as err:
+        raise ValueError(f"cannot load {path}: {err}") from None
+    with torch.no_grad():
+        loaded.load_state_dict(tensors, strict=True)
+    _replace_activation_hooks(loaded, hooks)
+    set_record(loaded, CompressionRecord(quantized=record))
+    return loaded

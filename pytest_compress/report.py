@@ -1,0 +1,164 @@
+"""The reports of a session's checks: terminal table, Markdown table and JSON document.
+
+Every report is built from the checks' plain dict entries (``CompressionResult.to_dict()``
+plus ``check``, ``test`` and ``baseline``), the form in which xdist workers send them,
+and lists them sorted by check id, so a parallel run reports exactly what a serial one does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .units import format_drop, format_fraction, format_metric, format_ratio, format_size
+
+JSON_SCHEMA_VERSION = 1
+COLUMNS = ("test", "recipe", "metric", "drop", "size", "ratio", "sparsity", "verdict")
+
+Entry = Mapping[str, Any]
+
+
+def sorted_entries(entries: Iterable[Entry]) -> list[Entry]:
+    return sorted(entries, key=lambda entry: entry["check"])
+
+
+def verdict(entry: Entry) -> str:
+    """``ok``, ``FAILED`` (a budget broke) or ``REGRESSED`` (only the baseline gate broke)."""
+    violations = entry["violations"]
+    if not violations:
+        return "ok"
+    if all(v["budget"].startswith("baseline_") for v in violations):
+        return "REGRESSED"
+    return "FAILED"
+
+
+def row(entry: Entry) -> list[str]:
+    """One table row: test, recipe, metric before -> after, drop, size before -> after, ..."""
+    percent = entry["metric"] == "accuracy"
+    metric = (
+        f"{format_metric(entry['float_metric'], percent)} -> "
+        f"{format_metric(entry['compressed_metric'], percent)}"
+    )
+    size = f"{format_size(entry['float_size'])} -> {format_size(entry['compressed_size'])}"
+    return [
+        entry["check"],
+        entry["recipe"],
+        metric,
+        format_drop(entry["accuracy_drop"], percent),
+        size,
+        format_ratio(entry["size_ratio"]),
+        format_fraction(entry["sparsity"]),
+        verdict(entry),
+    ]
+
+
+def terminal_table(entries: Iterable[Entry]) -> list[str]:
+    """The table as aligned text lines, header first."""
+    rows = [list(COLUMNS), *(row(entry) for entry in sorted_entries(entries))]
+    widths = [max(len(cells[i]) for cells in rows) for i in range(len(COLUMNS))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+        for cells in rows
+    ]
+
+
+def markdown_table(entries: Iterable[Entry]) -> str:
+    """The table in GitHub-flavoured Markdown, under a ``compression report`` heading."""
+    lines = [
+        "## compression report",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for entry in sorted_entries(entries):
+        cells = row(entry)
+        cells[0] = f"`{cells[0]}`"
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def json_report(entries: Iterable[Entry], *, device: str) -> dict[str, Any]:
+    """The JSON report: versions, the machine, and one object per check (sorted by id)."""
+    return {
+        "schema_version": JSON_SCHEMA_VERSION,
+        "plugin": "pytest-compress",
+        "plugin_version": _version("pytest-compress"),
+        "torch_version": _version("torch"),
+        "pytest_version": _version("pytest"),
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "machine": {
+            "node": platform.node(),
+            "system": platform.system(),
+            "release": platform.release(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "device": device,
+        },
+        "checks": [dict(entry) for entry in sorted_entries(entries)],
+    }
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def write_json_report(path: Path, entries: Iterable[Entry], *, device: str) -> None:
+    write_text(path, json.dumps(json_report(entries, device=device), indent=2) + "\n")
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append (GitHub's step summary collects what every step appends)."""
+    with path.open("a", encoding="utf-8") as stream:
+        stream.write(text)
+
+
+def baseline_lines(
+    path: Path,
+    *,
+    produced: int,
+    written: str | None,
+    kept: int = 0,
+    new: Sequence[str] = (),
+    stale: Sequence[str] = (),
+    regressed: Sequence[str] = (),
+) -> list[str]:
+    """What happened to the stored baseline, one fact per line."""
+    if written == "recorded":
+        return [f"baseline {path}: no baseline yet, recorded {produced} checks"]
+    if written == "updated":
+        lines = [f"baseline {path}: updated from this run ({produced} checks)"]
+        if kept:
+            lines.append(f"  kept: {kept} recorded checks of tests that did not run")
+        lines += [f"  added: {check}" for check in new]
+        lines += [f"  removed (stale): {check}" for check in stale]
+        return lines
+    lines = [
+        f"baseline {path}: {produced - len(new)} checks compared, {len(regressed)} regressed, "
+        f"{len(new)} new, {len(stale)} stale"
+    ]
+    lines += [f"  regressed: {check}" for check in regressed]
+    lines += [f"  new (not in the baseline, passes): {check}" for check in new]
+    lines += [f"  stale (no check produced it): {check}" for check in stale]
+    if new or stale or regressed:
+        lines.append("  run with --compress-update-baseline to rewrite the baseline from this run")
+    return lines
+
+
+def _version(distribution: str) -> str | None:
+    # The imported module's own version first: torch's carries its build ("2.4.0+cu121").
+    module = sys.modules.get(distribution.replace("-", "_"))
+    if getattr(module, "__version__", None):
+        return str(module.__version__)  # type: ignore[union-attr]
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,213 @@
+"""``CompressionResult``: what one compression check measured, its verdict, and its text.
+
+``explain()`` renders the message a failing test shows (the format of DESIGN.md): the
+recipe in words, then one line per measurement with its budget, each line either
+ending in ``ok`` or stating both the value and the limit it broke.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .budgets import BudgetCheck, Budgets
+from .units import (
+    distinct,
+    format_drop,
+    format_fraction,
+    format_metric,
+    format_ratio,
+    format_size,
+)
+
+DEFAULT_METRIC = "accuracy"
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """One compression check: the float and compressed model measured side by side.
+
+    ``accuracy_drop`` is float metric minus compressed metric, or the increase when
+    lower is better (so a positive drop is always a loss); ``relative_drop`` divides it
+    by ``|float_metric|``. Sizes are bytes: ``float_size`` of ``torch.save(state_dict)``,
+    ``compressed_size`` of the file ``save_compressed`` writes. ``timings`` are seconds.
+    """
+
+    float_metric: float
+    compressed_metric: float
+    accuracy_drop: float
+    relative_drop: float
+    float_size: int
+    compressed_size: int
+    size_ratio: float
+    sparsity: float
+    recipe: str
+    quantize: Any = None
+    prune: Any = None
+    budgets: Budgets = field(default_factory=Budgets)
+    checks: tuple[BudgetCheck, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    metric: str = DEFAULT_METRIC
+    higher_is_better: bool = True
+    model: str = "compress_model"
+    data: str = "compress_data"
+    device: str = "cpu"
+
+    @property
+    def violations(self) -> list[BudgetCheck]:
+        """Every broken budget (and baseline regression), in message order."""
+        return [check for check in self.checks if not check.ok]
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    @property
+    def regressed(self) -> bool:
+        """True when the stored baseline gate failed."""
+        return any(check.is_baseline for check in self.violations)
+
+    @property
+    def seconds(self) -> float:
+        return self.timings.get("total", 0.0)
+
+    def with_checks(self, extra: list[BudgetCheck]) -> CompressionResult:
+        return dataclasses.replace(self, checks=(*self.checks, *extra))
+
+    def explain(self) -> str:
+        """The human text: verdict and recipe, then one line per measurement."""
+        if any(not check.is_baseline for check in self.violations):
+            head = "compression budget exceeded for"
+        elif self.regressed:
+            head = "compression regressed vs baseline for"
+        elif self.budgets:
+            head = "compression within budget for"
+        else:
+            head = "compression result for"
+        lines = [f"{head} {self.recipe}:"]
+        by_budget = {check.budget: check for check in self.checks}
+        lines.append(self._metric_line(by_budget.get("max_accuracy_drop")))
+        if "max_relative_drop" in by_budget:
+            lines.append(self._relative_line(by_budget["max_relative_drop"]))
+        lines.append(self._size_line(by_budget.get("max_size_ratio")))
+        if "max_size" in by_budget:
+            lines.append(self._max_size_line(by_budget["max_size"]))
+        if "min_sparsity" in by_budget or self.prune is not None:
+            lines.append(self._sparsity_line(by_budget.get("min_sparsity")))
+        lines.extend(self._baseline_line(check) for check in self.checks if check.is_baseline)
+        lines.append(f"model {self.model}, data {self.data}, device {self.device}")
+        return "\n  ".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields (specs as their dataclass fields), for reports and xdist."""
+        return {
+            "model": self.model,
+            "data": self.data,
+            "device": self.device,
+            "recipe": self.recipe,
+            "quantize": _spec_dict(self.quantize),
+            "prune": _spec_dict(self.prune),
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "float_metric": self.float_metric,
+            "compressed_metric": self.compressed_metric,
+            "accuracy_drop": self.accuracy_drop,
+            "relative_drop": self.relative_drop,
+            "float_size": self.float_size,
+            "compressed_size": self.compressed_size,
+            "size_ratio": self.size_ratio,
+            "sparsity": self.sparsity,
+            "budgets": self.budgets.given(),
+            "violations": [dataclasses.asdict(check) for check in self.violations],
+            "passed": self.passed,
+            "seconds": self.seconds,
+            "timings": dict(self.timings),
+        }
+
+    # --- the lines of explain() -----------------------------------------------------
+
+    @property
+    def _percent(self) -> bool:
+        return self.metric == DEFAULT_METRIC
+
+    @property
+    def _drop_word(self) -> str:
+        return "drop" if self.higher_is_better else "increase"
+
+    def _metric_line(self, check: BudgetCheck | None) -> str:
+        before, after = distinct(
+            self.float_metric,
+            self.compressed_metric,
+            lambda v, d: format_metric(v, self._percent, d),
+        )
+        head = f"{self.metric} {before} -> {after}"
+        if check is None:
+            drop = format_drop(self.accuracy_drop, self._percent)
+            return f"{head} ({self._drop_word} {drop})"
+        drop, limit = distinct(
+            check.actual, check.limit, lambda v, d: format_drop(v, self._percent, d)
+        )
+        if check.ok:
+            return f"{head} ({self._drop_word} {drop}, budget {limit}): ok"
+        return f"{head}: {self._drop_word} {drop} > {limit} allowed"
+
+    def _relative_line(self, check: BudgetCheck) -> str:
+        drop, limit = distinct(check.actual, check.limit, format_fraction)
+        head = f"{self.metric} relative {self._drop_word} {drop}"
+        return f"{head} (budget {limit}): ok" if check.ok else f"{head} > {limit} allowed"
+
+    def _size_line(self, check: BudgetCheck | None) -> str:
+        before, after = format_size(self.float_size), format_size(self.compressed_size)
+        head = f"size {before} -> {after}"
+        if check is None:
+            return f"{head} (ratio {format_ratio(self.size_ratio)})"
+        ratio, limit = distinct(check.actual, check.limit, format_ratio)
+        if check.ok:
+            return f"{head} (ratio {ratio}, budget {limit}): ok"
+        return f"{head}: ratio {ratio} > {limit} allowed"
+
+    def _max_size_line(self, check: BudgetCheck) -> str:
+        size, limit = distinct(check.actual, check.limit, format_size)
+        if size == limit:  # differ below the shown precision: show the bytes
+            size, limit = f"{check.actual:,.0f} B", f"{check.limit:,.0f} B"
+        head = f"compressed size {size}"
+        return f"{head} (budget {limit}): ok" if check.ok else f"{head} > {limit} allowed"
+
+    def _sparsity_line(self, check: BudgetCheck | None) -> str:
+        if check is None:
+            return f"sparsity {format_fraction(self.sparsity)}"
+        sparsity, limit = distinct(check.actual, check.limit, format_fraction)
+        head = f"sparsity {sparsity}"
+        return f"{head} (budget {limit}): ok" if check.ok else f"{head} < {limit} required"
+
+    def _baseline_line(self, check: BudgetCheck) -> str:
+        reference = check.reference if check.reference is not None else check.limit
+        if check.budget == "baseline_size":
+            size, recorded = distinct(check.actual, reference, format_size)
+            if check.ok:
+                return f"compressed size {size} vs baseline {recorded} (+1% allowed): ok"
+            return (
+                f"regressed vs baseline: compressed size {size} > baseline {recorded} "
+                f"+ 1% ({format_size(check.limit)})"
+            )
+        value, recorded = distinct(
+            check.actual, reference, lambda v, d: format_metric(v, self._percent, d)
+        )
+        tolerance = format_drop(abs(reference - check.limit), self._percent)
+        if check.ok:
+            return f"{self.metric} {value} vs baseline {recorded} (tolerance {tolerance}): ok"
+        worse = "<" if self.higher_is_better else ">"
+        return (
+            f"regressed vs baseline: {self.metric} {value} {worse} baseline {recorded} "
+            f"by more than the tolerance {tolerance}"
+        )
+
+
+def _spec_dict(spec: Any) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in dataclasses.asdict(spec).items()
+    }

@@ -1,0 +1,298 @@
+"""The plugin's state for one pytest session, and the hooks that act on the whole session.
+
+``CompressSession`` is registered as a plugin object by ``plugin.pytest_configure``. It
+holds the options, the float-measurement cache shared by every check, the baseline, and
+the entries of every check run here. On an xdist worker the entries go to the controller
+through ``config.workeroutput``; the controller (or a serial run) writes the reports and
+the baseline once, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .baseline import Baseline, BaselineError, baseline_entry, write_baseline
+from .check import ReferenceCache, run_check
+from .markers import DEFAULT_DATA_FIXTURE, DEFAULT_MODEL_FIXTURE, CheckRequest
+from .report import (
+    append_text,
+    baseline_lines,
+    markdown_table,
+    sorted_entries,
+    terminal_table,
+    write_json_report,
+    write_text,
+)
+from .result import DEFAULT_METRIC, CompressionResult
+
+WORKEROUTPUT_KEY = "pytest_compress_entries"
+METRIC_FIXTURE = "compress_metric"
+CALIBRATION_FIXTURE = "compress_calibration_data"
+_DEVICE_PATTERN = re.compile(r"cpu|cuda(?::(\d+))?")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The plugin's options after the command line and the ini file were merged."""
+
+    report: Path | None = None
+    markdown: Path | None = None
+    summary: bool = True
+    baseline: Path = Path(".compress-baseline.json")
+    tolerance: float = 0.005
+    update_baseline: bool = False
+    device: str = "cpu"
+    disable: bool = False
+
+
+class CompressSession:
+    """Options, caches and results of one session; registered as a plugin object."""
+
+    def __init__(self, config: pytest.Config, options: Options) -> None:
+        self.config = config
+        self.options = options
+        self.cache = ReferenceCache()
+        self.entries: list[dict[str, Any]] = []
+        self.baseline: Baseline | None = None
+        self.notes: list[str] = []
+        # which tests this run reached, to tell a stale baseline entry from one not run
+        self.ran: set[str] = set()
+        self.reported: set[str] = set()
+        self.deselected: set[str] = set()
+        self.is_worker = hasattr(config, "workerinput")
+
+    # --- running checks ------------------------------------------------------------
+
+    def run(
+        self,
+        request: pytest.FixtureRequest,
+        check: CheckRequest,
+        *,
+        check_id: str,
+        model: Any = None,
+        data: Any = None,
+    ) -> CompressionResult:
+        """Resolve the fixtures, run the check, apply the baseline gate and record it.
+
+        ``model`` / ``data`` are objects given to the ``compress`` callable; None means
+        "the fixtures the request names".
+        """
+        model_object, model_label = _resolve(request, model, check.model, "model")
+        data_object, data_label = _resolve(request, data, check.data, "data")
+        metric = _optional_fixture(request, METRIC_FIXTURE)
+        calibration = _optional_fixture(request, CALIBRATION_FIXTURE)
+        metric_name = (
+            DEFAULT_METRIC if metric is None else getattr(metric, "__name__", METRIC_FIXTURE)
+        )
+        result = run_check(
+            model_object,
+            data_object,
+            check,
+            metric=metric,
+            metric_name=metric_name,
+            calibration_data=calibration,
+            device=self.options.device,
+            cache=self.cache,
+            cache_key=(model_label, data_label, None if metric is None else METRIC_FIXTURE),
+            model_label=model_label,
+            data_label=data_label,
+        )
+        status = None
+        if self.baseline is not None and not self.options.update_baseline:
+            gate = self.baseline.compare(check_id, result.to_dict(), self.options.tolerance)
+            if gate is None:
+                status = "new"
+            else:
+                result = result.with_checks(gate)
+                status = "regressed" if result.regressed else "ok"
+        self.entries.append(
+            {"check": check_id, "test": request.node.nodeid, **result.to_dict(), "baseline": status}
+        )
+        request.node.user_properties.extend(junit_properties(check_id, result))
+        return result
+
+    # --- session hooks -------------------------------------------------------------
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # Here rather than in pytest_configure, so that `pytest --help` works whatever
+        # the options say.
+        check_device(self.options.device)
+        try:
+            self.baseline = Baseline.load(self.options.baseline)
+        except BaselineError as error:
+            raise pytest.UsageError(f"pytest-compress: {error}") from None
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected.update(item.nodeid for item in items)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Under xdist the controller sees every worker's reports here too.
+        self.reported.add(report.nodeid)
+        if report.when == "call":
+            self.ran.add(report.nodeid)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist controller: collect the entries a worker sent."""
+        payload = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY)
+        if payload:
+            sent = json.loads(payload)
+            self.entries.extend(sent["entries"])
+            self.deselected.update(sent["deselected"])
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            sent = {"entries": self.entries, "deselected": sorted(self.deselected)}
+            self.config.workeroutput[WORKEROUTPUT_KEY] = json.dumps(sent)  # type: ignore[attr-defined]
+            return
+        # One entry per check id (a rerun plugin may run a test twice): the last one counts.
+        self.entries = sorted_entries({e["check"]: e for e in self.entries}.values())
+        if self.entries:
+            self._write_reports()
+            self._gate_baseline()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.options.summary or not self.entries:
+            return
+        terminalreporter.write_sep("=", "compression report")
+        for line in terminal_table(self.entries):
+            terminalreporter.write_line(line)
+        for line in self.notes:
+            terminalreporter.write_line(line)
+
+    # --- the end of the session ----------------------------------------------------
+
+    def _write_reports(self) -> None:
+        if self.options.report is not None:
+            write_json_report(self.options.report, self.entries, device=self.options.device)
+            self.notes.append(f"JSON report written to {self.options.report}")
+        table = markdown_table(self.entries)
+        if self.options.markdown is not None:
+            write_text(self.options.markdown, table)
+            self.notes.append(f"Markdown report written to {self.options.markdown}")
+        step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if step_summary:
+            append_text(Path(step_summary), table)
+
+    def _gate_baseline(self) -> None:
+        path = self.options.baseline
+        shown = _shown(path, self.config.rootpath)
+        produced = {entry["check"]: baseline_entry(entry) for entry in self.entries}
+        if self.baseline is None:  # the first run records
+            write_baseline(path, produced)
+            self.notes.extend(baseline_lines(shown, produced=len(produced), written="recorded"))
+            return
+        stale = self.baseline.stale(produced, self._expected)
+        new = [check for check in produced if check not in self.baseline.checks]
+        written = None
+        if self.options.update_baseline:
+            checks = self.baseline.updated(produced, stale)
+            write_baseline(path, checks)
+            written = "updated"
+        self.notes.extend(
+            baseline_lines(
+                shown,
+                produced=len(produced),
+                kept=len(checks) - len(produced) if written else 0,
+                new=new,
+                stale=stale,
+                regressed=[e["check"] for e in self.entries if e["baseline"] == "regressed"],
+                written=written,
+            )
+        )
+
+    def _expected(self, test: str) -> bool:
+        """Whether this run should have produced the recorded checks of node id ``test``."""
+        if test in self.ran:
+            return True  # its body ran: a check it did not produce is stale
+        if test in self.reported or test in self.deselected:
+            return False  # skipped, errored at setup or deselected: nothing to conclude
+        # Not collected: stale if its file was part of this run (a deleted or renamed test),
+        # unknown if the run did not include that file.
+        return test.split("::", 1)[0] in {node.split("::", 1)[0] for node in self.reported}
+
+
+def check_device(device: str) -> None:
+    """``pytest.UsageError`` unless ``device`` is cpu, or a CUDA device that exists here."""
+    match = _DEVICE_PATTERN.fullmatch(device)
+    if match is None:
+        raise pytest.UsageError(
+            f"--compress-device={device!r}: expected cpu, cuda or cuda:N (e.g. cuda:0)"
+        )
+    if device == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise pytest.UsageError(
+            f"--compress-device={device}: CUDA is not available on this machine "
+            f"(torch {torch.__version__}); use --compress-device=cpu"
+        )
+    index = int(match[1] or 0)
+    if index >= torch.cuda.device_count():
+        raise pytest.UsageError(
+            f"--compress-device={device}: this machine has {torch.cuda.device_count()} CUDA "
+            f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+
+
+def junit_properties(check_id: str, result: CompressionResult) -> list[tuple[str, object]]:
+    """The key figures of a check as JUnit XML ``<property>`` elements."""
+    return [
+        ("compress_check", check_id),
+        ("compress_recipe", result.recipe),
+        ("compress_float_metric", result.float_metric),
+        ("compress_compressed_metric", result.compressed_metric),
+        ("compress_accuracy_drop", result.accuracy_drop),
+        ("compress_float_size", result.float_size),
+        ("compress_compressed_size", result.compressed_size),
+        ("compress_size_ratio", result.size_ratio),
+        ("compress_sparsity", result.sparsity),
+        ("compress_passed", result.passed),
+    ]
+
+
+def _resolve(
+    request: pytest.FixtureRequest, given: Any, default_name: str, what: str
+) -> tuple[Any, str]:
+    """(object, label): a fixture by name, or an object given directly."""
+    if given is not None and not isinstance(given, str):
+        return given, f"<{type(given).__name__}>"
+    name = given if isinstance(given, str) else default_name
+    try:
+        return request.getfixturevalue(name), name
+    except pytest.FixtureLookupError as error:
+        if error.argname != name:
+            raise
+    # outside the except block, so the report does not chain pytest's lookup error
+    default = DEFAULT_MODEL_FIXTURE if what == "model" else DEFAULT_DATA_FIXTURE
+    pytest.fail(
+        f"pytest-compress: no fixture named {name!r} for the {what}; define it "
+        f'(e.g. in conftest.py) or name another one with {what}="..." '
+        f"(the default is {default!r})",
+        pytrace=False,
+    )
+
+
+def _optional_fixture(request: pytest.FixtureRequest, name: str) -> Any:
+    """The value of fixture ``name``, or None when the project does not define it."""
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError as error:
+        if error.argname != name:  # the fixture exists, one of its own fixtures is missing
+            raise
+        return None
+
+
+def _shown(path: Path, root: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return path

@@ -1,0 +1,103 @@
+"""Sizes and metric values as people write and read them: ``"2 MB"``, ``97.8%``, ``2.9 pp``.
+
+Parsing is exact (``Decimal``), so ``"1.1 kB"`` is 1100 bytes and not 1100.0000000000002.
+Formatting widens the precision of two numbers shown side by side until they differ,
+so a failure never reads ``2.0 pp > 2.0 pp allowed``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+
+# Decimal units as the SI writes them and binary units as the IEC writes them; matched
+# case-insensitively, and always bytes (nobody budgets a model in bits).
+SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+SIZE_FORMS = (
+    'an int of bytes, or a string such as "2 MB", "512 kB", "1.5 MiB" '
+    "(units B, kB, MB, GB, KiB, MiB, GiB)"
+)
+_SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*")
+_MAX_EXTRA_DIGITS = 6
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int of bytes or a string such as ``"2 MB"``; ``ValueError`` otherwise.
+
+    A fractional byte count (``"1.0005 kB"``) is rounded down: a size budget is a ceiling.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected {SIZE_FORMS}, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a size must not be negative, got {value}")
+        return value
+    match = _SIZE_PATTERN.fullmatch(value)
+    unit = match[2].lower() if match else None
+    if match is None or (unit and unit not in SIZE_UNITS):
+        raise ValueError(f"expected {SIZE_FORMS}, got {value!r}")
+    try:
+        number = Decimal(match[1])
+    except InvalidOperation as error:  # the pattern admits only digits, but be explicit
+        raise ValueError(f"expected {SIZE_FORMS}, got {value!r}") from error
+    return int(number * SIZE_UNITS[unit or "b"])
+
+
+def format_size(size: float, extra_digits: int = 0) -> str:
+    """``246.1 kB``: decimal units with one decimal (more when asked), whole bytes below 1 kB."""
+    if size < 1000:
+        return f"{size:.0f} B"
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            break
+    return f"{size:.{1 + extra_digits}f} {unit}"
+
+
+def format_metric(value: float, percent: bool, extra_digits: int = 0) -> str:
+    """A metric value: ``97.8%`` for accuracy, four significant digits otherwise."""
+    if percent and math.isfinite(value):
+        return f"{value * 100:.{1 + extra_digits}f}%"
+    return f"{value:.{4 + extra_digits}g}"
+
+
+def format_drop(value: float, percent: bool, extra_digits: int = 0) -> str:
+    """A metric difference: ``2.9 pp`` (percentage points) for accuracy, a number otherwise."""
+    if percent and math.isfinite(value):
+        return f"{value * 100:.{1 + extra_digits}f} pp"
+    return f"{value:.{4 + extra_digits}g}"
+
+
+def format_fraction(value: float, extra_digits: int = 0) -> str:
+    """A fraction as a percentage: ``80.0%`` (relative drops, sparsity)."""
+    if not math.isfinite(value):
+        return f"{value}"
+    return f"{value * 100:.{1 + extra_digits}f}%"
+
+
+def format_ratio(value: float, extra_digits: int = 0) -> str:
+    """A size ratio: ``0.27``."""
+    return f"{value:.{2 + extra_digits}f}"
+
+
+def distinct(first: float, second: float, render: Callable[[float, int], str]) -> tuple[str, str]:
+    """``first`` and ``second`` rendered with the least precision that tells them apart.
+
+    Equal values stay at the default precision; values that differ only beyond it get
+    more digits (up to six more), so a broken budget never shows two equal numbers.
+    """
+    for extra in range(_MAX_EXTRA_DIGITS + 1):
+        a, b = render(first, extra), render(second, extra)
+        if a != b or first == second:
+            return a, b
+    return a, b
