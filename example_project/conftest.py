@@ -4,10 +4,9 @@ Every check evaluates on the test split, which training never saw; activation ra
 are calibrated on the validation split.
 """
 
-import pytest
-
 import digits
 import nets
+import pytest
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,11 @@ def split(kind: str = "images") -> Split:
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SEED))
     n_train = int(0.6 * len(order))
     n_validation = int(0.2 * len(order))
-    parts = order[:n_train], order[n_train : n_train + n_validation], order[n_train + n_validation :]
+    parts = (
+        order[:n_train],
+        order[n_train : n_train + n_validation],
+        order[n_train + n_validation :],
+    )
     return Split(*(TensorDataset(inputs[index], labels[index]) for index in parts))
 
 

@@ -7,12 +7,11 @@ Deterministic on CPU (fixed seeds, one thread) and well under a minute:
 
 from __future__ import annotations
 
+import digits
+import nets
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-
-import digits
-import nets
 
 
 def train(model: nn.Module, split: digits.Split, *, epochs: int, lr: float) -> float:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # the specs import torch; the marker line must not
 
 DEFAULT_MODEL_FIXTURE = "compress_model"
 DEFAULT_DATA_FIXTURE = "compress_data"
+DEFAULT_METRIC_FIXTURE = "compress_metric"
+DEFAULT_CALIBRATION_FIXTURE = "compress_calibration_data"
 
 
 class MarkerError(ValueError):
@@ -44,6 +46,8 @@ class CheckRequest:
     model: str = DEFAULT_MODEL_FIXTURE
     data: str = DEFAULT_DATA_FIXTURE
     higher_is_better: bool = True
+    metric: str = DEFAULT_METRIC_FIXTURE
+    calibration_data: str = DEFAULT_CALIBRATION_FIXTURE
 
 
 def compress(
@@ -58,8 +62,15 @@ def compress(
     model: str = DEFAULT_MODEL_FIXTURE,
     data: str = DEFAULT_DATA_FIXTURE,
     higher_is_better: bool = True,
+    metric: str = DEFAULT_METRIC_FIXTURE,
+    calibration_data: str = DEFAULT_CALIBRATION_FIXTURE,
 ) -> CheckRequest:
-    """Compress the model fixture and fail the test when a budget breaks."""
+    """Compress the model fixture and fail the test when a budget breaks.
+
+    ``metric`` and ``calibration_data`` name optional fixtures: the metric (top-1
+    accuracy when ``compress_metric`` is not defined) and the activation calibration
+    batches (``compress_calibration_data`` for the default data fixture, else the data).
+    """
     quant_spec, prune_spec = recipe(quantize, prune)
     budgets = make_budgets(
         max_accuracy_drop=max_accuracy_drop,
@@ -80,6 +91,8 @@ def compress(
         model=fixture_name(model, "model"),
         data=fixture_name(data, "data"),
         higher_is_better=flag(higher_is_better, "higher_is_better"),
+        metric=fixture_name(metric, "metric"),
+        calibration_data=fixture_name(calibration_data, "calibration_data"),
     )
 
 

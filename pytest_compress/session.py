@@ -20,7 +20,13 @@ import pytest
 
 from .baseline import Baseline, BaselineError, baseline_entry, write_baseline
 from .check import ReferenceCache, run_check
-from .markers import DEFAULT_DATA_FIXTURE, DEFAULT_MODEL_FIXTURE, CheckRequest
+from .markers import (
+    DEFAULT_CALIBRATION_FIXTURE,
+    DEFAULT_DATA_FIXTURE,
+    DEFAULT_METRIC_FIXTURE,
+    DEFAULT_MODEL_FIXTURE,
+    CheckRequest,
+)
 from .report import (
     append_text,
     baseline_lines,
@@ -33,8 +39,12 @@ from .report import (
 from .result import DEFAULT_METRIC, CompressionResult
 
 WORKEROUTPUT_KEY = "pytest_compress_entries"
-METRIC_FIXTURE = "compress_metric"
-CALIBRATION_FIXTURE = "compress_calibration_data"
+_DEFAULT_FIXTURES = {
+    "model": DEFAULT_MODEL_FIXTURE,
+    "data": DEFAULT_DATA_FIXTURE,
+    "metric": DEFAULT_METRIC_FIXTURE,
+    "calibration_data": DEFAULT_CALIBRATION_FIXTURE,
+}
 _DEVICE_PATTERN = re.compile(r"cpu|cuda(?::(\d+))?")
 
 
@@ -86,10 +96,17 @@ class CompressSession:
         """
         model_object, model_label = _resolve(request, model, check.model, "model")
         data_object, data_label = _resolve(request, data, check.data, "data")
-        metric = _optional_fixture(request, METRIC_FIXTURE)
-        calibration = _optional_fixture(request, CALIBRATION_FIXTURE)
+        metric = _named_or_optional(request, check.metric, "metric")
+        calibration = None
+        # The default calibration fixture belongs to the default data fixture; a check on
+        # other data calibrates on that data unless it names its own calibration fixture.
+        if (
+            check.calibration_data != DEFAULT_CALIBRATION_FIXTURE
+            or data_label == DEFAULT_DATA_FIXTURE
+        ):
+            calibration = _named_or_optional(request, check.calibration_data, "calibration_data")
         metric_name = (
-            DEFAULT_METRIC if metric is None else getattr(metric, "__name__", METRIC_FIXTURE)
+            DEFAULT_METRIC if metric is None else getattr(metric, "__name__", check.metric)
         )
         result = run_check(
             model_object,
@@ -100,7 +117,7 @@ class CompressSession:
             calibration_data=calibration,
             device=self.options.device,
             cache=self.cache,
-            cache_key=(model_label, data_label, None if metric is None else METRIC_FIXTURE),
+            cache_key=(model_label, data_label, None if metric is None else check.metric),
             model_label=model_label,
             data_label=data_label,
         )
@@ -272,13 +289,20 @@ def _resolve(
         if error.argname != name:
             raise
     # outside the except block, so the report does not chain pytest's lookup error
-    default = DEFAULT_MODEL_FIXTURE if what == "model" else DEFAULT_DATA_FIXTURE
+    default = _DEFAULT_FIXTURES[what]
     pytest.fail(
         f"pytest-compress: no fixture named {name!r} for the {what}; define it "
         f'(e.g. in conftest.py) or name another one with {what}="..." '
         f"(the default is {default!r})",
         pytrace=False,
     )
+
+
+def _named_or_optional(request: pytest.FixtureRequest, name: str, what: str) -> Any:
+    """A fixture the marker named (it must exist), or the default one if the project has it."""
+    if name != _DEFAULT_FIXTURES[what]:
+        return _resolve(request, None, name, what)[0]
+    return _optional_fixture(request, name)
 
 
 def _optional_fixture(request: pytest.FixtureRequest, name: str) -> Any:
