@@ -12,17 +12,15 @@ most ``SIZE_GROWTH`` (1 %).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .budgets import BudgetCheck, at_least, at_most
+from .files import write_text_atomically
 
 SCHEMA_VERSION = 1
 DEFAULT_TOLERANCE = 0.005
@@ -137,19 +135,7 @@ def render(checks: Mapping[str, Mapping[str, Any]]) -> str:
 
 def write_baseline(path: Path, checks: Mapping[str, Mapping[str, Any]]) -> None:
     """Write the baseline atomically: the old file stays whole if anything fails midway."""
-    text = render(checks)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_text_atomically(path, render(checks))
 
 
 def _rounded(value: Any) -> Any:

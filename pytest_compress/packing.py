@@ -57,12 +57,10 @@ the order ``activation_hooks`` lists them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
 import os
-import secrets
 import struct
 import zlib
 from dataclasses import dataclass
@@ -73,6 +71,7 @@ import torch
 from torch import nn
 
 from .activations import ACTIVATION_HOOKS, ActivationFakeQuantize, ActivationPrune, activation_hooks
+from .files import write_atomically
 from .quant import MAX_BITS, MIN_BITS, QuantizedTensor, dequantize
 from .record import CompressionRecord, QuantParams, get_record, set_record
 
@@ -451,27 +450,6 @@ def _hook_entries(model: nn.Module) -> list[list]:
     return hooks
 
 
-def _write_atomically(path: str, parts: list[bytes]) -> int:
-    """Write ``parts`` to a temporary file beside ``path``, then rename it over ``path``."""
-    directory, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
-    # O_EXCL: never write through someone else's file; mode 0o666 minus the umask, as open().
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(temporary, flags, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return sum(len(part) for part in parts)
-
-
 def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
     """Write ``model`` (a compressed copy, or any model) to ``path``; return the bytes written.
 
@@ -494,7 +472,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
     for blob in blobs:
         crc = zlib.crc32(blob, crc)
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), crc)
-    return _write_atomically(path, [prefix, header, *blobs])
+    return write_atomically(path, [prefix, header, *blobs])
 
 
 # --- reading -------------------------------------------------------------------------------

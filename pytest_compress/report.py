@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .files import write_text_atomically
 from .units import format_drop, format_fraction, format_metric, format_ratio, format_size
 
 JSON_SCHEMA_VERSION = 1
@@ -107,8 +108,7 @@ def json_report(entries: Iterable[Entry], *, device: str) -> dict[str, Any]:
 
 
 def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_text_atomically(path, text)
 
 
 def write_json_report(path: Path, entries: Iterable[Entry], *, device: str) -> None:

@@ -563,3 +563,71 @@ def test_two_compress_markers_on_one_test_are_a_usage_error(pytester, where):
     result.stderr.fnmatch_lines(
         ["  test_project.py::test_twice: 2 compress markers apply to this test*compress fixture*"]
     )
+
+
+def test_metric_and_calibration_data_arguments_name_other_fixtures(pytester):
+    make_project(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=1.0, model="student",
+                              data="val_loader", calibration_data="student_calibration",
+                              metric="always_half")
+        def test_student(compression, reads):
+            assert compression.float_metric == 0.5 and compression.compressed_metric == 0.5
+            assert set(reads) == {"student_calibration"}
+
+        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=1.0, model="student",
+                              data="val_loader")
+        def test_student_default_calibration(compression, reads):
+            # compress_calibration_data belongs to compress_data: other data calibrates itself
+            assert "default_calibration" not in reads
+
+        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=1.0)
+        def test_default_model(compression, reads):
+            assert reads["default_calibration"] > 0
+
+        @pytest.mark.compress(quantize="int8", max_accuracy_drop=1.0, metric="missing_metric")
+        def test_missing_metric():
+            pass
+        """,
+        conftest_extra="""
+        READS = {}
+
+        class Counting:
+            def __init__(self, name, batches):
+                self.name, self.batches = name, batches
+            def __iter__(self):
+                READS[self.name] = READS.get(self.name, 0) + 1
+                return iter(self.batches)
+
+        @pytest.fixture(scope="session")
+        def student():
+            torch.manual_seed(3)
+            return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+
+        @pytest.fixture(scope="session")
+        def val_loader(student):
+            return make_data(student, seed=5)
+
+        @pytest.fixture(scope="session")
+        def student_calibration(val_loader):
+            return Counting("student_calibration", [x for x, _ in val_loader[:1]])
+
+        @pytest.fixture(scope="session")
+        def compress_calibration_data(compress_data):
+            return Counting("default_calibration", [x for x, _ in compress_data[:1]])
+
+        @pytest.fixture(scope="session")
+        def always_half():
+            return lambda outputs, targets: (0.5 * len(targets), len(targets))
+
+        @pytest.fixture
+        def reads():
+            return READS
+        """,
+    )
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*no fixture named 'missing_metric' for the metric; define it*"])

@@ -286,6 +286,16 @@ def test_channel_agrees_with_torch_ln_structured(w, amount, norm, data):
     assert torch.equal(ours, stable_keep(norms, round(amount * w.shape[axis])))
 
 
+def test_channel_norm_decides_which_channel_goes():
+    # rows (axis 0) [3, 0] and [2, 2]: L1 norms 3 < 4, L2 norms 3 > 2.83
+    w = torch.tensor([[3.0, 0.0], [2.0, 2.0]])
+    assert channel_mask(w, axis=0, norm="l1", amount=0.5)[:, 0].tolist() == [False, True]
+    assert channel_mask(w, axis=0, norm="l2", amount=0.5)[:, 0].tolist() == [True, False]
+    assert channel_mask(w, axis=0, norm="l2", threshold=0.99)[:, 0].tolist() == [True, False]
+    # ConvTranspose-style: channels along axis 1 (columns [3, 2] and [0, 2])
+    assert channel_mask(w, axis=1, norm="l1", amount=0.5).tolist() == [[True, False]] * 2
+
+
 @given(weights(), alphas, st.sampled_from(["l1", "l2"]), st.data())
 def test_channel_threshold_prunes_exactly_channels_below_alpha_times_max_norm(w, alpha, norm, data):
     axis = data.draw(st.integers(-w.ndim, w.ndim - 1))

@@ -1,0 +1,153 @@
+"""Compression gates for the digits models: every technique of the seed article, under budget.
+
+Budgets are tight: each is at most twice the accuracy drop or size it guards (with a
+floor of 0.5 percentage points for accuracy), so a real regression fails the build.
+Accuracy is always measured on the held-out test split (see conftest.py).
+"""
+
+import pytest
+
+from pytest_compress import PruneSpec, QuantSpec
+
+# The seed article's "parameter quantization": every parameter (weights and biases),
+# one affine min/max mapping per tensor, 8 bits.
+PARAMETER_INT8 = QuantSpec(bits=8, parameters="all", per_channel=False)
+# Activation pruning: zero |a| < beta * max|a| in every layer's output, except the class scores.
+LENET_ACTIVATION_PRUNING = PruneSpec(activation_threshold=0.1, exclude=("fc3",))
+MLP_ACTIVATION_PRUNING = PruneSpec(activation_threshold=0.1, exclude=("4",))
+GLOBAL_50 = PruneSpec(amount=0.5, scope="global")
+
+MLP = {"model": "digits_mlp", "data": "digits_vectors"}
+
+
+# --- the LeNet (fixtures compress_model / compress_data) ---------------------------------
+
+
+@pytest.mark.compress(quantize=PARAMETER_INT8, max_accuracy_drop=0.005, max_size_ratio=0.26)
+def test_parameter_quantization_int8():
+    """Weights and biases on the seed's affine min/max grid, 4x smaller."""
+
+
+@pytest.mark.compress(quantize="int8", max_accuracy_drop=0.005, max_size_ratio=0.27)
+def test_weight_quantization_int8():
+    """Weights per output channel at 8 bits."""
+
+
+@pytest.mark.compress(quantize="int4", max_accuracy_drop=0.005, max_size_ratio=0.14)
+def test_weight_quantization_int4_per_channel():
+    """Weights per output channel at 4 bits: half a byte each."""
+
+
+@pytest.mark.compress(quantize="w8a8", max_accuracy_drop=0.005, max_size_ratio=0.27)
+def test_activation_quantization_w8a8():
+    """8-bit weights and 8-bit layer outputs, ranges calibrated on the validation split."""
+
+
+@pytest.mark.compress(
+    prune=PruneSpec(threshold=0.2), max_accuracy_drop=0.005, min_sparsity=0.69, max_size_ratio=0.35
+)
+def test_weight_pruning_threshold(compression):
+    """The seed's rule: zero every weight with |w| < 0.2 * max|w| of its layer."""
+    assert compression.sparsity < 0.8, "alpha 0.2 should not prune this much"
+
+
+@pytest.mark.compress(
+    prune=GLOBAL_50, max_accuracy_drop=0.005, min_sparsity=0.5, max_size_ratio=0.53
+)
+def test_weight_pruning_global_50_percent():
+    """The smallest half of all weights, ranked across layers."""
+
+
+@pytest.mark.compress(prune=LENET_ACTIVATION_PRUNING, max_accuracy_drop=0.005)
+def test_activation_pruning():
+    """Small activations zeroed at run time (|a| < 0.1 * max|a|)."""
+
+
+@pytest.mark.compress(
+    prune=PruneSpec(amount=0.8, scope="global"),
+    quantize="int4",
+    max_accuracy_drop=0.005,
+    max_size_ratio=0.06,
+    min_sparsity=0.8,
+)
+def test_deep_compression_prune_80_int4():
+    """Deep Compression: prune 80 %, then 4-bit codes with a sparse encoding: 17x smaller."""
+
+
+def test_bit_width_sweep(compress):
+    """The callable fixture: one check per bit width, each in the reports."""
+    for bits in (8, 6, 4):
+        result = compress(quantize=f"int{bits}", max_accuracy_drop=0.005)
+        assert result.size_ratio < 0.27
+
+
+@pytest.mark.xfail(strict=True, reason="shows the failure message: 2 bits + 90 % is too much")
+@pytest.mark.compress(
+    quantize="int2", prune=PruneSpec(amount=0.9, scope="global"), max_accuracy_drop=0.005
+)
+def test_too_much_compression_fails():
+    """A deliberately broken budget: the suite proves the gate really fails."""
+
+
+# --- the MLP on flat digits (model= and data= pick its fixtures) -------------------------
+
+
+@pytest.mark.compress(quantize=PARAMETER_INT8, max_accuracy_drop=0.005, max_size_ratio=0.25, **MLP)
+def test_mlp_parameter_quantization_int8():
+    pass
+
+
+@pytest.mark.compress(quantize="int8", max_accuracy_drop=0.005, max_size_ratio=0.27, **MLP)
+def test_mlp_weight_quantization_int8():
+    pass
+
+
+@pytest.mark.compress(quantize="int4", max_accuracy_drop=0.005, max_size_ratio=0.15, **MLP)
+def test_mlp_weight_quantization_int4_per_channel():
+    pass
+
+
+@pytest.mark.compress(
+    quantize="w8a8",
+    max_accuracy_drop=0.005,
+    max_size_ratio=0.27,
+    calibration_data="digits_vectors_validation",
+    **MLP,
+)
+def test_mlp_activation_quantization_w8a8():
+    pass
+
+
+@pytest.mark.compress(
+    prune=PruneSpec(threshold=0.1),
+    max_accuracy_drop=0.01,
+    min_sparsity=0.33,
+    max_size_ratio=0.68,
+    **MLP,
+)
+def test_mlp_weight_pruning_threshold():
+    pass
+
+
+@pytest.mark.compress(
+    prune=GLOBAL_50, max_accuracy_drop=0.02, min_sparsity=0.5, max_size_ratio=0.53, **MLP
+)
+def test_mlp_weight_pruning_global_50_percent():
+    pass
+
+
+@pytest.mark.compress(prune=MLP_ACTIVATION_PRUNING, max_accuracy_drop=0.005, **MLP)
+def test_mlp_activation_pruning():
+    pass
+
+
+@pytest.mark.compress(
+    prune=PruneSpec(amount=0.6, scope="global"),
+    quantize="int4",
+    max_accuracy_drop=0.03,
+    max_size_ratio=0.11,
+    min_sparsity=0.599,  # round(0.6 * 17,024 weights) = 10,214 pruned: 59.998 %
+    **MLP,
+)
+def test_mlp_deep_compression_prune_60_int4():
+    pass
