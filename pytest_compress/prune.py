@@ -290,10 +290,12 @@ def _kth_smallest(values: torch.Tensor, k: int, sample_size: int = _SAMPLE) -> t
 
     Selection, never a sort. ``torch.kthvalue`` alone copies the whole input and an int64
     index per element; on a large input it is cheaper to bracket the answer between two
-    quantiles of a strided sample, count what lies below the bracket, and select inside
-    it (a few percent of the input). If the sample misleads (the bracket misses the
-    answer, e.g. on periodic data), fall back to ``kthvalue`` on everything: the result
-    is exact either way, only the time differs.
+    quantiles of a strided sample, count what lies at or below each end of the bracket,
+    and select strictly inside it (a few percent of the input). Counting the ends first
+    means a huge tie there (the zeros of a pruned tensor, the few levels of a quantized
+    one) is answered by the count instead of copied into the selection. If the sample
+    misleads (the bracket misses the answer, e.g. on periodic data), fall back to
+    ``kthvalue`` on everything: the result is exact either way, only the time differs.
     """
     count = values.numel()
     if count <= 16 * sample_size:
@@ -308,16 +310,17 @@ def _kth_smallest(values: torch.Tensor, k: int, sample_size: int = _SAMPLE) -> t
     low_rank, high_rank = math.floor(centre - margin), math.ceil(centre + margin)
     low = torch.kthvalue(sample, low_rank).values if low_rank >= 1 else values.amin()
     high = torch.kthvalue(sample, high_rank).values if high_rank <= size else values.amax()
-    inside = values >= low
-    below = count - int(torch.count_nonzero(inside))
-    if below < k:
-        if bool(low == high):
-            # The bracket is one value (typically 0 in a pruned tensor): no selection.
-            if k - below <= int(torch.count_nonzero(inside & (values <= high))):
-                return low
-        else:
-            inside &= values <= high
-            candidates = values[inside]
-            if k - below <= candidates.numel():
-                return torch.kthvalue(candidates, k - below).values
+    at_most_low = values <= low
+    n_at_most_low = int(torch.count_nonzero(at_most_low))
+    if k <= n_at_most_low:
+        if k > int(torch.count_nonzero(values < low)):
+            return low
+    else:
+        under_high = values < high
+        n_under_high = int(torch.count_nonzero(under_high))
+        if k <= n_under_high:
+            inside = values[under_high & ~at_most_low]
+            return torch.kthvalue(inside, k - n_at_most_low).values
+        if k <= int(torch.count_nonzero(values <= high)):
+            return high
     return torch.kthvalue(values, k).values

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pytest_compress import baseline as baseline_module
+from pytest_compress import files as files_module
 from pytest_compress.baseline import Baseline, BaselineError, render, write_baseline
 from pytest_compress.budgets import BudgetCheck, Budgets, at_least, at_most, check_budgets
 from pytest_compress.markers import ARGUMENTS, MARKER_LINE, MarkerError, parse_marker
@@ -275,7 +276,7 @@ def test_baseline_write_is_atomic(tmp_path, monkeypatch):
     def crash(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(baseline_module.os, "replace", crash)
+    monkeypatch.setattr(files_module.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         write_baseline(path, {"new": ENTRY})
     assert path.read_bytes() == before

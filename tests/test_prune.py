@@ -260,10 +260,11 @@ def test_kth_smallest_is_exact_whether_or_not_the_sample_brackets_it(values, sam
     assert float(got) == float(torch.kthvalue(v, k).values)
 
 
-def test_kth_smallest_survives_a_sample_that_sees_only_outliers():
-    v = torch.rand(4096)
-    v[::64] = 1e6  # exactly what a stride-64 sample looks at
-    for k in (1, 2048, 4000, 4096):
+@pytest.mark.parametrize("outlier", [1e6, 0.0])
+def test_kth_smallest_survives_a_sample_that_sees_only_outliers(outlier):
+    v = torch.rand(4096) + 1.0
+    v[::64] = outlier  # exactly what a stride-64 sample looks at: the bracket is wrong
+    for k in (1, 63, 64, 65, 2048, 4031, 4032, 4033, 4096):
         assert float(_kth_smallest(v, k, sample_size=64)) == float(torch.kthvalue(v, k).values)
 
 
