@@ -95,9 +95,12 @@ def distinct(first: float, second: float, render: Callable[[float, int], str]) -
 
     Equal values stay at the default precision; values that differ only beyond it get
     more digits (up to six more), so a broken budget never shows two equal numbers.
+    Values within a billionth of each other count as equal: stored baselines keep ten
+    significant digits.
     """
+    same = math.isclose(first, second, rel_tol=1e-9, abs_tol=1e-12)
     for extra in range(_MAX_EXTRA_DIGITS + 1):
         a, b = render(first, extra), render(second, extra)
-        if a != b or first == second:
+        if a != b or same:
             return a, b
     return a, b
