@@ -415,3 +415,22 @@ def test_not_a_module() -> None:
 def test_quantize_reports_tensor_name_for_plain_tensors() -> None:
     with pytest.raises(ValueError, match=r"my\.tensor has 1 NaN"):
         quantize(torch.tensor([1.0, float("nan")]), name="my.tensor")
+
+
+def test_measuring_and_saving_never_modify_the_model(tmp_path) -> None:
+    from pytest_compress.measure import compressed_size, evaluate, model_size, sparsity
+    from pytest_compress.packing import load_compressed, save_compressed
+
+    model = lenet().train()
+    model.fc2.eval()
+    compressed = compress_model(model, quantize="w8a8", prune=0.5, calibration_data=calibration())
+    batches = [(LENET_INPUT, torch.zeros(8, dtype=torch.long))]
+    for subject in (model, compressed):
+        before = snapshot(subject)
+        evaluate(subject, batches)
+        model_size(subject)
+        compressed_size(subject)
+        sparsity(subject)
+        save_compressed(subject, tmp_path / "model.ptc")
+        load_compressed(tmp_path / "model.ptc", subject)
+        assert_unchanged(subject, before)

@@ -20,22 +20,20 @@ from hypothesis import strategies as st
 from torch import nn
 from torchvision.models import mobilenet_v3_small, resnet18
 
-from pytest_compress import packing
+from pytest_compress import encoding, packing
 from pytest_compress.activations import ActivationFakeQuantize, ActivationPrune, activation_hooks
 from pytest_compress.apply import compress_model
-from pytest_compress.packing import (
-    MAGIC,
+from pytest_compress.encoding import (
     Layout,
     choose_layout,
     decode_index,
     encode_index,
     layout_sizes,
-    load_compressed,
     pack_bits,
     packed_size,
-    save_compressed,
     unpack_bits,
 )
+from pytest_compress.packing import MAGIC, load_compressed, save_compressed
 from pytest_compress.quant import dequantize, quantize
 from pytest_compress.record import CompressionRecord, QuantParams, get_record, set_record
 from pytest_compress.specs import PruneSpec, QuantSpec
@@ -88,7 +86,7 @@ def test_bit_packing_round_trips_at_exactly_bits_per_code(case: tuple[int, list[
 
 @pytest.mark.parametrize("bits", [3, 5, 7, 13])
 def test_the_chunked_packer_agrees_across_chunk_boundaries(monkeypatch, bits: int) -> None:
-    monkeypatch.setattr(packing, "_CHUNK_CODES", 16)
+    monkeypatch.setattr(encoding, "_CHUNK_CODES", 16)
     values = np.random.default_rng(bits).integers(0, 1 << bits, size=101)
     packed = pack_bits(values, bits)
     assert packed == reference_pack(values.tolist(), bits)
