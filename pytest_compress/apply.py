@@ -20,7 +20,7 @@ from .activations import ActivationFakeQuantize, ActivationPrune
 from .batches import call_model, model_device, split_batch, to_device
 from .layers import Layer, compressible_layers, matches, require_layers
 from .observers import RangeObserver
-from .quant import compute_qparams, fake_quantize_with, quant_range
+from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
 from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
 
@@ -127,6 +127,11 @@ def _prune_in_place(model: nn.Module, spec: PruneSpec) -> None:
 
 def _keep_masks(layers: list[Layer], spec: PruneSpec) -> list[torch.Tensor]:
     weights = [layer.module.weight.detach() for layer in layers]
+    for layer, weight in zip(layers, weights, strict=True):
+        # max|w| is NaN or infinite exactly when a weight is: one reduction per layer,
+        # and the error names the parameter instead of a position in a list.
+        if weight.numel() and not torch.isfinite(weight.abs().amax()):
+            check_finite(weight, layer.weight_name)
     if spec.n_m is not None:
         n, m = spec.n_m
         return [

@@ -1,7 +1,8 @@
 """Tensor-level pruning masks: threshold, magnitude (per tensor or global), channel and N:M.
 
 Every function takes weights and returns boolean *keep*-masks (True = keep) of the
-weight's shape on the weight's device; none modifies its input. Applying a mask means
+weight's shape on the weight's device; none modifies its input. They run under
+``torch.no_grad()``, so parameters can be passed as they are. Applying a mask means
 ``torch.where(mask, weight, 0)``; ``apply.py`` bakes the zeros into ordinary parameters.
 
 The rules, each vectorised over whole tensors:
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 
+@torch.no_grad()
 def threshold_mask(weight: torch.Tensor, alpha: float) -> torch.Tensor:
     """Keep-mask of the seed article's rule: prune every weight with ``|w| < alpha * max|w|``.
 
@@ -55,6 +57,7 @@ def threshold_mask(weight: torch.Tensor, alpha: float) -> torch.Tensor:
     return _at_least(magnitude, alpha * float(magnitude.amax()))
 
 
+@torch.no_grad()
 def magnitude_mask(weight: torch.Tensor, amount: float) -> torch.Tensor:
     """Keep-mask that prunes exactly ``k = round(amount * numel)`` weights of smallest ``|w|``.
 
@@ -72,6 +75,7 @@ def magnitude_mask(weight: torch.Tensor, amount: float) -> torch.Tensor:
     return keep.view(weight.shape)
 
 
+@torch.no_grad()
 def global_magnitude_masks(weights: Sequence[torch.Tensor], amount: float) -> list[torch.Tensor]:
     """One keep-mask per tensor, pruning exactly ``k = round(amount * total)`` weights overall.
 
@@ -110,6 +114,7 @@ def global_magnitude_masks(weights: Sequence[torch.Tensor], amount: float) -> li
     ]
 
 
+@torch.no_grad()
 def channel_mask(
     weight: torch.Tensor,
     *,
@@ -166,6 +171,7 @@ def channel_mask(
     return keep_channels.view(view).expand(weight.shape).contiguous()
 
 
+@torch.no_grad()
 def n_m_mask(weight: torch.Tensor, n: int, m: int, *, axis: int) -> torch.Tensor:
     """Keep-mask of N:M sparsity: the ``n`` largest ``|w|`` of every ``m`` consecutive weights.
 

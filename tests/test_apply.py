@@ -434,3 +434,12 @@ def test_measuring_and_saving_never_modify_the_model(tmp_path) -> None:
         save_compressed(subject, tmp_path / "model.ptc")
         load_compressed(tmp_path / "model.ptc", subject)
         assert_unchanged(subject, before)
+
+
+def test_nan_weights_are_named_when_pruning_too() -> None:
+    model = lenet()
+    with torch.no_grad():
+        model.conv2.weight[0, 0, 0, 0] = float("nan")
+    for spec in (PruneSpec(amount=0.5, scope="global"), PruneSpec(threshold=0.1), "2:4"):
+        with pytest.raises(ValueError, match=r"conv2\.weight has 1 NaN or infinite value "):
+            prune_model(model, spec)
