@@ -6,6 +6,7 @@ with their module and ``save_compressed`` can find and store them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -54,11 +55,31 @@ class ActivationPrune:
 
 
 def prune_activations(a: torch.Tensor, beta: float) -> torch.Tensor:
-    """``a`` with every value of ``|a| < beta * max|a|`` set to exactly zero."""
+    """``a`` with every value of ``|a| < beta * max|a|`` set to exactly zero.
+
+    The bound is compared exactly, as ``prune.threshold_mask`` compares weights: it is not
+    rounded to ``a``'s dtype first.
+    """
     if a.numel() == 0:
         return a
-    magnitude = a.abs()
-    return torch.where(magnitude < beta * magnitude.amax(), torch.zeros_like(a), a)
+    magnitude = a.detach().abs()  # the mask is a constant: gradients flow through the kept values
+    if magnitude.dtype not in (torch.float32, torch.float64):
+        magnitude = magnitude.float()  # half-precision bounds cannot be nudged exactly
+    keep = at_least(magnitude, beta * float(magnitude.amax()))
+    return torch.where(keep, a, torch.zeros_like(a))
+
+
+def at_least(values: torch.Tensor, bound: float) -> torch.Tensor:
+    """``values >= bound`` exactly, for float32/float64 ``values`` and a Python float ``bound``."""
+    if values.dtype == torch.float64:
+        return values >= bound
+    # Comparing float32 with a Python float rounds the bound to float32 first, which
+    # may round it *down* and keep a value just below it. The smallest float32 that is
+    # >= bound gives the exact answer without widening the tensor.
+    rounded = torch.tensor(bound, dtype=values.dtype)
+    if float(rounded) < bound:
+        rounded = torch.nextafter(rounded, torch.tensor(math.inf, dtype=values.dtype))
+    return values >= float(rounded)
 
 
 ACTIVATION_HOOKS = (ActivationFakeQuantize, ActivationPrune)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .activations import prune_activations
+from .activations import at_least, prune_activations
 from .specs import NORMS, _fraction
 
 __all__ = [
@@ -54,7 +54,7 @@ def threshold_mask(weight: torch.Tensor, alpha: float) -> torch.Tensor:
     if weight.numel() == 0:
         return torch.ones_like(weight, dtype=torch.bool)
     magnitude = _magnitudes(weight)
-    return _at_least(magnitude, alpha * float(magnitude.amax()))
+    return at_least(magnitude, alpha * float(magnitude.amax()))
 
 
 @torch.no_grad()
@@ -165,7 +165,7 @@ def channel_mask(
     if amount is not None:
         keep_channels = _keep_all_but_smallest(norms, round(amount * norms.numel()))
     else:
-        keep_channels = _at_least(norms, threshold * float(norms.amax()))
+        keep_channels = at_least(norms, threshold * float(norms.amax()))
     view = [1] * weight.ndim
     view[axis] = -1
     return keep_channels.view(view).expand(weight.shape).contiguous()
@@ -251,19 +251,6 @@ def _check_finite_max(largest: torch.Tensor, magnitude: torch.Tensor, name: str)
             f"{name} has {bad} NaN or infinite value{'s' if bad != 1 else ''} "
             f"(of {magnitude.numel()}); pruning needs finite values"
         )
-
-
-def _at_least(values: torch.Tensor, bound: float) -> torch.Tensor:
-    """``values >= bound`` exactly, for float32/float64 ``values`` and a Python float ``bound``."""
-    if values.dtype == torch.float64:
-        return values >= bound
-    # Comparing float32 with a Python float rounds the bound to float32 first, which
-    # may round it *down* and keep a value just below it. The smallest float32 that is
-    # >= bound gives the exact answer without widening the tensor.
-    rounded = torch.tensor(bound, dtype=values.dtype)
-    if float(rounded) < bound:
-        rounded = torch.nextafter(rounded, torch.tensor(math.inf, dtype=values.dtype))
-    return values >= float(rounded)
 
 
 def _keep_all_but_smallest(values: torch.Tensor, k: int) -> torch.Tensor:

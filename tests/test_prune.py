@@ -465,12 +465,6 @@ def test_activation_pruning_keeps_values_equal_to_the_bound():
     assert torch.equal(prune_activations(torch.zeros(3), 0.5), torch.zeros(3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prune_activations rounds beta * max|a| to a's dtype (0.7 -> 0.699999988), "
-    "so it keeps float32(0.7) < 0.7 * max|a|; threshold_mask compares exactly. "
-    "Remove this marker when prune_activations uses the exact comparison.",
-)
 def test_activation_pruning_uses_the_exact_bound_like_threshold_mask():
     a = torch.tensor([1.0, 0.7, -0.7, 0.75])
     assert torch.equal(prune_activations(a, 0.7) != 0, threshold_mask(a, 0.7))
