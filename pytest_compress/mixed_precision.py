@@ -1,0 +1,217 @@
+"""Mixed precision: keep some layers float (uncompressed) so the rest of the recipe fits.
+
+``keep_float`` is either a list of module-name patterns (fnmatch, as ``include`` /
+``exclude``), added to the ``exclude`` of both the quantize and the prune spec, or
+``"auto"``: ``keep_float_auto`` keeps the most sensitive layers float one at a time, in
+the order ``layer_sensitivity`` ranked them, until the caller's trial reports every
+budget held.
+
+Rules of ``"auto"``:
+
+- it starts from the full recipe's trial (the failing check's, when the caller has
+  it: no evaluation spent); if that passes, nothing is kept float;
+- each further layer costs one evaluation;
+- it stops, failing, as soon as a size or sparsity budget breaks: keeping more layers
+  float can only make the model bigger and less sparse, so no later step could pass;
+- it never keeps every compressed layer float (that is no longer compression), and
+  a spec left with no layer to compress is dropped from the recipe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import nn
+
+from .sensitivity import literal_pattern, touched_layers
+from .specs import PruneSpec, QuantSpec, _patterns, as_prune_spec, as_quant_spec, describe_recipe
+from .trial import FLOOR_BUDGETS, Trial
+from .units import format_size
+
+KEEP_FLOAT_AUTO = "auto"
+KEEP_FLOAT_FORMS = '"auto" or module-name patterns such as ["fc1", "features.*"]'
+
+TrialFn = Callable[[QuantSpec | None, PruneSpec | None], Trial]
+
+
+def check_keep_float(value: object) -> str | tuple[str, ...]:
+    """``"auto"`` or a tuple of patterns; ``ValueError`` naming ``keep_float`` otherwise."""
+    if isinstance(value, str) and value:
+        return KEEP_FLOAT_AUTO if value == KEEP_FLOAT_AUTO else (value,)
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(pattern, str) and pattern for pattern in value)
+    ):
+        return tuple(value)
+    raise ValueError(f"keep_float must be {KEEP_FLOAT_FORMS}; got {value!r}")
+
+
+def keep_float_specs(
+    quantize: QuantSpec | str | None,
+    prune: PruneSpec | float | str | None,
+    patterns: Sequence[str],
+    *,
+    model: nn.Module | None = None,
+) -> tuple[QuantSpec | None, PruneSpec | None]:
+    """The recipe with ``patterns`` added to the ``exclude`` of both specs.
+
+    With ``model``, a spec that would then select no compressible layer is dropped
+    (None), and keeping every layer float is a ``ValueError``: nothing would be compressed.
+    """
+    kept = _patterns(tuple(patterns), "keep_float")
+    quant_spec = as_quant_spec(quantize)
+    prune_spec = as_prune_spec(prune)
+    if quant_spec is not None:
+        quant_spec = replace(quant_spec, exclude=(*quant_spec.exclude, *kept))
+    if prune_spec is not None:
+        prune_spec = replace(prune_spec, exclude=(*prune_spec.exclude, *kept))
+    if model is None:
+        return quant_spec, prune_spec
+    if quant_spec is not None and not touched_layers(model, quant_spec, None):
+        quant_spec = None
+    if prune_spec is not None and not touched_layers(model, None, prune_spec):
+        prune_spec = None
+    if quant_spec is None and prune_spec is None:
+        raise ValueError(
+            f"keep_float={list(kept)} keeps every compressed layer float: nothing is left "
+            "to compress"
+        )
+    return quant_spec, prune_spec
+
+
+def keep_float_auto(
+    model: nn.Module,
+    ranking: Sequence[str] | Any,
+    trial: TrialFn,
+    *,
+    quantize: QuantSpec | str | None = None,
+    prune: PruneSpec | float | str | None = None,
+    initial: Trial | None = None,
+    max_layers: int | None = None,
+    metric_name: str = "accuracy",
+) -> KeepFloatResult:
+    """Keep layers float in ``ranking`` order (most sensitive first) until every budget holds.
+
+    ``ranking`` is a ``SensitivityResult`` (its ``ranked`` names) or layer names.
+    ``initial`` is the full recipe's trial when the caller has it; otherwise it is
+    evaluated first. At most ``max_layers`` layers are kept (None: no cap but the
+    ranking's length).
+    """
+    names = tuple(getattr(ranking, "ranked", ranking))
+    if any(not isinstance(name, str) for name in names):
+        raise ValueError(f"ranking must be a SensitivityResult or layer names, got {ranking!r}")
+    if max_layers is not None and (
+        isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1
+    ):
+        raise ValueError(f"max_layers must be an int >= 1 or None, got {max_layers!r}")
+    quant_spec = as_quant_spec(quantize)
+    prune_spec = as_prune_spec(prune)
+    compressed = {layer.name for layer in touched_layers(model, quant_spec, prune_spec)}
+    unknown = [name for name in names if name not in compressed]
+    if unknown:
+        raise ValueError(
+            f"ranking names layers the recipe does not compress: {unknown}; "
+            f"compressed layers are {sorted(compressed)}"
+        )
+
+    def run(q: QuantSpec | None, p: PruneSpec | None, setting: Any) -> Trial:
+        outcome = trial(q, p)
+        if not isinstance(outcome, Trial):
+            raise TypeError(
+                f"the trial callback must return a pytest_compress.trial.Trial, "
+                f"got {type(outcome).__name__}"
+            )
+        return replace(outcome, setting=setting)
+
+    trail: list[Trial] = []
+    if initial is None:
+        initial = run(quant_spec, prune_spec, ())
+        trail.append(initial)
+    kept: list[str] = []
+    final_specs = (quant_spec, prune_spec)
+    current = initial
+    candidates = names if max_layers is None else names[:max_layers]
+    for name in candidates:
+        if current.passed or any(b in FLOOR_BUDGETS for b in current.broken):
+            break
+        if len(kept) + 1 >= len(compressed):
+            break  # keeping every compressed layer float is no compression at all
+        kept.append(name)
+        final_specs = keep_float_specs(
+            quant_spec, prune_spec, [literal_pattern(n) for n in kept], model=model
+        )
+        current = run(*final_specs, name)
+        trail.append(current)
+    if not kept:
+        final_specs = (quant_spec, prune_spec)
+    return KeepFloatResult(
+        kept=tuple(kept),
+        trail=tuple(trail),
+        initial=initial,
+        quantize=final_specs[0],
+        prune=final_specs[1],
+        metric_name=metric_name,
+    )
+
+
+@dataclass(frozen=True)
+class KeepFloatResult:
+    """The layers kept float (in the order added), every trial made, and the final recipe.
+
+    ``trail`` holds the evaluations this search made (the initial one only when it had
+    to evaluate it), each ``setting`` the layer added; ``size_cost`` is the final
+    compressed size minus the full recipe's, in bytes.
+    """
+
+    kept: tuple[str, ...]
+    trail: tuple[Trial, ...]
+    initial: Trial
+    quantize: QuantSpec | None
+    prune: PruneSpec | None
+    metric_name: str = "accuracy"
+
+    @property
+    def final(self) -> Trial:
+        return self.trail[-1] if self.trail else self.initial
+
+    @property
+    def passed(self) -> bool:
+        return self.final.passed
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.trail)
+
+    @property
+    def size_cost(self) -> int:
+        return self.final.size - self.initial.size
+
+    @property
+    def recipe(self) -> str:
+        return describe_recipe(self.quantize, self.prune)
+
+    def summary(self) -> str:
+        """``kept float: fc1, conv2 (+12.3 kB)``, or why that was not enough."""
+        if not self.kept:
+            if self.passed:
+                return "kept float: none needed"
+            return f"kept float: none (no layer could be kept float: {self.final.verdict()})"
+        names = ", ".join(self.kept)
+        sign = "+" if self.size_cost >= 0 else "-"
+        cost = f"{sign}{format_size(abs(self.size_cost))}"
+        if self.passed:
+            return f"kept float: {names} ({cost})"
+        return f"kept float: {names} ({cost}), still breaks: {self.final.verdict()}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields for the reports."""
+        return {
+            "kept_float": list(self.kept),
+            "passed": self.passed,
+            "size_cost": self.size_cost,
+            "evaluations": self.evaluations,
+            "recipe": self.recipe,
+        }

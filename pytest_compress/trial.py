@@ -1,0 +1,123 @@
+"""``Trial``: one evaluated candidate recipe, the unit that search and mixed precision step on.
+
+The engine never evaluates or applies budgets itself when it searches: the caller
+passes a callback ``trial(quantize_spec, prune_spec) -> Trial`` that compresses,
+measures and holds the result against the check's budgets (the plugin runs its usual
+check), and the engine decides what to try next from the verdicts alone.
+
+A trial's broken budgets come in two kinds, and search needs to tell them apart:
+
+- *damage* budgets (``max_accuracy_drop``, ``max_relative_drop``, the baseline metric
+  gate, and any name this module does not know) break when a recipe compresses **too
+  much**;
+- *floor* budgets (``FLOOR_BUDGETS``: ``max_size_ratio``, ``max_size``, ``min_sparsity``
+  and the baseline size gate) break when a recipe compresses **too little**.
+
+More compression can only cure a floor violation and only cause a damage violation
+(the monotonicity every search here assumes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .units import format_drop, format_fraction, format_metric, format_ratio, format_size
+
+# Budgets that more compression helps meet; every other broken budget counts as damage.
+FLOOR_BUDGETS = ("max_size_ratio", "max_size", "min_sparsity", "baseline_size")
+DAMAGE_BUDGETS = ("max_accuracy_drop", "max_relative_drop")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate recipe, evaluated: its metric, its size and the budgets it broke.
+
+    - ``metric``: the compressed model's metric; ``size``: its compressed bytes.
+    - ``broken``: the names of the broken budgets (``BUDGET_NAMES`` of ``budgets.py``,
+      or ``"baseline_metric"`` / ``"baseline_size"``); empty when every budget holds.
+    - ``violations``: one short human text per broken budget, e.g. ``"drop 2.9 pp > 2.0 pp"``.
+    - ``setting``: what was tried (a sparsity, an alpha, a bit width, a layer name);
+      the search fills it in, a callback may leave it None.
+    - ``result``: the caller's own record of the evaluation (e.g. its
+      ``CompressionResult``), carried along untouched so the chosen trial's full result
+      needs no second evaluation. Not compared, not shown.
+    """
+
+    metric: float
+    size: int
+    broken: tuple[str, ...] = ()
+    violations: tuple[str, ...] = ()
+    setting: Any = None
+    result: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "broken", tuple(self.broken))
+        object.__setattr__(self, "violations", tuple(self.violations))
+        if any(not isinstance(name, str) for name in self.broken):
+            raise ValueError(f"Trial.broken must be budget names (strings), got {self.broken!r}")
+
+    @property
+    def passed(self) -> bool:
+        """Every budget holds."""
+        return not self.broken
+
+    @property
+    def damaged(self) -> bool:
+        """A budget that more compression breaks (the metric) is broken: compress less."""
+        return any(name not in FLOOR_BUDGETS for name in self.broken)
+
+    @property
+    def short_of_floor(self) -> bool:
+        """Only budgets that more compression helps (size, sparsity) are broken."""
+        return bool(self.broken) and not self.damaged
+
+    def verdict(self) -> str:
+        """``ok``, or what broke: ``drop 2.9 pp > 2.0 pp; ratio 0.31 > 0.30``."""
+        if self.passed:
+            return "ok"
+        return "; ".join(self.violations) if self.violations else "broke " + ", ".join(self.broken)
+
+    @classmethod
+    def from_result(cls, result: Any, setting: Any = None) -> Trial:
+        """A trial from a ``CompressionResult`` (or anything with the same fields).
+
+        Reads ``compressed_metric``, ``compressed_size``, ``violations`` (``BudgetCheck``
+        objects), ``metric`` (the metric's name: accuracy renders in percent) and
+        ``higher_is_better``; keeps ``result`` itself as the payload.
+        """
+        percent = getattr(result, "metric", "accuracy") == "accuracy"
+        higher_is_better = getattr(result, "higher_is_better", True)
+        checks = list(result.violations)
+        return cls(
+            metric=float(result.compressed_metric),
+            size=int(result.compressed_size),
+            broken=tuple(check.budget for check in checks),
+            violations=tuple(
+                describe_violation(check, percent=percent, higher_is_better=higher_is_better)
+                for check in checks
+            ),
+            setting=setting,
+            result=result,
+        )
+
+
+def describe_violation(check: Any, *, percent: bool = True, higher_is_better: bool = True) -> str:
+    """A broken ``BudgetCheck`` in a few words: ``drop 2.9 pp > 2.0 pp``, ``ratio 0.31 > 0.30``."""
+    name, actual, limit = check.budget, check.actual, check.limit
+    word = "drop" if higher_is_better else "increase"
+    if name == "max_accuracy_drop":
+        return f"{word} {format_drop(actual, percent)} > {format_drop(limit, percent)}"
+    if name == "max_relative_drop":
+        return f"relative {word} {format_fraction(actual)} > {format_fraction(limit)}"
+    if name == "max_size_ratio":
+        return f"ratio {format_ratio(actual)} > {format_ratio(limit)}"
+    if name in ("max_size", "baseline_size"):
+        return f"size {format_size(actual)} > {format_size(limit)}"
+    if name == "min_sparsity":
+        return f"sparsity {format_fraction(actual)} < {format_fraction(limit)}"
+    if name == "baseline_metric":
+        worse = "<" if higher_is_better else ">"
+        shown = format_metric(actual, percent)
+        return f"metric {shown} {worse} baseline limit {format_metric(limit, percent)}"
+    return f"{name} {actual:g} vs limit {limit:g}"
