@@ -32,6 +32,9 @@ _EXPORTS = {
     "PruneSpec": "specs",
     "QuantSpec": "specs",
     "BudgetExceeded": "budgets",
+    "finetune": "recovery",
+    "layer_sensitivity": "sensitivity",
+    "recover_compressed": "recovery",
     "CompressionResult": "result",
 }
 
@@ -49,12 +52,15 @@ __all__ = [
     "dequantize",
     "evaluate",
     "fake_quantize",
+    "finetune",
+    "layer_sensitivity",
     "load_compressed",
     "model_metric",
     "model_size",
     "prune_model",
     "quantize",
     "quantize_model",
+    "recover_compressed",
     "save_compressed",
     "sparsity",
 ]
@@ -73,7 +79,9 @@ if TYPE_CHECKING:
     )
     from .packing import load_compressed, save_compressed
     from .quant import QuantizedTensor, dequantize, fake_quantize, quantize
+    from .recovery import finetune, recover_compressed
     from .result import CompressionResult
+    from .sensitivity import layer_sensitivity
     from .specs import PruneSpec, QuantSpec
 
 

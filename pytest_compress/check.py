@@ -1,21 +1,28 @@
 """One compression check: compress a copy, evaluate, measure, and hold it against its budgets.
 
-The float model's metric and size do not depend on the recipe, so ``ReferenceCache``
-keeps them per (model, data, metric, device): K checks of one model cost K + 1
-evaluations, not 2K. No pytest import: the plugin resolves fixtures and calls ``run_check``.
+The float model's metric and size do not depend on the recipe, so they are kept per
+(model, data, metric, device) in an ``IdentityMemo``: K checks of one model cost K + 1
+evaluations, not 2K. With a ``ResultCache`` and the check's ``CheckKeys`` the numbers
+also outlive the session: a check whose key is found is not compressed or evaluated at
+all, and its budgets are checked on the stored numbers. No pytest import: the plugin
+resolves fixtures and calls ``run_check``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .budgets import check_budgets
+from .cache import CheckEntry, CheckKeys, IdentityMemo, ReferenceEntry, ResultCache
 from .markers import CheckRequest
 from .result import DEFAULT_METRIC, CompressionResult
+
+# The in-session memo of float measurements; the name predates the persistent cache.
+ReferenceCache = IdentityMemo
 
 
 @dataclass(frozen=True)
@@ -27,27 +34,14 @@ class Reference:
     seconds: float
 
 
-class ReferenceCache:
-    """Float measurements by key, valid while the key's objects are the very same objects.
+@dataclass(frozen=True)
+class CheckContext:
+    """What the numbers of a check are labelled with in its result."""
 
-    Keys name the fixtures; the identity check makes a function-scoped fixture (a new
-    model per test) re-measure instead of reusing numbers of another object. One entry
-    per key, so a stream of new objects under one name holds on to one of them only.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[Hashable, tuple[tuple[Any, ...], Reference]] = {}
-
-    def get(
-        self, key: Hashable, objects: tuple[Any, ...], compute: Callable[[], Reference]
-    ) -> tuple[Reference, bool]:
-        """The cached reference for ``key`` (and True), or a fresh one (and False)."""
-        entry = self._entries.get(key)
-        if entry is not None and all(a is b for a, b in zip(entry[0], objects, strict=True)):
-            return entry[1], True
-        reference = compute()
-        self._entries[key] = (objects, reference)
-        return reference, False
+    metric_name: str = DEFAULT_METRIC
+    model_label: str | None = None
+    data_label: str | None = None
+    device: str = "cpu"
 
 
 def run_check(
@@ -59,34 +53,93 @@ def run_check(
     metric_name: str = DEFAULT_METRIC,
     calibration_data: Iterable[Any] | None = None,
     device: str = "cpu",
-    cache: ReferenceCache | None = None,
+    cache: IdentityMemo | None = None,
     cache_key: Hashable = None,
     model_label: str | None = None,
     data_label: str | None = None,
+    results: ResultCache | None = None,
+    keys: CheckKeys | None = None,
 ) -> CompressionResult:
     """Compress ``model`` as ``request`` says, measure both models, and give the verdict.
 
     ``model`` is never modified: the engine compresses a deep copy, and evaluation
-    restores the train/eval flags.
+    restores the train/eval flags. ``results`` and ``keys`` together turn on the
+    persistent cache: a stored check is returned as it was measured (``cached``).
     """
-    from .apply import compress_model
-    from .measure import compressed_size, evaluate, model_size, sparsity
-    from .specs import describe_recipe
+    from .materialize import require_reiterable
 
-    _require_reiterable(data, "data")
+    require_reiterable(data, "data")
     if calibration_data is not None:
-        _require_reiterable(calibration_data, "calibration data")
+        require_reiterable(calibration_data, "calibration data")
     started = time.perf_counter()
+    context = CheckContext(
+        metric_name, model_label or request.model, data_label or request.data, device
+    )
+    persistent = results if keys is not None else None
+    if persistent is not None and keys is not None:
+        stored = persistent.check(keys.check)
+        if stored is not None:
+            timings = {"total": time.perf_counter() - started}
+            return _verdict(request, stored, context, timings, cached=True)
 
     def measure_float() -> Reference:
-        begun = time.perf_counter()
-        value = evaluate(model, data, metric, device=device)
-        return Reference(value, model_size(model), time.perf_counter() - begun)
+        return _measure_float(model, data, metric, device, persistent, keys)
 
     if cache is None:
-        reference, cached = measure_float(), False
+        reference, remembered = measure_float(), False
     else:
-        reference, cached = cache.get((cache_key, device), (model, data, metric), measure_float)
+        reference, remembered = cache.get((cache_key, device), (model, data, metric), measure_float)
+    measured, timings = _measure_compressed(model, data, request, metric, calibration_data, device)
+    entry = CheckEntry(reference.metric, reference.size, *measured)
+    if persistent is not None and keys is not None:
+        persistent.put_check(keys.check, entry)
+    timings = {
+        "float_evaluate": 0.0 if remembered else reference.seconds,
+        **timings,
+        "total": time.perf_counter() - started,
+    }
+    return _verdict(request, entry, context, timings, cached=False)
+
+
+def _measure_float(
+    model: Any,
+    data: Iterable[Any],
+    metric: Any,
+    device: str,
+    persistent: ResultCache | None,
+    keys: CheckKeys | None,
+) -> Reference:
+    """The float model's metric and size: from the persistent cache, else measured (and stored)."""
+    from .measure import evaluate, model_size
+
+    if persistent is not None and keys is not None:
+        stored = persistent.reference(keys.reference)
+        if stored is not None:
+            return Reference(stored.metric, stored.size, 0.0)
+    begun = time.perf_counter()
+    reference = Reference(
+        evaluate(model, data, metric, device=device),
+        model_size(model),
+        time.perf_counter() - begun,
+    )
+    if persistent is not None and keys is not None:
+        persistent.put_reference(keys.reference, ReferenceEntry(reference.metric, reference.size))
+    return reference
+
+
+def _measure_compressed(
+    model: Any,
+    data: Iterable[Any],
+    request: CheckRequest,
+    metric: Any,
+    calibration_data: Iterable[Any] | None,
+    device: str,
+) -> tuple[tuple[float, int, float], dict[str, float]]:
+    """((compressed metric, compressed size, sparsity), seconds by phase) of a fresh copy."""
+    from .apply import compress_model
+    from .batches import model_device
+    from .materialize import resolve_device
+    from .measure import compressed_size, evaluate, sparsity
 
     begun = time.perf_counter()
     compressed = compress_model(
@@ -98,53 +151,69 @@ def run_check(
     compress_seconds = time.perf_counter() - begun
 
     begun = time.perf_counter()
-    compressed_metric = evaluate(compressed, data, metric, device=device)
-    evaluate_seconds = time.perf_counter() - begun
-
-    begun = time.perf_counter()
-    packed_size = compressed_size(compressed)
+    packed_size = compressed_size(compressed)  # where the model lives, as the user saves it
     zeros = sparsity(compressed).overall
     measure_seconds = time.perf_counter() - begun
 
-    drop = reference.metric - compressed_metric
+    begun = time.perf_counter()
+    target = resolve_device(device)
+    if model_device(compressed) != target:
+        compressed.to(target)  # our own copy: move it, rather than let evaluate copy it again
+    compressed_metric = evaluate(compressed, data, metric, device=target)
+    evaluate_seconds = time.perf_counter() - begun
+    timings = {
+        "compress": compress_seconds,
+        "evaluate": evaluate_seconds,
+        "measure": measure_seconds,
+    }
+    return (compressed_metric, packed_size, zeros), timings
+
+
+def _verdict(
+    request: CheckRequest,
+    entry: CheckEntry,
+    context: CheckContext,
+    timings: dict[str, float],
+    *,
+    cached: bool,
+) -> CompressionResult:
+    """The result of measured (or stored) numbers: drops, ratio, and the budgets' checks."""
+    from .specs import describe_recipe
+
+    drop = entry.float_metric - entry.compressed_metric
     if not request.higher_is_better:
         drop = -drop  # for a loss or an error rate, the increase is the loss of quality
-    relative = _relative(drop, reference.metric)
-    ratio = packed_size / reference.size if reference.size else math.inf
+    relative = _relative(drop, entry.float_metric)
+    ratio = entry.compressed_size / entry.float_size if entry.float_size else math.inf
     checks = check_budgets(
         request.budgets,
         accuracy_drop=drop,
         relative_drop=relative,
         size_ratio=ratio,
-        compressed_size=packed_size,
-        sparsity=zeros,
+        compressed_size=entry.compressed_size,
+        sparsity=entry.sparsity,
     )
     return CompressionResult(
-        float_metric=reference.metric,
-        compressed_metric=compressed_metric,
+        float_metric=entry.float_metric,
+        compressed_metric=entry.compressed_metric,
         accuracy_drop=drop,
         relative_drop=relative,
-        float_size=reference.size,
-        compressed_size=packed_size,
+        float_size=entry.float_size,
+        compressed_size=entry.compressed_size,
         size_ratio=ratio,
-        sparsity=zeros,
+        sparsity=entry.sparsity,
         recipe=describe_recipe(request.quantize, request.prune),
         quantize=request.quantize,
         prune=request.prune,
         budgets=request.budgets,
         checks=tuple(checks),
-        timings={
-            "float_evaluate": 0.0 if cached else reference.seconds,
-            "compress": compress_seconds,
-            "evaluate": evaluate_seconds,
-            "measure": measure_seconds,
-            "total": time.perf_counter() - started,
-        },
-        metric=metric_name,
+        timings=timings,
+        metric=context.metric_name,
         higher_is_better=request.higher_is_better,
-        model=model_label or request.model,
-        data=data_label or request.data,
-        device=device,
+        model=context.model_label or request.model,
+        data=context.data_label or request.data,
+        device=context.device,
+        cached=cached,
     )
 
 
@@ -153,13 +222,3 @@ def _relative(drop: float, reference: float) -> float:
     if reference == 0:
         return 0.0 if drop == 0 else math.copysign(math.inf, drop)
     return drop / abs(reference)
-
-
-def _require_reiterable(data: Any, what: str) -> None:
-    # An iterator is used up by the float evaluation, and the compressed model would then
-    # be measured on nothing; say so instead of failing with "no samples".
-    if iter(data) is data:
-        raise ValueError(
-            f"the {what} is an iterator ({type(data).__name__}), which can be read only once; "
-            "give something that can be iterated again, such as a DataLoader or a list of batches"
-        )

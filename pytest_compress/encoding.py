@@ -116,7 +116,8 @@ def _gap_entries(gaps: np.ndarray, gap_bits: int) -> int:
 
 
 def layout_sizes(nonzero: np.ndarray, value_bits: int) -> list[tuple[int, Layout]]:
-    """(index + value bytes, layout) for dense, mask, and gaps at every useful gap width."""
+    """(index + value bytes, layout) for dense, mask, and gaps at every gap width that could
+    be the smallest (wider widths are left out once none of them can win)."""
     nonzero = np.asarray(nonzero, dtype=bool).reshape(-1)
     total = nonzero.size
     kept = int(nonzero.sum())
@@ -125,8 +126,16 @@ def layout_sizes(nonzero: np.ndarray, value_bits: int) -> list[tuple[int, Layout
         (packed_size(total, 1) + packed_size(kept, value_bits), Layout("mask")),
     ]
     if kept < total:  # with no zeros, gaps can never beat dense
-        gaps = _gaps(nonzero)
+        gaps = None
+        best = min(size for size, _ in sizes)
         for gap_bits in range(1, MAX_GAP_BITS + 1):
+            # At least one entry per kept element: when even that cannot beat the best so
+            # far, neither this width nor any wider one can (the cost grows with the
+            # width), and a tie goes to the earlier layout anyway. This skips the costly
+            # exact count on nearly dense tensors (an int8 weight with a few zero codes).
+            if packed_size(kept, gap_bits) + packed_size(kept, value_bits) >= best:
+                break
+            gaps = _gaps(nonzero) if gaps is None else gaps
             entries = _gap_entries(gaps, gap_bits)
             cost = packed_size(entries, gap_bits) + packed_size(entries, value_bits)
             sizes.append((cost, Layout("gaps", gap_bits)))

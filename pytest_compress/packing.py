@@ -296,6 +296,19 @@ def _hook_entries(model: nn.Module) -> list[list]:
     return hooks
 
 
+def _encode(model: nn.Module, target: str) -> tuple[bytes, list[bytes]]:
+    """The compressed header and the tensor blobs of ``model``'s file (``target`` names it)."""
+    with torch.no_grad():
+        entries, blobs = _encode_tensors(model)
+    try:
+        text = json.dumps(
+            {"t": entries, "h": _hook_entries(model)}, separators=(",", ":"), allow_nan=False
+        )
+    except ValueError as err:  # a NaN or infinite activation scale
+        raise ValueError(f"cannot save {target}: {err}") from err
+    return zlib.compress(text.encode("utf-8"), 9), blobs
+
+
 def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
     """Write ``model`` (a compressed copy, or any model) to ``path``; return the bytes written.
 
@@ -305,20 +318,22 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
     no file behind and an existing ``path`` untouched. See the module docstring for the format.
     """
     path = os.fspath(path)
-    with torch.no_grad():
-        entries, blobs = _encode_tensors(model)
-    try:
-        text = json.dumps(
-            {"t": entries, "h": _hook_entries(model)}, separators=(",", ":"), allow_nan=False
-        )
-    except ValueError as err:  # a NaN or infinite activation scale
-        raise ValueError(f"cannot save {path}: {err}") from err
-    header = zlib.compress(text.encode("utf-8"), 9)
+    header, blobs = _encode(model, path)
     crc = zlib.crc32(header)
     for blob in blobs:
         crc = zlib.crc32(blob, crc)
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), crc)
     return write_atomically(path, [prefix, header, *blobs])
+
+
+def saved_size(model: nn.Module) -> int:
+    """The bytes ``save_compressed`` would write for ``model``, without writing a file.
+
+    The same encoding, summed: only the CRC (fixed length) and the write are skipped, so
+    the number is the file's size, exactly.
+    """
+    header, blobs = _encode(model, "the model")
+    return _PREFIX.size + len(header) + sum(len(blob) for blob in blobs)
 
 
 # --- reading -------------------------------------------------------------------------------

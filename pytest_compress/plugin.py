@@ -81,20 +81,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "skip the compression checks (marked tests and the compress fixture)",
         action="store_true",
     )
+    option(
+        "compress-no-cache",
+        "measure every check, ignoring the results earlier runs stored in pytest's cache "
+        "(the fresh results replace them)",
+        action="store_true",
+    )
+    option(
+        "compress-cache-mb",
+        "keep each data fixture's batches in memory on the evaluation device up to this "
+        "many megabytes; larger data is streamed (default: 1024)",
+        metavar="MB",
+    )
 
 
 def read_options(config: pytest.Config) -> Options:
     """The options, each from the command line if given there, else from the ini file."""
-    tolerance_text = _option(config, "compress-tolerance")
-    try:
-        tolerance = float(tolerance_text) if tolerance_text not in (None, "") else 0.005
-    except ValueError:
-        tolerance = float("nan")
-    if not tolerance >= 0 or tolerance == float("inf"):
-        raise pytest.UsageError(
-            f"--compress-tolerance must be a non-negative number such as 0.005, "
-            f"got {tolerance_text!r}"
-        )
+    tolerance = _number(config, "compress-tolerance", 0.005, "0.005")
+    cache_mb = _number(config, "compress-cache-mb", 1024.0, "1024 (0 streams every data set)")
     baseline = _path(config, "compress-baseline")
     return Options(
         report=_path(config, "compress-report"),
@@ -105,7 +109,23 @@ def read_options(config: pytest.Config) -> Options:
         update_baseline=bool(_option(config, "compress-update-baseline")),
         device=_option(config, "compress-device") or "cpu",
         disable=bool(_option(config, "compress-disable")),
+        cache=not _option(config, "compress-no-cache"),
+        cache_mb=cache_mb,
     )
+
+
+def _number(config: pytest.Config, name: str, default: float, example: str) -> float:
+    """A finite, non-negative number option; ``pytest.UsageError`` naming it otherwise."""
+    text = _option(config, name)
+    try:
+        value = float(text) if text not in (None, "") else default
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise pytest.UsageError(
+            f"--{name} must be a non-negative number such as {example}, got {text!r}"
+        )
+    return value
 
 
 def _option(config: pytest.Config, name: str) -> Any:

@@ -30,13 +30,16 @@ def sorted_entries(entries: Iterable[Entry]) -> list[Entry]:
 
 
 def verdict(entry: Entry) -> str:
-    """``ok``, ``FAILED`` (a budget broke) or ``REGRESSED`` (only the baseline gate broke)."""
+    """``ok``, ``FAILED`` (a budget broke) or ``REGRESSED`` (only the baseline gate broke),
+    followed by ``(cached)`` when the numbers came from the persistent cache."""
     violations = entry["violations"]
     if not violations:
-        return "ok"
-    if all(v["budget"].startswith("baseline_") for v in violations):
-        return "REGRESSED"
-    return "FAILED"
+        word = "ok"
+    elif all(v["budget"].startswith("baseline_") for v in violations):
+        word = "REGRESSED"
+    else:
+        word = "FAILED"
+    return f"{word} (cached)" if entry.get("cached") else word
 
 
 def row(entry: Entry) -> list[str]:
@@ -69,8 +72,11 @@ def terminal_table(entries: Iterable[Entry]) -> list[str]:
     ]
 
 
-def markdown_table(entries: Iterable[Entry]) -> str:
-    """The table in GitHub-flavoured Markdown, under a ``compression report`` heading."""
+def markdown_table(entries: Iterable[Entry], notes: Sequence[str] = ()) -> str:
+    """The table in GitHub-flavoured Markdown, under a ``compression report`` heading.
+
+    ``notes`` (the terminal's lines about the data and the cache) follow as a list.
+    """
     lines = [
         "## compression report",
         "",
@@ -81,11 +87,19 @@ def markdown_table(entries: Iterable[Entry]) -> str:
         cells = row(entry)
         cells[0] = f"`{cells[0]}`"
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
 
 
-def json_report(entries: Iterable[Entry], *, device: str) -> dict[str, Any]:
-    """The JSON report: versions, the machine, and one object per check (sorted by id)."""
+def json_report(
+    entries: Iterable[Entry], *, device: str, notes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The JSON report: versions, the machine, notes, and one object per check (sorted by id).
+
+    ``notes`` say what the terminal says under the table about the data and the cache
+    (data streamed rather than kept, checks served from the cache).
+    """
     return {
         "schema_version": JSON_SCHEMA_VERSION,
         "plugin": "pytest-compress",
@@ -103,6 +117,7 @@ def json_report(entries: Iterable[Entry], *, device: str) -> dict[str, Any]:
             "cpu_count": os.cpu_count(),
             "device": device,
         },
+        "notes": list(notes),
         "checks": [dict(entry) for entry in sorted_entries(entries)],
     }
 
@@ -111,14 +126,30 @@ def write_text(path: Path, text: str) -> None:
     write_text_atomically(path, text)
 
 
-def write_json_report(path: Path, entries: Iterable[Entry], *, device: str) -> None:
-    write_text(path, json.dumps(json_report(entries, device=device), indent=2) + "\n")
+def write_json_report(
+    path: Path, entries: Iterable[Entry], *, device: str, notes: Sequence[str] = ()
+) -> None:
+    document = json_report(entries, device=device, notes=notes)
+    write_text(path, json.dumps(document, indent=2) + "\n")
 
 
 def append_text(path: Path, text: str) -> None:
     """Append (GitHub's step summary collects what every step appends)."""
     with path.open("a", encoding="utf-8") as stream:
         stream.write(text)
+
+
+def cache_lines(entries: Sequence[Entry], notes: Sequence[str]) -> list[str]:
+    """How many checks the persistent cache served, then the notes about data and the cache."""
+    cached = sum(1 for entry in entries if entry.get("cached"))
+    lines = []
+    if cached:
+        lines.append(
+            f"cache: {cached} of {len(entries)} checks reused from an earlier run with the same "
+            "weights, data, metric, recipe and versions (budgets checked again; "
+            "--compress-no-cache measures all)"
+        )
+    return lines + list(notes)
 
 
 def baseline_lines(

@@ -32,6 +32,7 @@ class CompressionResult:
     lower is better (so a positive drop is always a loss); ``relative_drop`` divides it
     by ``|float_metric|``. Sizes are bytes: ``float_size`` of ``torch.save(state_dict)``,
     ``compressed_size`` of the file ``save_compressed`` writes. ``timings`` are seconds.
+    ``cached`` says the numbers were read from the persistent cache, not measured now.
     """
 
     float_metric: float
@@ -53,6 +54,9 @@ class CompressionResult:
     model: str = "compress_model"
     data: str = "compress_data"
     device: str = "cpu"
+    # True when the numbers come from the persistent cache (an earlier run measured the
+    # same weights, data, metric and recipe); the budgets were checked on them anew.
+    cached: bool = False
 
     @property
     def violations(self) -> list[BudgetCheck]:
@@ -96,7 +100,10 @@ class CompressionResult:
         if "min_sparsity" in by_budget or self.prune is not None:
             lines.append(self._sparsity_line(by_budget.get("min_sparsity")))
         lines.extend(self._baseline_line(check) for check in self.checks if check.is_baseline)
-        lines.append(f"model {self.model}, data {self.data}, device {self.device}")
+        where = f"model {self.model}, data {self.data}, device {self.device}"
+        if self.cached:
+            where += " (measured by an earlier run: pytest-compress cache)"
+        lines.append(where)
         return "\n  ".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +130,7 @@ class CompressionResult:
             "passed": self.passed,
             "seconds": self.seconds,
             "timings": dict(self.timings),
+            "cached": self.cached,
         }
 
     # --- the lines of explain() -----------------------------------------------------

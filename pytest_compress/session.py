@@ -1,10 +1,11 @@
 """The plugin's state for one pytest session, and the hooks that act on the whole session.
 
 ``CompressSession`` is registered as a plugin object by ``plugin.pytest_configure``. It
-holds the options, the float-measurement cache shared by every check, the baseline, and
-the entries of every check run here. On an xdist worker the entries go to the controller
-through ``config.workeroutput``; the controller (or a serial run) writes the reports and
-the baseline once, at the end.
+holds the options, the caches shared by every check (float measurements, materialised
+data and fingerprints, per fixture; the persistent result cache in ``config.cache``), the
+baseline, and the entries of every check run here. On an xdist worker the entries go to
+the controller through ``config.workeroutput``; the controller (or a serial run) writes
+the reports and the baseline once, at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ from typing import Any
 import pytest
 
 from .baseline import Baseline, BaselineError, baseline_entry, write_baseline
-from .check import ReferenceCache, run_check
+from .cache import IdentityMemo, ResultCache
+from .check import run_check
 from .markers import (
     DEFAULT_CALIBRATION_FIXTURE,
     DEFAULT_DATA_FIXTURE,
@@ -30,6 +33,7 @@ from .markers import (
 from .report import (
     append_text,
     baseline_lines,
+    cache_lines,
     markdown_table,
     sorted_entries,
     terminal_table,
@@ -60,6 +64,8 @@ class Options:
     update_baseline: bool = False
     device: str = "cpu"
     disable: bool = False
+    cache: bool = True
+    cache_mb: float = 1024.0
 
 
 class CompressSession:
@@ -68,10 +74,17 @@ class CompressSession:
     def __init__(self, config: pytest.Config, options: Options) -> None:
         self.config = config
         self.options = options
-        self.cache = ReferenceCache()
+        # Within the session, per fixture and object: the float measurements here, the
+        # materialised data and fingerprints in `inputs` (made by the first check, which
+        # imports torch). Across sessions: the result cache (set at session start).
+        self.references = IdentityMemo()
+        self._inputs: Any = None
+        self.results: ResultCache | None = None
         self.entries: list[dict[str, Any]] = []
         self.baseline: Baseline | None = None
         self.notes: list[str] = []
+        # what the reports say about data and the cache, by topic (workers' notes merge)
+        self.input_notes: dict[str, str] = {}
         # which tests this run reached, to tell a stale baseline entry from one not run
         self.ran: set[str] = set()
         self.reported: set[str] = set()
@@ -94,6 +107,8 @@ class CompressSession:
         ``model`` / ``data`` are objects given to the ``compress`` callable; None means
         "the fixtures the request names".
         """
+        from .inputs import calibrates  # here: it imports torch, which a check needs anyway
+
         model_object, model_label = _resolve(request, model, check.model, "model")
         data_object, data_label = _resolve(request, data, check.data, "data")
         metric = _named_or_optional(request, check.metric, "metric")
@@ -108,19 +123,38 @@ class CompressSession:
         metric_name = (
             DEFAULT_METRIC if metric is None else getattr(metric, "__name__", check.metric)
         )
+        started = time.time()
+        inputs = self.inputs
+        evaluation = inputs.data(data_label, data_object)
+        calibration_data = evaluation
+        # read only by recipes that calibrate: others need not pay for reading it
+        if calibration is not None and calibration is not data_object and calibrates(check):
+            calibration_data = inputs.data(check.calibration_data, calibration, "calibration data")
+        keys = None
+        if self.results is not None:
+            keys = inputs.keys(
+                check,
+                model=(model_label, model_object),
+                data=evaluation,
+                metric=(check.metric, metric),
+                calibration=calibration_data,
+            )
         result = run_check(
             model_object,
-            data_object,
+            evaluation.batches,
             check,
             metric=metric,
             metric_name=metric_name,
-            calibration_data=calibration,
+            calibration_data=calibration_data.batches,
             device=self.options.device,
-            cache=self.cache,
+            cache=self.references,
             cache_key=(model_label, data_label, None if metric is None else check.metric),
             model_label=model_label,
             data_label=data_label,
+            results=self.results,
+            keys=keys,
         )
+        finished = time.time()
         status = None
         if self.baseline is not None and not self.options.update_baseline:
             gate = self.baseline.compare(check_id, result.to_dict(), self.options.tolerance)
@@ -129,11 +163,27 @@ class CompressSession:
             else:
                 result = result.with_checks(gate)
                 status = "regressed" if result.regressed else "ok"
-        self.entries.append(
-            {"check": check_id, "test": request.node.nodeid, **result.to_dict(), "baseline": status}
-        )
+        entry = {"check": check_id, "test": request.node.nodeid, **result.to_dict()}
+        # The wall-clock span of the plugin's work on this check, from the moment its
+        # fixtures were resolved: what benchmarks/bench_overhead.py adds up.
+        entry["timings"].update(started=started, finished=finished)
+        self.entries.append({**entry, "baseline": status})
         request.node.user_properties.extend(junit_properties(check_id, result))
         return result
+
+    @property
+    def inputs(self) -> Any:
+        """The session's ``CheckInputs``: data read once, fingerprints and cache keys."""
+        if self._inputs is None:
+            from .inputs import CheckInputs
+
+            self._inputs = CheckInputs(
+                device=self.options.device,
+                cache_mb=self.options.cache_mb,
+                fingerprints=self.results is not None,
+                notes=self.input_notes,  # written here, sent to the controller by workers
+            )
+        return self._inputs
 
     # --- session hooks -------------------------------------------------------------
 
@@ -141,6 +191,10 @@ class CompressSession:
         # Here rather than in pytest_configure, so that `pytest --help` works whatever
         # the options say.
         check_device(self.options.device)
+        store = getattr(self.config, "cache", None)  # None under -p no:cacheprovider
+        if store is not None:
+            # --compress-no-cache measures everything, and stores the fresh numbers
+            self.results = ResultCache(store, read=self.options.cache)
         try:
             self.baseline = Baseline.load(self.options.baseline)
         except BaselineError as error:
@@ -163,10 +217,15 @@ class CompressSession:
             sent = json.loads(payload)
             self.entries.extend(sent["entries"])
             self.deselected.update(sent["deselected"])
+            self.input_notes.update(sent["notes"])
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
-            sent = {"entries": self.entries, "deselected": sorted(self.deselected)}
+            sent = {
+                "entries": self.entries,
+                "deselected": sorted(self.deselected),
+                "notes": self.input_notes,
+            }
             self.config.workeroutput[WORKEROUTPUT_KEY] = json.dumps(sent)  # type: ignore[attr-defined]
             return
         # One entry per check id (a rerun plugin may run a test twice): the last one counts.
@@ -181,22 +240,32 @@ class CompressSession:
         terminalreporter.write_sep("=", "compression report")
         for line in terminal_table(self.entries):
             terminalreporter.write_line(line)
-        for line in self.notes:
+        for line in [*self._cache_lines(), *self.notes]:
             terminalreporter.write_line(line)
 
     # --- the end of the session ----------------------------------------------------
 
     def _write_reports(self) -> None:
         if self.options.report is not None:
-            write_json_report(self.options.report, self.entries, device=self.options.device)
+            write_json_report(
+                self.options.report,
+                self.entries,
+                device=self.options.device,
+                notes=self._cache_lines(),
+            )
             self.notes.append(f"JSON report written to {self.options.report}")
-        table = markdown_table(self.entries)
+        table = markdown_table(self.entries, self._cache_lines())
         if self.options.markdown is not None:
             write_text(self.options.markdown, table)
             self.notes.append(f"Markdown report written to {self.options.markdown}")
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if step_summary:
             append_text(Path(step_summary), table)
+
+    def _cache_lines(self) -> list[str]:
+        return cache_lines(
+            self.entries, [self.input_notes[key] for key in sorted(self.input_notes)]
+        )
 
     def _gate_baseline(self) -> None:
         path = self.options.baseline

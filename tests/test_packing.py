@@ -147,6 +147,24 @@ def test_every_layout_round_trips_and_the_smallest_is_chosen(
     assert dict((layout, size) for size, layout in sizes)[chosen] == min(s for s, _ in sizes)
 
 
+@given(masks(), st.sampled_from([2, 4, 8, 32]))
+def test_the_chosen_layout_is_the_smallest_of_every_gap_width(
+    nonzero: np.ndarray, value_bits: int
+) -> None:
+    # layout_sizes skips widths that cannot win; the exhaustive minimum must agree.
+    kept = int(nonzero.sum())
+    every = [
+        (packed_size(nonzero.size, value_bits), Layout("dense")),
+        (packed_size(nonzero.size, 1) + packed_size(kept, value_bits), Layout("mask")),
+    ]
+    if kept < nonzero.size:
+        for gap_bits in range(1, encoding.MAX_GAP_BITS + 1):
+            _, positions = encode_index(nonzero, Layout("gaps", gap_bits))
+            cost = packed_size(positions.size, gap_bits) + packed_size(positions.size, value_bits)
+            every.append((cost, Layout("gaps", gap_bits)))
+    assert choose_layout(nonzero, value_bits) == min(every, key=lambda pair: pair[0])[1]
+
+
 def test_gaps_longer_than_the_width_are_bridged_by_filler_entries() -> None:
     nonzero = np.zeros(1000, dtype=bool)
     nonzero[[3, 600, 999]] = True  # gaps 3, 596 and 398

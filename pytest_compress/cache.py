@@ -1,0 +1,167 @@
+"""Caches: one within a session (by fixture and object identity), one across sessions.
+
+``IdentityMemo`` keeps a value per key for as long as the key's objects are the very
+same objects: the float model's measurements, materialised data and fingerprints are
+computed once per session per fixture.
+
+``ResultCache`` keeps measurements across sessions in a key-value store with the API of
+pytest's ``config.cache`` (``get(key, default)`` / ``set(key, value)``; the plugin passes
+it in, so ``-p no:cacheprovider`` turns this cache off). One small JSON entry per key:
+the float model's metric and size under a reference key, each check's measurements
+under a check key. A key is a fingerprint of everything its numbers depend on, so a
+changed weight, data value, metric, recipe, device or version simply finds no entry. An
+entry that cannot be read or has the wrong shape counts as missing, and is rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol, TypeVar
+
+KEY_PREFIX = "pytest-compress/v1"
+T = TypeVar("T")
+
+
+class IdentityMemo:
+    """Values by key, valid while the key's objects are the very same objects.
+
+    Keys name fixtures; the identity check makes a function-scoped fixture (a new object
+    per test) compute afresh instead of reusing a value of another object. One entry per
+    key, so a stream of new objects under one name holds on to one of them only.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, tuple[tuple[Any, ...], Any]] = {}
+
+    def get(
+        self, key: Hashable, objects: tuple[Any, ...], compute: Callable[[], T]
+    ) -> tuple[T, bool]:
+        """The value for ``key`` (and True), or a freshly computed one (and False)."""
+        entry = self._entries.get(key)
+        if entry is not None and all(a is b for a, b in zip(entry[0], objects, strict=True)):
+            return entry[1], True
+        value = compute()
+        self._entries[key] = (objects, value)
+        return value, False
+
+
+class Store(Protocol):
+    """What ``ResultCache`` needs of pytest's ``config.cache``."""
+
+    def get(self, key: str, default: Any) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class ReferenceEntry:
+    """The float model's measurements."""
+
+    metric: float
+    size: int
+
+
+@dataclass(frozen=True)
+class CheckEntry:
+    """One check's measurements, with the float model's, so a hit needs nothing else."""
+
+    float_metric: float
+    float_size: int
+    compressed_metric: float
+    compressed_size: int
+    sparsity: float
+
+
+@dataclass(frozen=True)
+class CheckKeys:
+    """The persistent keys of one check: its float reference and the check itself."""
+
+    reference: str
+    check: str
+
+
+def check_keys(
+    *,
+    model: str,
+    data: str,
+    metric: str,
+    device: str,
+    environment: str,
+    recipe: str,
+    calibration: str | None,
+) -> CheckKeys:
+    """Keys from the fingerprints: the reference's of model, data, metric, device and versions;
+    the check's of those plus the recipe (and the calibration data, for recipes that use it).
+    """
+    reference = combine("reference", model, data, metric, device, environment)
+    return CheckKeys(reference, combine("check", reference, recipe, calibration))
+
+
+def combine(*parts: str | None) -> str:
+    """One digest of several fingerprints (or plain strings), in order."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        text = repr(part).encode("utf-8")
+        digest.update(len(text).to_bytes(8, "little") + text)  # lengths: no ambiguous joins
+    return digest.hexdigest()
+
+
+class ResultCache:
+    """Reference and check entries in a ``Store``.
+
+    A check entry written by this object is not read back by it: the cache serves what
+    earlier sessions measured, and a check repeated within a session is measured again,
+    as it would be without the cache. With ``read=False`` nothing is read at all, and
+    what is measured still replaces what was stored (``--compress-no-cache``: the way to
+    refresh entries after a change no fingerprint can see).
+    """
+
+    def __init__(self, store: Store, *, read: bool = True) -> None:
+        self._store = store
+        self._read = read
+        self._written: set[str] = set()
+
+    def reference(self, key: str) -> ReferenceEntry | None:
+        if not self._read:
+            return None
+        return _read(self._store.get(f"{KEY_PREFIX}/reference/{key}", None), ReferenceEntry)
+
+    def put_reference(self, key: str, entry: ReferenceEntry) -> None:
+        self._store.set(f"{KEY_PREFIX}/reference/{key}", asdict(entry))
+
+    def check(self, key: str) -> CheckEntry | None:
+        if not self._read or key in self._written:
+            return None
+        return _read(self._store.get(f"{KEY_PREFIX}/check/{key}", None), CheckEntry)
+
+    def put_check(self, key: str, entry: CheckEntry) -> None:
+        self._store.set(f"{KEY_PREFIX}/check/{key}", asdict(entry))
+        self._written.add(key)
+
+
+def _read(value: Any, kind: type[T]) -> T | None:
+    """The entry, or None when ``value`` is not exactly its fields with numbers of their types."""
+    names = [f.name for f in fields(kind)]  # type: ignore[arg-type]
+    if not isinstance(value, dict) or sorted(value) != sorted(names):
+        return None
+    for f in fields(kind):  # type: ignore[arg-type]
+        item = value[f.name]
+        if isinstance(item, bool):
+            return None
+        if f.type == "int":
+            if not isinstance(item, int) or item < 0:
+                return None
+        elif not isinstance(item, (int, float)) or (
+            f.name == "sparsity" and not (math.isfinite(item) and 0 <= item <= 1)
+        ):
+            return None
+    # JSON writes 1.0 as 1.0, but a hand-edited entry may say 1: keep the declared types
+    return kind(
+        **{
+            f.name: float(value[f.name]) if f.type == "float" else value[f.name]
+            for f in fields(kind)
+        }
+    )  # type: ignore[arg-type]

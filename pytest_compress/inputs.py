@@ -1,0 +1,123 @@
+"""What a session's checks are measured on, prepared once: data read once, fingerprints, keys.
+
+``CheckInputs`` belongs to one session. For each data fixture it reads the batches once
+(``materialize``), and for each model and metric it computes the fingerprint once (per
+fixture and object, like the float measurements); from those it derives each check's
+persistent ``CheckKeys``. What the reports should say about it (data streamed, something
+that cannot be fingerprinted) collects in ``notes``. No pytest import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .cache import CheckKeys, IdentityMemo, check_keys
+from .markers import CheckRequest
+from .materialize import MEGABYTE, EvaluationData, materialize
+
+
+class CheckInputs:
+    """Materialised data and fingerprints, per fixture and object, for one session."""
+
+    def __init__(
+        self,
+        *,
+        device: str,
+        cache_mb: float,
+        fingerprints: bool,
+        notes: dict[str, str] | None = None,
+    ) -> None:
+        self.device = device
+        self.cache_mb = cache_mb
+        self.fingerprints = fingerprints  # only worth computing for the persistent cache
+        self._data = IdentityMemo()
+        self._prints = IdentityMemo()
+        # what the reports should say, by topic, so that xdist workers' notes merge
+        self.notes: dict[str, str] = {} if notes is None else notes
+
+    def data(self, label: str, data: Any, what: str = "data") -> EvaluationData:
+        """``data`` read once per session (kept on the device, or streamed when too large)."""
+
+        def read() -> EvaluationData:
+            return materialize(
+                data,
+                device=self.device,
+                limit_bytes=int(self.cache_mb * MEGABYTE),
+                fingerprint=self.fingerprints,
+                what=what,
+            )
+
+        evaluation, _ = self._data.get(label, (data,), read)
+        if evaluation.streamed:
+            self.notes[f"streamed {label}"] = streamed_note(label, evaluation, self.cache_mb)
+        if evaluation.unfingerprintable is not None:
+            self.notes[f"uncached data {label}"] = (
+                f"not cached: {what} {label}: {evaluation.unfingerprintable}, which cannot be "
+                "fingerprinted"
+            )
+        return evaluation
+
+    def keys(
+        self,
+        check: CheckRequest,
+        *,
+        model: tuple[str, Any],
+        data: EvaluationData,
+        metric: tuple[str, Any],
+        calibration: EvaluationData,
+    ) -> CheckKeys | None:
+        """The check's persistent keys; None when something it depends on has no fingerprint.
+
+        ``model`` and ``metric`` are (fixture label, object) pairs.
+        """
+        from .fingerprint import environment_fingerprint, metric_fingerprint, model_fingerprint
+
+        model_print = self._fingerprint("model", *model, model_fingerprint)
+        metric_print = self._fingerprint("metric", *metric, metric_fingerprint)
+        # calibration data changes only the recipes that calibrate on it
+        calibration_print = calibration.fingerprint if calibrates(check) else "unused"
+        if None in (model_print, data.fingerprint, metric_print, calibration_print):
+            return None
+        return check_keys(
+            model=model_print,  # type: ignore[arg-type]
+            data=data.fingerprint,  # type: ignore[arg-type]
+            metric=metric_print,  # type: ignore[arg-type]
+            device=self.device,
+            environment=environment_fingerprint(),
+            recipe=repr((check.quantize, check.prune)),
+            calibration=calibration_print,
+        )
+
+    def _fingerprint(
+        self, kind: str, label: str, value: Any, compute: Callable[[Any], str]
+    ) -> str | None:
+        """A model's or metric's fingerprint, once per session per fixture and object."""
+        from .fingerprint import Unfingerprintable
+
+        def fingerprint() -> str | None:
+            try:
+                return compute(value)
+            except Unfingerprintable as error:
+                self.notes[f"uncached {kind} {label}"] = (
+                    f"not cached: {kind} {label} holds {error}, which cannot be fingerprinted"
+                )
+                return None
+
+        return self._prints.get((kind, label), (value,), fingerprint)[0]
+
+
+def calibrates(check: CheckRequest) -> bool:
+    """Whether the recipe observes activation ranges on calibration data."""
+    return check.quantize is not None and check.quantize.quantizes_activations
+
+
+def streamed_note(label: str, evaluation: EvaluationData, cache_mb: float) -> str:
+    from .units import format_size
+
+    size = format_size(evaluation.nbytes)
+    size = size if evaluation.counted_all else f"more than {size}"
+    return (
+        f"data {label} ({size}) is larger than --compress-cache-mb={cache_mb:g}: "
+        "streamed, so every evaluation reads it again"
+    )

@@ -1,0 +1,202 @@
+"""Fingerprints: equal for the same model, data or metric, different after any change."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_compress.fingerprint import (
+    DataDigest,
+    Unfingerprintable,
+    environment_fingerprint,
+    metric_fingerprint,
+    model_fingerprint,
+)
+from pytest_compress.measure import model_metric
+from tests.models import Net, seeded
+
+USER_MODULE = """
+import torch
+from torch import nn
+
+SHIFT = {shift}
+
+
+def helper(x):
+    return x * {factor}
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):{blank}
+        return helper(self.fc(x)) + SHIFT
+"""
+
+
+def user_class(shift: float = 0.0, factor: float = 1.0, blank: str = "") -> type:
+    """``Net`` compiled from source, as if the user's module had been edited."""
+    source = USER_MODULE.format(shift=shift, factor=factor, blank=blank)
+    namespace: dict = {"__name__": "user_models"}
+    exec(compile(source, "user_models.py", "exec"), namespace)
+    return namespace["Net"]
+
+
+def user_model(**edits: object) -> nn.Module:
+    torch.manual_seed(0)
+    return user_class(**edits)()
+
+
+def test_the_same_model_gives_the_same_fingerprint() -> None:
+    model = seeded(Net())
+    assert model_fingerprint(model) == model_fingerprint(model)
+    assert model_fingerprint(copy.deepcopy(model)) == model_fingerprint(model)
+    assert model_fingerprint(seeded(Net())) == model_fingerprint(model)
+    assert model_fingerprint(user_model()) == model_fingerprint(user_model())
+
+
+def test_the_train_flag_does_not_count() -> None:
+    # evaluation always runs in eval mode, so the flag cannot change a measurement
+    model = seeded(Net())
+    assert model_fingerprint(model.train()) == model_fingerprint(copy.deepcopy(model).eval())
+
+
+def test_one_weight_changed_by_one_ulp_changes_it() -> None:
+    model = seeded(Net())
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        value = changed.fc2.weight[3, 7]
+        changed.fc2.weight[3, 7] = torch.nextafter(value, value + 1)
+    assert model_fingerprint(changed) != model_fingerprint(model)
+
+
+def test_buffers_dtypes_settings_and_hooks_change_it() -> None:
+    base = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    reference = model_fingerprint(base)
+
+    buffer = copy.deepcopy(base)
+    buffer[1].running_mean[0] = 0.5
+    stride = copy.deepcopy(base)
+    stride[0].stride = (2, 2)
+    inplace = copy.deepcopy(base)
+    inplace[2].inplace = True
+    gelu = copy.deepcopy(base)
+    gelu[2] = nn.GELU()
+    double = copy.deepcopy(base).double()
+    hooked = copy.deepcopy(base)
+    hooked[2].register_forward_hook(lambda module, args, output: output * 2)
+    variants = [buffer, stride, inplace, gelu, double, hooked]
+    prints = [model_fingerprint(variant) for variant in variants]
+    assert reference not in prints and len(set(prints)) == len(variants)
+
+
+def test_editing_the_models_code_changes_it() -> None:
+    reference = model_fingerprint(user_model())
+    assert model_fingerprint(user_model(factor=2.0)) != reference  # a helper it calls
+    assert model_fingerprint(user_model(shift=0.5)) != reference  # a constant it reads
+
+
+def test_moving_code_without_changing_it_does_not() -> None:
+    # a blank line (a comment) shifts the line numbers only
+    assert model_fingerprint(user_model(blank="\n")) == model_fingerprint(user_model())
+
+
+def test_a_model_holding_an_opaque_object_cannot_be_fingerprinted() -> None:
+    class Opaque:
+        __slots__ = ()
+
+    model = nn.Linear(2, 2)
+    model.opaque = Opaque()
+    with pytest.raises(Unfingerprintable, match=r"<locals>\.Opaque$"):
+        model_fingerprint(model)
+
+
+def accuracy(outputs, targets):
+    return (outputs.argmax(1) == targets).sum(), len(targets)
+
+
+def errors(outputs, targets):
+    return (outputs.argmax(1) != targets).sum(), len(targets)
+
+
+def test_metrics_differ_by_code_kind_and_captured_values() -> None:
+    def scaled(scale: float):
+        def metric(outputs, targets):
+            return (outputs.argmax(1) == targets).sum() * scale, len(targets)
+
+        return metric
+
+    class Thresholded:
+        def __init__(self, threshold: float) -> None:
+            self.threshold = threshold
+
+        def __call__(self, outputs, targets):
+            return (outputs.max(1).values > self.threshold).sum(), len(targets)
+
+    prints = [
+        metric_fingerprint(None),
+        metric_fingerprint(accuracy),
+        metric_fingerprint(errors),
+        metric_fingerprint(model_metric(accuracy)),
+        metric_fingerprint(scaled(1.0)),
+        metric_fingerprint(scaled(2.0)),
+        metric_fingerprint(functools.partial(scaled(1.0))),
+        metric_fingerprint(Thresholded(0.5)),
+        metric_fingerprint(Thresholded(0.6)),
+    ]
+    assert len(set(prints)) == len(prints)
+    assert metric_fingerprint(scaled(2.0)) == metric_fingerprint(scaled(2.0))
+    assert metric_fingerprint(Thresholded(0.5)) == metric_fingerprint(Thresholded(0.5))
+
+
+def test_data_digest_is_idempotent_and_counts_batches() -> None:
+    digest = DataDigest()
+    digest.update((torch.zeros(2), torch.ones(2)))
+    first = digest.hexdigest()
+    assert first is not None and digest.hexdigest() == first
+    with pytest.raises(RuntimeError):
+        digest.update(torch.zeros(1))
+    empty = DataDigest()
+    assert empty.hexdigest() != first
+
+
+SCRIPT = """
+import json, sys, torch
+from torch import nn
+from pytest_compress.fingerprint import environment_fingerprint, metric_fingerprint
+from pytest_compress.fingerprint import model_fingerprint
+
+def metric(outputs, targets, names={"a", "b", "c", "d"}):
+    return sum(1 for n in names if n in {"b", "c", "x"}), 1  # set constants
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+model.labels = {"cat", "dog", "eel"}
+print(json.dumps([model_fingerprint(model), metric_fingerprint(metric),
+                  environment_fingerprint()]))
+"""
+
+
+def test_fingerprints_are_the_same_in_another_process() -> None:
+    # String hashing, and so the order of sets, differs between processes.
+    outputs = []
+    for seed in ("1", "2"):
+        environment = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(SCRIPT)],
+            capture_output=True, text=True, check=True, env=environment,
+        )  # fmt: skip
+        outputs.append(json.loads(done.stdout))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][2] == environment_fingerprint()
