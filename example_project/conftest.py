@@ -1,12 +1,14 @@
 """What the compression checks run on: the trained models and the held-out digits.
 
 Every check evaluates on the test split, which training never saw; activation ranges
-are calibrated on the validation split.
+are calibrated on the validation split, and recovery fine-tunes on the training split.
 """
 
 import digits
 import nets
 import pytest
+
+from pytest_compress.recovery import finetune
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +27,18 @@ def compress_data():
 def compress_calibration_data():
     """Validation images: activation observers never see the test split."""
     return digits.loader(digits.split("images").validation)
+
+
+@pytest.fixture(scope="session")
+def compress_train_data():
+    """The training split: what recovery fine-tunes on (never the test split it is measured on)."""
+    return digits.loader(digits.split("images").train)
+
+
+@pytest.fixture(scope="session")
+def short_finetune():
+    """Recovery for a pruned LeNet: one seeded epoch of Adam (lr 1e-3), pruned weights held at 0."""
+    return finetune(epochs=1, lr=1e-3)
 
 
 @pytest.fixture(scope="session")

@@ -81,6 +81,42 @@ def test_bit_width_sweep(compress):
         assert result.size_ratio < 0.27
 
 
+# --- adjusting the recipe from evaluation: search and recovery -----------------------------
+
+
+@pytest.mark.compress(search="sparsity", max_accuracy_drop=0.005)
+def test_search_sparsity(compression):
+    """The most global magnitude pruning within 0.5 pp, to 0.01, by bisection (<= 7 checks)."""
+    assert compression.search.passed and compression.search.evaluations <= 7
+
+
+@pytest.mark.compress(search="threshold", max_accuracy_drop=0.005)
+def test_search_threshold(compression):
+    """The seed's largest alpha (|w| < alpha * max|w| zeroed) within 0.5 pp, on a log grid."""
+    assert compression.search.passed and compression.search.evaluations <= 8
+
+
+@pytest.mark.compress(search="bits", max_accuracy_drop=0.005)
+def test_search_bits(compression):
+    """The fewest weight bits (8 down to 2) within 0.5 pp."""
+    assert compression.search.passed and compression.search.evaluations <= 3
+
+
+@pytest.mark.compress(
+    prune=PruneSpec(amount=0.9, scope="global"),
+    recover="short_finetune",
+    max_accuracy_drop=0.005,
+    min_sparsity=0.9,
+    max_size_ratio=0.13,
+)
+def test_prune_90_recovered_by_finetuning(compression):
+    """90 % global pruning costs 2.5 pp; one epoch of fine-tuning on the training split
+    (pruned weights held at zero) brings it back within the budget."""
+    recovery = compression.recovery
+    assert recovery.metric_before < compression.float_metric - 0.01  # it needed recovery
+    assert recovery.unzeroed == {}  # finetune() never moves a pruned weight
+
+
 @pytest.mark.xfail(strict=True, reason="shows the failure message: 2 bits + 90 % is too much")
 @pytest.mark.compress(
     quantize="int2", prune=PruneSpec(amount=0.9, scope="global"), max_accuracy_drop=0.005

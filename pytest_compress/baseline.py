@@ -77,21 +77,10 @@ class Baseline:
         recorded = self.checks.get(check_id)
         if recorded is None:
             return None
-        metric, recorded_metric = entry["compressed_metric"], recorded["compressed_metric"]
-        if entry["higher_is_better"]:
-            metric_limit = recorded_metric - tolerance
-            metric_ok = at_least(metric, metric_limit)
-        else:
-            metric_limit = recorded_metric + tolerance
-            metric_ok = at_most(metric, metric_limit)
-        size, recorded_size = entry["compressed_size"], recorded["compressed_size"]
-        size_limit = recorded_size * (1 + SIZE_GROWTH)
-        return [
-            BudgetCheck("baseline_metric", metric, metric_limit, metric_ok, recorded_metric),
-            BudgetCheck(
-                "baseline_size", size, size_limit, at_most(size, size_limit), recorded_size
-            ),
-        ]
+        searched = _search_gate(entry, recorded, tolerance)
+        if searched is not None:
+            return searched
+        return _ordinary_gate(entry, recorded, tolerance)
 
     def stale(self, produced: Iterable[str], expected: Callable[[str], bool]) -> list[str]:
         """Recorded check ids this run should have produced and did not, sorted.
@@ -115,6 +104,53 @@ class Baseline:
         return {**kept, **{k: dict(v) for k, v in produced.items()}}
 
 
+def _ordinary_gate(
+    entry: Mapping[str, Any], recorded: Mapping[str, Any], tolerance: float
+) -> list[BudgetCheck]:
+    """The compressed metric within ``tolerance`` of the recorded one, the size within 1 %."""
+    metric, recorded_metric = entry["compressed_metric"], recorded["compressed_metric"]
+    if entry["higher_is_better"]:
+        metric_limit = recorded_metric - tolerance
+        metric_ok = at_least(metric, metric_limit)
+    else:
+        metric_limit = recorded_metric + tolerance
+        metric_ok = at_most(metric, metric_limit)
+    size, recorded_size = entry["compressed_size"], recorded["compressed_size"]
+    size_limit = recorded_size * (1 + SIZE_GROWTH)
+    return [
+        BudgetCheck("baseline_metric", metric, metric_limit, metric_ok, recorded_metric),
+        BudgetCheck("baseline_size", size, size_limit, at_most(size, size_limit), recorded_size),
+    ]
+
+
+def _search_gate(
+    entry: Mapping[str, Any], recorded: Mapping[str, Any], tolerance: float
+) -> list[BudgetCheck] | None:
+    """The gate of a search check: its chosen setting, then (same setting) metric and size.
+
+    A search that finds more compression than recorded is not held to the recorded metric
+    and size (more compression costs some metric: the check's budgets still hold it); one
+    that finds less, beyond the search's tolerance in grid steps, regressed. None when
+    the check is no search or was recorded without one (the ordinary gate applies).
+    """
+    found, before = entry.get("search"), recorded.get("search")
+    if not isinstance(found, Mapping) or not isinstance(before, Mapping):
+        return None
+    kind = found.get("search")
+    if before.get("search") != kind:
+        return None
+    from .search import less_compression  # imports torch: only when a search is gated
+
+    chosen, recorded_setting = found.get("chosen"), before.get("chosen")
+    less = less_compression(kind, chosen, recorded_setting)
+    actual = math.nan if chosen is None else float(chosen)
+    reference = math.nan if recorded_setting is None else float(recorded_setting)
+    gate = [BudgetCheck("baseline_search", actual, reference, not less, reference)]
+    if chosen == recorded_setting:
+        gate += _ordinary_gate(entry, recorded, tolerance)
+    return gate
+
+
 def test_of(check_id: str, entry: Mapping[str, Any]) -> str:
     """The test node id of a recorded check (its ``test``, else derived from the id)."""
     test = entry.get("test")
@@ -123,8 +159,16 @@ def test_of(check_id: str, entry: Mapping[str, Any]) -> str:
 
 
 def baseline_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """What the baseline records of one check's result fields."""
-    return {name: _rounded(entry[name]) for name in RECORDED_FIELDS}
+    """What the baseline records of one check's result fields (and a search's choice)."""
+    recorded = {name: _rounded(entry[name]) for name in RECORDED_FIELDS}
+    search = entry.get("search")
+    if isinstance(search, Mapping):
+        recorded["search"] = {
+            "search": search["search"],
+            "chosen": _rounded(search["chosen"]),
+            "evaluations": search["evaluations"],
+        }
+    return recorded
 
 
 def render(checks: Mapping[str, Mapping[str, Any]]) -> str:

@@ -10,6 +10,7 @@ resolves fixtures and calls ``run_check``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Hashable, Iterable
@@ -44,6 +45,19 @@ class CheckContext:
     device: str = "cpu"
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """A recovery step for the compressed copy: ``fn(model, data) -> model`` and its data.
+
+    ``data`` is the user's training batches (the ``recover_data`` fixture), never the
+    evaluation data: a model fine-tuned on what it is then measured on would look better
+    than it is.
+    """
+
+    fn: Any
+    data: Any
+
+
 def run_check(
     model: Any,
     data: Iterable[Any],
@@ -59,6 +73,7 @@ def run_check(
     data_label: str | None = None,
     results: ResultCache | None = None,
     keys: CheckKeys | None = None,
+    recovery: Recovery | None = None,
 ) -> CompressionResult:
     """Compress ``model`` as ``request`` says, measure both models, and give the verdict.
 
@@ -89,16 +104,21 @@ def run_check(
         reference, remembered = measure_float(), False
     else:
         reference, remembered = cache.get((cache_key, device), (model, data, metric), measure_float)
-    measured, timings = _measure_compressed(model, data, request, metric, calibration_data, device)
+    measured, timings, recovered = _measure_compressed(
+        model, data, request, metric, calibration_data, device, recovery
+    )
     entry = CheckEntry(reference.metric, reference.size, *measured)
-    if persistent is not None and keys is not None:
+    # A recovered check's numbers depend on the recovery and its data too, which the keys
+    # do not cover: the caller passes no keys for one, and it is never stored.
+    if persistent is not None and keys is not None and recovery is None:
         persistent.put_check(keys.check, entry)
     timings = {
         "float_evaluate": 0.0 if remembered else reference.seconds,
         **timings,
         "total": time.perf_counter() - started,
     }
-    return _verdict(request, entry, context, timings, cached=False)
+    result = _verdict(request, entry, context, timings, cached=False)
+    return result if recovered is None else dataclasses.replace(result, recovery=recovered)
 
 
 def _measure_float(
@@ -134,31 +154,40 @@ def _measure_compressed(
     metric: Any,
     calibration_data: Iterable[Any] | None,
     device: str,
-) -> tuple[tuple[float, int, float], dict[str, float]]:
-    """((compressed metric, compressed size, sparsity), seconds by phase) of a fresh copy."""
+    recovery: Recovery | None = None,
+) -> tuple[tuple[float, int, float], dict[str, float], Any]:
+    """((compressed metric, compressed size, sparsity), seconds by phase, RecoveryResult or
+    None) of a fresh copy, recovered first when ``recovery`` is given."""
     from .apply import compress_model
     from .batches import model_device
     from .materialize import resolve_device
     from .measure import compressed_size, evaluate, sparsity
 
+    calibration = calibration_data if calibration_data is not None else data
     begun = time.perf_counter()
     compressed = compress_model(
-        model,
-        quantize=request.quantize,
-        prune=request.prune,
-        calibration_data=calibration_data if calibration_data is not None else data,
+        model, quantize=request.quantize, prune=request.prune, calibration_data=calibration
     )
     compress_seconds = time.perf_counter() - begun
+    target = resolve_device(device)
+    if model_device(compressed) != target:
+        compressed.to(target)  # our own copy: move it, rather than let evaluate copy it again
+
+    recovered = None
+    recover_seconds = 0.0
+    if recovery is not None:
+        begun = time.perf_counter()
+        compressed, recovered = _recover(
+            model, compressed, request, recovery, calibration, metric, data, target
+        )
+        recover_seconds = time.perf_counter() - begun
 
     begun = time.perf_counter()
-    packed_size = compressed_size(compressed)  # where the model lives, as the user saves it
+    packed_size = compressed_size(compressed)  # the file the user would ship, after recovery
     zeros = sparsity(compressed).overall
     measure_seconds = time.perf_counter() - begun
 
     begun = time.perf_counter()
-    target = resolve_device(device)
-    if model_device(compressed) != target:
-        compressed.to(target)  # our own copy: move it, rather than let evaluate copy it again
     compressed_metric = evaluate(compressed, data, metric, device=target)
     evaluate_seconds = time.perf_counter() - begun
     timings = {
@@ -166,7 +195,43 @@ def _measure_compressed(
         "evaluate": evaluate_seconds,
         "measure": measure_seconds,
     }
-    return (compressed_metric, packed_size, zeros), timings
+    if recovered is not None:
+        timings["recover"] = recover_seconds
+        recovered = recovered.with_metrics(recovered.metric_before, compressed_metric)
+    return (compressed_metric, packed_size, zeros), timings, recovered
+
+
+def _recover(
+    model: Any,
+    compressed: Any,
+    request: CheckRequest,
+    recovery: Recovery,
+    calibration: Iterable[Any],
+    metric: Any,
+    data: Iterable[Any],
+    device: Any,
+) -> tuple[Any, Any]:
+    """The recovered copy and its ``RecoveryResult`` (metric before recovery filled in).
+
+    The masks come from the float model, so exactly the weights the recipe pruned are
+    held at zero; the copy is re-quantized with the recipe after ``recovery.fn``.
+    """
+    from .measure import evaluate
+    from .recovery import pruning_masks, recover_compressed
+
+    masks = pruning_masks(model, request.prune) if request.prune is not None else {}
+    before = evaluate(compressed, data, metric, device=device)
+    result = recover_compressed(
+        compressed,
+        recovery.fn,
+        recovery.data,
+        quantize=request.quantize,
+        prune=request.prune,
+        masks={name: mask.to(device) for name, mask in masks.items()},
+        calibration_data=calibration,
+    )
+    # metric_after is the check's own evaluation of the recovered copy, filled in after it
+    return result.model, result.with_metrics(before, before)
 
 
 def _verdict(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .budgets import BUDGET_NAMES, Budgets
@@ -26,6 +26,7 @@ DEFAULT_MODEL_FIXTURE = "compress_model"
 DEFAULT_DATA_FIXTURE = "compress_data"
 DEFAULT_METRIC_FIXTURE = "compress_metric"
 DEFAULT_CALIBRATION_FIXTURE = "compress_calibration_data"
+DEFAULT_RECOVER_DATA_FIXTURE = "compress_train_data"
 
 
 class MarkerError(ValueError):
@@ -48,6 +49,16 @@ class CheckRequest:
     higher_is_better: bool = True
     metric: str = DEFAULT_METRIC_FIXTURE
     calibration_data: str = DEFAULT_CALIBRATION_FIXTURE
+    # How the plugin adjusts the recipe from evaluation (issue 6): the knob to search,
+    # the layers kept float ("auto" or patterns), the recovery fixture and its data.
+    search: str | None = None
+    keep_float: str | tuple[str, ...] | None = None
+    recover: str | None = None
+    recover_data: str = DEFAULT_RECOVER_DATA_FIXTURE
+
+    def trial(self, quantize: QuantSpec | None, prune: PruneSpec | None) -> CheckRequest:
+        """This check with a concrete recipe, as one evaluation of a search or of keep_float."""
+        return replace(self, quantize=quantize, prune=prune, search=None, keep_float=None)
 
 
 def compress(
@@ -64,14 +75,22 @@ def compress(
     higher_is_better: bool = True,
     metric: str = DEFAULT_METRIC_FIXTURE,
     calibration_data: str = DEFAULT_CALIBRATION_FIXTURE,
+    search: str | None = None,
+    keep_float: str | list[str] | tuple[str, ...] | None = None,
+    recover: str | None = None,
+    recover_data: str = DEFAULT_RECOVER_DATA_FIXTURE,
 ) -> CheckRequest:
     """Compress the model fixture and fail the test when a budget breaks.
 
     ``metric`` and ``calibration_data`` name optional fixtures: the metric (top-1
     accuracy when ``compress_metric`` is not defined) and the activation calibration
     batches (``compress_calibration_data`` for the default data fixture, else the data).
+    ``search`` ("sparsity", "threshold" or "bits") finds the most compression of that
+    knob within the budgets; ``keep_float`` ("auto" or module-name patterns) leaves
+    layers uncompressed; ``recover`` names a fixture giving ``(model, data) -> model``,
+    run on the compressed copy with the batches of the ``recover_data`` fixture.
     """
-    quant_spec, prune_spec = recipe(quantize, prune)
+    quant_spec, prune_spec = recipe(quantize, prune, searched=search is not None)
     budgets = make_budgets(
         max_accuracy_drop=max_accuracy_drop,
         max_relative_drop=max_relative_drop,
@@ -79,6 +98,7 @@ def compress(
         max_size=max_size,
         min_sparsity=min_sparsity,
     )
+    kind = search_kind(search, quant_spec, prune_spec, budgets)
     if not budgets:
         raise MarkerError(
             "budget",
@@ -93,6 +113,10 @@ def compress(
         higher_is_better=flag(higher_is_better, "higher_is_better"),
         metric=fixture_name(metric, "metric"),
         calibration_data=fixture_name(calibration_data, "calibration_data"),
+        search=kind,
+        keep_float=keep_float_value(keep_float),
+        recover=None if recover is None else fixture_name(recover, "recover"),
+        recover_data=fixture_name(recover_data, "recover_data"),
     )
 
 
@@ -133,12 +157,18 @@ def call_request(
     prune: Any,
     higher_is_better: Any,
     budgets: dict[str, Any],
+    *,
+    search: Any = None,
+    keep_float: Any = None,
+    recover: Any = None,
+    recover_data: Any = DEFAULT_RECOVER_DATA_FIXTURE,
 ) -> CheckRequest:
     """Validate the arguments of the ``compress`` fixture's callable.
 
-    As the marker, except that budgets are optional and ``model`` / ``data`` may be
-    objects rather than fixture names. An unknown keyword is a ``TypeError``, as for any
-    Python call; a bad value a ``ValueError`` naming the argument.
+    As the marker, except that budgets are optional (a search still needs one) and
+    ``model`` / ``data`` may be objects rather than fixture names. An unknown keyword is
+    a ``TypeError``, as for any Python call; a bad value a ``ValueError`` naming the
+    argument.
     """
     for name in budgets:
         if name not in BUDGET_NAMES:
@@ -147,14 +177,19 @@ def call_request(
                 + ", ".join(BUDGET_NAMES)
             )
     try:
-        quant_spec, prune_spec = recipe(quantize, prune)
+        quant_spec, prune_spec = recipe(quantize, prune, searched=search is not None)
+        made = make_budgets(**budgets)
         return CheckRequest(
             quant_spec,
             prune_spec,
-            make_budgets(**budgets),
+            made,
             model=model if isinstance(model, str) else DEFAULT_MODEL_FIXTURE,
             data=data if isinstance(data, str) else DEFAULT_DATA_FIXTURE,
             higher_is_better=flag(higher_is_better, "higher_is_better"),
+            search=search_kind(search, quant_spec, prune_spec, made),
+            keep_float=keep_float_value(keep_float),
+            recover=None if recover is None else fixture_name(recover, "recover"),
+            recover_data=fixture_name(recover_data, "recover_data"),
         )
     except MarkerError as error:
         raise ValueError(f"compress(): {error}") from None
@@ -165,6 +200,9 @@ def call_label(check: CheckRequest, model: Any, data: Any) -> str:
     from .specs import describe_recipe
 
     label = describe_recipe(check.quantize, check.prune)
+    if check.search is not None:  # the fixed part, then the knob the search chooses
+        fixed = "" if check.quantize is None and check.prune is None else f"{label} + "
+        label = f"{fixed}search {check.search}"
     if model is None and data is None:
         return label
 
@@ -178,8 +216,38 @@ def call_label(check: CheckRequest, model: Any, data: Any) -> str:
     return f"{label} on {model_label}/{data_label}"
 
 
-def recipe(quantize: Any, prune: Any) -> tuple[QuantSpec | None, PruneSpec | None]:
-    """The quantization and pruning specs from specs or shorthands; at least one is needed."""
+def search_kind(
+    search: Any, quantize: QuantSpec | None, prune: PruneSpec | None, budgets: Budgets
+) -> str | None:
+    """The search kind, validated against the fixed part of the recipe and the budgets."""
+    if search is None:
+        return None
+    from .search import check_search
+
+    try:
+        return check_search(search, quantize=quantize, prune=prune, budgets=budgets)
+    except ValueError as error:
+        raise MarkerError("search", str(error)) from None
+
+
+def keep_float_value(value: Any) -> str | tuple[str, ...] | None:
+    if value is None:
+        return None
+    from .mixed_precision import check_keep_float
+
+    try:
+        return check_keep_float(value)
+    except ValueError as error:
+        raise MarkerError("keep_float", str(error)) from None
+
+
+def recipe(
+    quantize: Any, prune: Any, *, searched: bool = False
+) -> tuple[QuantSpec | None, PruneSpec | None]:
+    """The quantization and pruning specs from specs or shorthands.
+
+    At least one is needed, unless a search chooses the recipe (``searched``).
+    """
     from .specs import as_prune_spec, as_quant_spec
 
     try:
@@ -190,10 +258,11 @@ def recipe(quantize: Any, prune: Any) -> tuple[QuantSpec | None, PruneSpec | Non
         prune_spec = as_prune_spec(prune)
     except ValueError as error:
         raise MarkerError("prune", str(error)) from None
-    if quant_spec is None and prune_spec is None:
+    if quant_spec is None and prune_spec is None and not searched:
         raise MarkerError(
             "quantize/prune",
-            'nothing to compress; give quantize= (e.g. "int8") and/or prune= (e.g. 0.8)',
+            'nothing to compress; give quantize= (e.g. "int8") and/or prune= (e.g. 0.8), '
+            'or search= (e.g. "sparsity")',
         )
     return quant_spec, prune_spec
 

@@ -93,6 +93,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "many megabytes; larger data is streamed (default: 1024)",
         metavar="MB",
     )
+    option(
+        "compress-no-sensitivity",
+        "do not measure each layer alone when a check fails its accuracy budget",
+        action="store_true",
+    )
+    option(
+        "compress-sensitivity-layers",
+        "when a check fails its accuracy budget, compress at most this many layers alone "
+        "(the largest first) to name the most sensitive ones (default: 20)",
+        metavar="N",
+    )
 
 
 def read_options(config: pytest.Config) -> Options:
@@ -100,6 +111,12 @@ def read_options(config: pytest.Config) -> Options:
     tolerance = _number(config, "compress-tolerance", 0.005, "0.005")
     cache_mb = _number(config, "compress-cache-mb", 1024.0, "1024 (0 streams every data set)")
     baseline = _path(config, "compress-baseline")
+    layers = _number(config, "compress-sensitivity-layers", 20, "20 (at least 1)")
+    if layers < 1 or layers != int(layers):
+        raise pytest.UsageError(
+            "--compress-sensitivity-layers must be a whole number of layers, at least 1, "
+            f"such as 20; got {_option(config, 'compress-sensitivity-layers')!r}"
+        )
     return Options(
         report=_path(config, "compress-report"),
         markdown=_path(config, "compress-markdown"),
@@ -111,6 +128,8 @@ def read_options(config: pytest.Config) -> Options:
         disable=bool(_option(config, "compress-disable")),
         cache=not _option(config, "compress-no-cache"),
         cache_mb=cache_mb,
+        sensitivity=not _option(config, "compress-no-sensitivity"),
+        sensitivity_layers=int(layers),
     )
 
 
@@ -188,6 +207,10 @@ def pytest_collection_modifyitems(
         except MarkerError as error:
             problems.append((item, f"{item.nodeid}: {error}"))
             continue
+        missing = _missing_recover_fixtures(item, check)
+        if missing:
+            problems.append((item, f"{item.nodeid}: {missing}"))
+            continue
         item.stash[REQUEST_KEY] = check
         if state.options.disable:
             item.add_marker(pytest.mark.skip(reason=DISABLED_REASON))
@@ -204,6 +227,24 @@ def pytest_collection_modifyitems(
     # as a crash), so there each test with an invalid marker errors at setup instead.
     for item, message in problems:
         item.stash[INVALID_KEY] = f"invalid @pytest.mark.compress (pytest-compress): {message}"
+
+
+def _missing_recover_fixtures(item: pytest.Item, check: _CheckRequest) -> str | None:
+    """Why ``recover=`` cannot run (its fixture, or its data fixture, is not defined), or None.
+
+    Checked at collection, as the other arguments, so a misspelt name is not found out
+    only after the model was compressed.
+    """
+    if check.recover is None:
+        return None
+    manager = item.session._fixturemanager
+    for argument, name, forms in (
+        ("recover", check.recover, "a fixture returning a callable (model, data) -> model"),
+        ("recover_data", check.recover_data, "a fixture giving the training batches"),
+    ):
+        if not manager.getfixturedefs(name, item):
+            return f"{argument}: no fixture named {name!r} is visible to this test; name {forms}"
+    return None
 
 
 # --- running: the verdict of a marked test fails the test, not the session -------------
@@ -270,9 +311,10 @@ def compress(request: pytest.FixtureRequest) -> Callable[..., CompressionResult]
     """A callable that runs a compression check from the test body.
 
     ``compress(model=None, data=None, *, quantize=None, prune=None, higher_is_better=True,
-    **budgets)``: ``model`` and ``data`` are fixture names or objects (default: the
-    ``compress_model`` and ``compress_data`` fixtures). Returns the ``CompressionResult``;
-    with budgets, raises ``BudgetExceeded`` (an ``AssertionError``) when one breaks.
+    search=None, keep_float=None, **budgets)``: ``model`` and ``data`` are fixture names or
+    objects (default: the ``compress_model`` and ``compress_data`` fixtures). Returns the
+    ``CompressionResult``; with budgets, raises ``BudgetExceeded`` (an ``AssertionError``)
+    when one breaks.
 
     Example::
 
@@ -292,10 +334,21 @@ def compress(request: pytest.FixtureRequest) -> Callable[..., CompressionResult]
         quantize: Any = None,
         prune: Any = None,
         higher_is_better: bool = True,
+        search: str | None = None,
+        keep_float: Any = None,
         **budgets: Any,
     ) -> CompressionResult:
         __tracebackhide__ = True
-        check = call_request(model, data, quantize, prune, higher_is_better, budgets)
+        check = call_request(
+            model,
+            data,
+            quantize,
+            prune,
+            higher_is_better,
+            budgets,
+            search=search,
+            keep_float=keep_float,
+        )
         result = state.run(
             request,
             check,

@@ -52,7 +52,7 @@ def row(entry: Entry) -> list[str]:
     size = f"{format_size(entry['float_size'])} -> {format_size(entry['compressed_size'])}"
     return [
         entry["check"],
-        entry["recipe"],
+        recipe_cell(entry),
         metric,
         format_drop(entry["accuracy_drop"], percent),
         size,
@@ -60,6 +60,30 @@ def row(entry: Entry) -> list[str]:
         format_fraction(entry["sparsity"]),
         verdict(entry),
     ]
+
+
+def recipe_cell(entry: Entry) -> str:
+    """The recipe, then how it was adjusted: ``prune 83% (...) [search sparsity 0.83, 7 evals]``."""
+    notes = []
+    search = entry.get("search")
+    if search:
+        from .search import format_setting  # imports torch: only when a search ran
+
+        found = format_setting(search["search"], search["chosen"]) if search["passed"] else "none"
+        notes.append(f"search {search['search']} {found}, {search['evaluations']} evals")
+    kept = entry.get("keep_float")
+    if kept and kept["kept_float"]:
+        cost = format_size(abs(kept["size_cost"]))
+        sign = "+" if kept["size_cost"] >= 0 else "-"
+        notes.append(f"float: {', '.join(kept['kept_float'])} ({sign}{cost})")
+    recovery = entry.get("recovery")
+    if recovery and recovery["metric_before"] is not None:
+        percent = entry["metric"] == "accuracy"
+        notes.append(
+            f"recovered {format_metric(recovery['metric_before'], percent)} -> "
+            f"{format_metric(recovery['metric_after'], percent)}"
+        )
+    return f"{entry['recipe']} [{'; '.join(notes)}]" if notes else entry["recipe"]
 
 
 def terminal_table(entries: Iterable[Entry]) -> list[str]:

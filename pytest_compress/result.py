@@ -57,6 +57,13 @@ class CompressionResult:
     # True when the numbers come from the persistent cache (an earlier run measured the
     # same weights, data, metric and recipe); the budgets were checked on them anew.
     cached: bool = False
+    # How the recipe was adjusted from evaluation, when it was (engine result objects,
+    # each with summary() and to_dict()): the search that chose the recipe, the layers
+    # kept float, the per-layer drops of a failing recipe, and the recovery.
+    search: Any = None
+    keep_float: Any = None
+    sensitivity: Any = None
+    recovery: Any = None
 
     @property
     def violations(self) -> list[BudgetCheck]:
@@ -100,6 +107,7 @@ class CompressionResult:
         if "min_sparsity" in by_budget or self.prune is not None:
             lines.append(self._sparsity_line(by_budget.get("min_sparsity")))
         lines.extend(self._baseline_line(check) for check in self.checks if check.is_baseline)
+        lines.extend(self._adjustment_lines())
         where = f"model {self.model}, data {self.data}, device {self.device}"
         if self.cached:
             where += " (measured by an earlier run: pytest-compress cache)"
@@ -131,6 +139,10 @@ class CompressionResult:
             "seconds": self.seconds,
             "timings": dict(self.timings),
             "cached": self.cached,
+            "search": None if self.search is None else self.search.to_dict(),
+            "keep_float": None if self.keep_float is None else self.keep_float.to_dict(),
+            "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
+            "recovery": None if self.recovery is None else self.recovery.to_dict(),
         }
 
     # --- the lines of explain() -----------------------------------------------------
@@ -189,7 +201,26 @@ class CompressionResult:
         head = f"sparsity {sparsity}"
         return f"{head} (budget {limit}): ok" if check.ok else f"{head} < {limit} required"
 
+    def _baseline_search_line(self, check: BudgetCheck) -> str:
+        kind = self.search.kind if self.search is not None else "setting"
+        return _search_line(check, kind)
+
+    def _adjustment_lines(self) -> list[str]:
+        """The search (with its trail), the layers kept float, recovery, and the blame."""
+        lines: list[str] = []
+        if self.search is not None:
+            lines.extend(self.search.explain().split("\n  "))
+        if self.keep_float is not None:
+            lines.append(self.keep_float.summary())
+        if self.recovery is not None:
+            lines.append(self.recovery.summary())
+        if self.sensitivity is not None:
+            lines.append(self.sensitivity.summary())
+        return lines
+
     def _baseline_line(self, check: BudgetCheck) -> str:
+        if check.budget == "baseline_search":
+            return self._baseline_search_line(check)
         reference = check.reference if check.reference is not None else check.limit
         if check.budget == "baseline_size":
             size, recorded = distinct(check.actual, reference, format_size)
@@ -210,6 +241,20 @@ class CompressionResult:
             f"regressed vs baseline: {self.metric} {value} {worse} baseline {recorded} "
             f"by more than the tolerance {tolerance}"
         )
+
+
+def _search_line(check: BudgetCheck, kind: str) -> str:
+    from .search import format_setting
+
+    found = None if check.actual != check.actual else check.actual  # NaN: nothing found
+    found_text = format_setting(kind, found) if found is not None else "nothing"
+    recorded = format_setting(kind, check.reference)
+    if check.ok:
+        return f"searched {kind} {found_text} vs baseline {recorded}: ok"
+    return (
+        f"regressed vs baseline: searched {kind} {found_text} is less compression than the "
+        f"recorded {recorded} (beyond the tolerance)"
+    )
 
 
 def _spec_dict(spec: Any) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from .adjust import run_adjusted
 from .baseline import Baseline, BaselineError, baseline_entry, write_baseline
 from .cache import IdentityMemo, ResultCache
 from .check import run_check
@@ -28,6 +29,7 @@ from .markers import (
     DEFAULT_DATA_FIXTURE,
     DEFAULT_METRIC_FIXTURE,
     DEFAULT_MODEL_FIXTURE,
+    DEFAULT_RECOVER_DATA_FIXTURE,
     CheckRequest,
 )
 from .report import (
@@ -48,6 +50,8 @@ _DEFAULT_FIXTURES = {
     "data": DEFAULT_DATA_FIXTURE,
     "metric": DEFAULT_METRIC_FIXTURE,
     "calibration_data": DEFAULT_CALIBRATION_FIXTURE,
+    "recover": "none",
+    "recover_data": DEFAULT_RECOVER_DATA_FIXTURE,
 }
 _DEVICE_PATTERN = re.compile(r"cpu|cuda(?::(\d+))?")
 
@@ -66,6 +70,8 @@ class Options:
     disable: bool = False
     cache: bool = True
     cache_mb: float = 1024.0
+    sensitivity: bool = True
+    sensitivity_layers: int = 20
 
 
 class CompressSession:
@@ -130,29 +136,49 @@ class CompressSession:
         # read only by recipes that calibrate: others need not pay for reading it
         if calibration is not None and calibration is not data_object and calibrates(check):
             calibration_data = inputs.data(check.calibration_data, calibration, "calibration data")
-        keys = None
-        if self.results is not None:
-            keys = inputs.keys(
-                check,
-                model=(model_label, model_object),
-                data=evaluation,
-                metric=(check.metric, metric),
-                calibration=calibration_data,
+        recovery = self._recovery(request, check)
+        persistent = self.results if recovery is None else None  # see run_check
+
+        def run_one(trial: CheckRequest) -> CompressionResult:
+            keys = None
+            if persistent is not None:
+                keys = inputs.keys(
+                    trial,
+                    model=(model_label, model_object),
+                    data=evaluation,
+                    metric=(check.metric, metric),
+                    calibration=calibration_data,
+                )
+            return run_check(
+                model_object,
+                evaluation.batches,
+                trial,
+                metric=metric,
+                metric_name=metric_name,
+                calibration_data=calibration_data.batches,
+                device=self.options.device,
+                cache=self.references,
+                cache_key=(model_label, data_label, None if metric is None else check.metric),
+                model_label=model_label,
+                data_label=data_label,
+                results=persistent,
+                keys=keys,
+                recovery=recovery,
             )
-        result = run_check(
-            model_object,
-            evaluation.batches,
+
+        def evaluate_model(compressed: Any) -> float:
+            from .measure import evaluate
+
+            return evaluate(compressed, evaluation.batches, metric, device=self.options.device)
+
+        result = run_adjusted(
             check,
-            metric=metric,
-            metric_name=metric_name,
+            run_one,
+            model=model_object,
+            evaluate=evaluate_model,
             calibration_data=calibration_data.batches,
-            device=self.options.device,
-            cache=self.references,
-            cache_key=(model_label, data_label, None if metric is None else check.metric),
-            model_label=model_label,
-            data_label=data_label,
-            results=self.results,
-            keys=keys,
+            sensitivity_limit=self.options.sensitivity_layers if self.options.sensitivity else None,
+            metric_name=metric_name,
         )
         finished = time.time()
         status = None
@@ -170,6 +196,22 @@ class CompressSession:
         self.entries.append({**entry, "baseline": status})
         request.node.user_properties.extend(junit_properties(check_id, result))
         return result
+
+    def _recovery(self, request: pytest.FixtureRequest, check: CheckRequest) -> Any:
+        """The check's ``Recovery`` (its fixture's callable and training data), or None."""
+        if check.recover is None:
+            return None
+        from .check import Recovery
+
+        recover_fn = _resolve(request, None, check.recover, "recover")[0]
+        if not callable(recover_fn):
+            pytest.fail(
+                f"pytest-compress: the recover fixture {check.recover!r} must return a "
+                f"callable (model, data) -> model, got {type(recover_fn).__name__}",
+                pytrace=False,
+            )
+        train = _resolve(request, None, check.recover_data, "recover_data")[0]
+        return Recovery(recover_fn, train)
 
     @property
     def inputs(self) -> Any:
