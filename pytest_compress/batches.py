@@ -36,10 +36,23 @@ def to_device(value: Any, device: torch.device | str) -> Any:
 def call_model(model: nn.Module, inputs: Any) -> Any:
     """Run ``model`` on inputs: a tensor, a tuple/list of positional inputs, or a dict of kwargs."""
     if isinstance(inputs, Mapping):
-        return model(**inputs)
+        return _call(model, "model(**inputs), the batch's dict as keyword arguments", **inputs)
     if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
+        return _call(model, "model(*inputs), the batch's sequence as positional arguments", *inputs)
     return model(inputs)
+
+
+def _call(model: nn.Module, how: str, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return model(*args, **kwargs)
+    except TypeError as error:
+        # The usual cause is the convention, not the model: say which call was made.
+        if "argument" not in str(error):
+            raise
+        raise TypeError(
+            f"{error} (pytest-compress called {how}; give each batch as (inputs, targets) "
+            "with inputs a tensor, a tuple of positional inputs or a dict of keyword inputs)"
+        ) from error
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -126,9 +126,7 @@ class CompressSession:
             or data_label == DEFAULT_DATA_FIXTURE
         ):
             calibration = _named_or_optional(request, check.calibration_data, "calibration_data")
-        metric_name = (
-            DEFAULT_METRIC if metric is None else getattr(metric, "__name__", check.metric)
-        )
+        metric_name = DEFAULT_METRIC if metric is None else _metric_name(metric, check.metric)
         started = time.time()
         inputs = self.inputs
         evaluation = inputs.data(data_label, data_object)
@@ -431,3 +429,9 @@ def _shown(path: Path, root: Path) -> Path:
         return path.relative_to(root)
     except ValueError:
         return path
+
+
+def _metric_name(metric: Any, fixture: str) -> str:
+    """The metric's function name, or its fixture's name for a lambda or a callable object."""
+    name = getattr(metric, "__name__", "")
+    return fixture if not name or name.startswith("<") else name

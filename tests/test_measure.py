@@ -195,3 +195,17 @@ def test_sparsity_counts_a_tied_weight_once() -> None:
     report = sparsity(model)
     assert set(report.per_layer) == {"embed", "hidden"}
     assert report.overall == pytest.approx(120 / (600 + 144))
+
+
+def test_a_dict_batch_that_does_not_match_the_forward_says_how_it_was_called() -> None:
+    class Positional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, features: dict) -> torch.Tensor:
+            return self.fc(features["x"])
+
+    batches = [({"x": torch.randn(3, 2)}, torch.zeros(3, dtype=torch.long))]
+    with pytest.raises(TypeError, match=r"called model\(\*\*inputs\), the batch's dict as keyword"):
+        evaluate(Positional(), batches)
