@@ -101,6 +101,8 @@ class CompressionResult:
         lines.append(self._metric_line(by_budget.get("max_accuracy_drop")))
         if "max_relative_drop" in by_budget:
             lines.append(self._relative_line(by_budget["max_relative_drop"]))
+        if self.sensitivity is not None:  # the blame sits under the metric it explains
+            lines.append(self.sensitivity.summary())
         lines.append(self._size_line(by_budget.get("max_size_ratio")))
         if "max_size" in by_budget:
             lines.append(self._max_size_line(by_budget["max_size"]))
@@ -206,7 +208,7 @@ class CompressionResult:
         return _search_line(check, kind)
 
     def _adjustment_lines(self) -> list[str]:
-        """The search (with its trail), the layers kept float, recovery, and the blame."""
+        """The search (with its trail), the layers kept float, and recovery."""
         lines: list[str] = []
         if self.search is not None:
             lines.extend(self.search.explain().split("\n  "))
@@ -214,8 +216,6 @@ class CompressionResult:
             lines.append(self.keep_float.summary())
         if self.recovery is not None:
             lines.append(self.recovery.summary())
-        if self.sensitivity is not None:
-            lines.append(self.sensitivity.summary())
         return lines
 
     def _baseline_line(self, check: BudgetCheck) -> str:
