@@ -42,8 +42,13 @@ def model_metric(fn: Callable[[nn.Module, Any], float]) -> ModelMetric:
     return ModelMetric(fn)
 
 
-def top1_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """The default batch metric: (correct predictions, samples) for class logits."""
+def top1_accuracy(outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The default batch metric: (correct predictions, samples) for class scores.
+
+    ``outputs`` are scores with classes on the last axis, or an object with ``.logits``
+    (a Hugging Face model's output); ``targets`` are class indices of the other axes' shape.
+    """
+    outputs = getattr(outputs, "logits", outputs)
     if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2:
         shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
         raise ValueError(
@@ -51,6 +56,14 @@ def top1_accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.T
             "pass a batch metric (outputs, targets) -> (sum, count) or model_metric(fn)"
         )
     predictions = outputs.argmax(dim=-1)
+    targets = torch.as_tensor(targets, device=predictions.device)
+    if predictions.shape != targets.shape:
+        # Broadcasting would compare every prediction with every target and report nonsense.
+        raise ValueError(
+            f"top-1 accuracy needs targets of shape {tuple(predictions.shape)} (class indices "
+            f"for scores of shape {tuple(outputs.shape)}), got {tuple(targets.shape)}; for "
+            "one-hot or other targets pass a batch metric (outputs, targets) -> (sum, count)"
+        )
     return (predictions == targets).sum(), targets.numel()
 
 

@@ -209,3 +209,19 @@ def test_a_dict_batch_that_does_not_match_the_forward_says_how_it_was_called() -
     batches = [({"x": torch.randn(3, 2)}, torch.zeros(3, dtype=torch.long))]
     with pytest.raises(TypeError, match=r"called model\(\*\*inputs\), the batch's dict as keyword"):
         evaluate(Positional(), batches)
+
+
+def test_top1_reads_logits_of_a_model_output_object() -> None:
+    class Output:
+        def __init__(self, logits: torch.Tensor) -> None:
+            self.logits = logits
+
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    correct, count = top1_accuracy(Output(logits), torch.tensor([1, 0, 0]))
+    assert (int(correct), count) == (2, 3)
+
+
+def test_top1_refuses_targets_that_would_broadcast() -> None:
+    one_hot = torch.eye(3)
+    with pytest.raises(ValueError, match=r"targets of shape \(3,\).*got \(3, 3\)"):
+        top1_accuracy(torch.randn(3, 3), one_hot)
