@@ -22,9 +22,6 @@ from .cache import CheckEntry, CheckKeys, IdentityMemo, ReferenceEntry, ResultCa
 from .markers import CheckRequest
 from .result import DEFAULT_METRIC, CompressionResult
 
-# The in-session memo of float measurements; the name predates the persistent cache.
-ReferenceCache = IdentityMemo
-
 
 @dataclass(frozen=True)
 class Reference:

@@ -12,7 +12,7 @@ soon as the limit is passed, and each evaluation iterates the original data agai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +106,16 @@ def tensor_bytes(value: Any) -> int:
 
 
 def require_reiterable(data: Any, what: str) -> None:
-    """``ValueError`` for an iterator: it can be read only once, and every check reads it."""
-    if iter(data) is data:
+    """``ValueError`` for an iterator: it can be read only once, and every check reads it.
+
+    Checked by type, not by calling ``iter``: a DataLoader's ``iter`` starts its workers.
+    """
+    if not isinstance(data, Iterable):
+        raise ValueError(
+            f"the {what} must be an iterable of batches (a DataLoader or a list), "
+            f"got {type(data).__name__}"
+        )
+    if isinstance(data, Iterator):
         raise ValueError(
             f"the {what} is an iterator ({type(data).__name__}), which can be read only once; "
             "give something that can be iterated again, such as a DataLoader or a list of batches"

@@ -107,3 +107,21 @@ def test_batches_move_to_the_device_and_cuda_gets_its_index() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     if torch.cuda.is_available():
         assert resolve_device("cuda").index == torch.cuda.current_device()
+
+
+def test_the_reiterable_check_does_not_start_an_iteration() -> None:
+    from pytest_compress.materialize import require_reiterable
+
+    class CountsIterations:
+        started = 0
+
+        def __iter__(self):
+            CountsIterations.started += 1
+            return iter([])
+
+    require_reiterable(CountsIterations(), "data")
+    assert CountsIterations.started == 0
+    with pytest.raises(ValueError, match=r"the data is an iterator \(generator\)"):
+        require_reiterable((batch for batch in []), "data")
+    with pytest.raises(ValueError, match=r"must be an iterable of batches.*got int"):
+        require_reiterable(3, "data")
