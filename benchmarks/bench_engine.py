@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pytest_compress import compress_model, compressed_size, model_size
-from pytest_compress.specs import PruneSpec
+from pytest_compress.engine.specs import PruneSpec
 
 
 def big_model() -> nn.Module:
@@ -46,14 +46,20 @@ def main() -> None:
     copy_time = median_seconds(lambda: copy.deepcopy(model))
     compress_time = median_seconds(lambda: compress_model(model, **recipe))
     compressed = compress_model(model, **recipe)
-    print(f"model: {parameters / 1e6:.1f} M parameters, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model: {parameters / 1e6:.1f} M parameters, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"deepcopy of the model:                  {copy_time:6.3f} s")
-    print(f"int4 per-channel + prune 80% (global):  {compress_time:6.3f} s "
-          f"({compress_time / copy_time:.1f}x the copy)")
+    print(
+        f"int4 per-channel + prune 80% (global):  {compress_time:6.3f} s "
+        f"({compress_time / copy_time:.1f}x the copy)"
+    )
     float_bytes, packed_bytes = model_size(model), compressed_size(compressed)
-    print(f"size: {float_bytes / 1e6:.1f} MB -> {packed_bytes / 1e6:.2f} MB "
-          f"(ratio {packed_bytes / float_bytes:.3f})")
+    print(
+        f"size: {float_bytes / 1e6:.1f} MB -> {packed_bytes / 1e6:.2f} MB "
+        f"(ratio {packed_bytes / float_bytes:.3f})"
+    )
 
 
 if __name__ == "__main__":

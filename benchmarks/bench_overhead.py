@@ -250,7 +250,7 @@ def engine(repeats: int) -> None:
     from bench_engine import big_model, median_seconds
 
     from pytest_compress import compress_model
-    from pytest_compress.specs import PruneSpec
+    from pytest_compress.engine.specs import PruneSpec
 
     model = big_model()
     parameters = sum(p.numel() for p in model.parameters())

@@ -8,7 +8,7 @@ import digits
 import nets
 import pytest
 
-from pytest_compress.recovery import finetune
+from pytest_compress.tuning.recovery import finetune
 
 
 @pytest.fixture(scope="session")

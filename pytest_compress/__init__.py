@@ -13,29 +13,29 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "compress_model": "apply",
-    "prune_model": "apply",
-    "quantize_model": "apply",
-    "ModelMetric": "measure",
-    "SparsityReport": "measure",
-    "compressed_size": "measure",
-    "evaluate": "measure",
-    "model_metric": "measure",
-    "model_size": "measure",
-    "sparsity": "measure",
-    "load_compressed": "packing",
-    "save_compressed": "packing",
-    "QuantizedTensor": "quant",
-    "dequantize": "quant",
-    "fake_quantize": "quant",
-    "quantize": "quant",
-    "PruneSpec": "specs",
-    "QuantSpec": "specs",
+    "compress_model": "engine.apply",
+    "prune_model": "engine.apply",
+    "quantize_model": "engine.apply",
+    "ModelMetric": "engine.measure",
+    "SparsityReport": "engine.measure",
+    "compressed_size": "fileformat.container",
+    "evaluate": "engine.measure",
+    "model_metric": "engine.measure",
+    "model_size": "engine.measure",
+    "sparsity": "engine.measure",
+    "load_compressed": "fileformat.container",
+    "save_compressed": "fileformat.container",
+    "QuantizedTensor": "engine.quant",
+    "dequantize": "engine.quant",
+    "fake_quantize": "engine.quant",
+    "quantize": "engine.quant",
+    "PruneSpec": "engine.specs",
+    "QuantSpec": "engine.specs",
     "BudgetExceeded": "budgets",
-    "finetune": "recovery",
-    "layer_sensitivity": "sensitivity",
-    "recover_compressed": "recovery",
-    "CompressionResult": "result",
+    "finetune": "tuning.recovery",
+    "layer_sensitivity": "tuning.sensitivity",
+    "recover_compressed": "tuning.recovery",
+    "CompressionResult": "checks.result",
 }
 
 __all__ = [
@@ -66,23 +66,22 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .apply import compress_model, prune_model, quantize_model
     from .budgets import BudgetExceeded
-    from .measure import (
+    from .checks.result import CompressionResult
+    from .engine.apply import compress_model, prune_model, quantize_model
+    from .engine.measure import (
         ModelMetric,
         SparsityReport,
-        compressed_size,
         evaluate,
         model_metric,
         model_size,
         sparsity,
     )
-    from .packing import load_compressed, save_compressed
-    from .quant import QuantizedTensor, dequantize, fake_quantize, quantize
-    from .recovery import finetune, recover_compressed
-    from .result import CompressionResult
-    from .sensitivity import layer_sensitivity
-    from .specs import PruneSpec, QuantSpec
+    from .engine.quant import QuantizedTensor, dequantize, fake_quantize, quantize
+    from .engine.specs import PruneSpec, QuantSpec
+    from .fileformat.container import compressed_size, load_compressed, save_compressed
+    from .tuning.recovery import finetune, recover_compressed
+    from .tuning.sensitivity import layer_sensitivity
 
 
 def __getattr__(name: str) -> Any:

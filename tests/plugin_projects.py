@@ -75,8 +75,9 @@ def make_project(pytester: pytest.Pytester, tests: str, *, conftest_extra: str =
 
 def measure_recipe(**recipe: Any) -> dict[str, float]:
     """The sizes and sparsity the plugin must report for the project's model and ``recipe``."""
-    from pytest_compress.apply import compress_model
-    from pytest_compress.measure import compressed_size, model_size, sparsity
+    from pytest_compress.engine.apply import compress_model
+    from pytest_compress.engine.measure import model_size, sparsity
+    from pytest_compress.fileformat.container import compressed_size
 
     namespace: dict[str, Any] = {}
     exec(CONFTEST, namespace)  # the very model the project's conftest builds

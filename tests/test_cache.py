@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pytest_compress.cache import (
+from pytest_compress.checks.cache import (
     KEY_PREFIX,
     CheckEntry,
     IdentityMemo,

@@ -14,14 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_compress.fingerprint import (
+from pytest_compress.checks.fingerprint import (
     DataDigest,
     Unfingerprintable,
     environment_fingerprint,
     metric_fingerprint,
     model_fingerprint,
 )
-from pytest_compress.measure import model_metric
+from pytest_compress.engine.measure import model_metric
 from tests.models import Net, seeded
 
 USER_MODULE = """
@@ -174,8 +174,8 @@ def test_data_digest_is_idempotent_and_counts_batches() -> None:
 SCRIPT = """
 import json, sys, torch
 from torch import nn
-from pytest_compress.fingerprint import environment_fingerprint, metric_fingerprint
-from pytest_compress.fingerprint import model_fingerprint
+from pytest_compress.checks.fingerprint import environment_fingerprint, metric_fingerprint
+from pytest_compress.checks.fingerprint import model_fingerprint
 
 def metric(outputs, targets, names={"a", "b", "c", "d"}):
     return sum(1 for n in names if n in {"b", "c", "x"}), 1  # set constants

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pytest_compress.materialize import (
+from pytest_compress.checks.materialize import (
     MEGABYTE,
     materialize,
     resolve_device,
@@ -110,7 +110,7 @@ def test_batches_move_to_the_device_and_cuda_gets_its_index() -> None:
 
 
 def test_the_reiterable_check_does_not_start_an_iteration() -> None:
-    from pytest_compress.materialize import require_reiterable
+    from pytest_compress.checks.materialize import require_reiterable
 
     class CountsIterations:
         started = 0

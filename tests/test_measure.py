@@ -8,16 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_compress.apply import prune_model
-from pytest_compress.measure import (
-    compressed_size,
+from pytest_compress.engine.apply import prune_model
+from pytest_compress.engine.measure import (
     evaluate,
     model_metric,
     model_size,
     sparsity,
     top1_accuracy,
 )
-from pytest_compress.specs import PruneSpec
+from pytest_compress.engine.specs import PruneSpec
+from pytest_compress.fileformat.container import compressed_size
 from tests.models import Net, TiedEmbeddingModel, classification_batches, mlp, seeded
 
 
@@ -156,8 +156,8 @@ def test_model_size_is_the_bytes_of_torch_save() -> None:
 )
 def test_compressed_size_is_the_bytes_of_the_saved_file(tmp_path, recipe) -> None:
     # compressed_size counts in memory; it must be the size of the file, to the byte.
-    from pytest_compress.apply import compress_model
-    from pytest_compress.packing import save_compressed
+    from pytest_compress.engine.apply import compress_model
+    from pytest_compress.fileformat.container import save_compressed
 
     model = seeded(Net())
     if recipe:
@@ -168,8 +168,8 @@ def test_compressed_size_is_the_bytes_of_the_saved_file(tmp_path, recipe) -> Non
 
 
 def test_compressed_size_of_a_tied_model_is_the_bytes_of_the_saved_file(tmp_path) -> None:
-    from pytest_compress.apply import compress_model
-    from pytest_compress.packing import save_compressed
+    from pytest_compress.engine.apply import compress_model
+    from pytest_compress.fileformat.container import save_compressed
 
     model = compress_model(seeded(TiedEmbeddingModel()), quantize="int4", prune=0.5)
     written = save_compressed(model, tmp_path / "tied.ptc")

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from pytest_compress.budgets import Budgets
-from pytest_compress.measure import evaluate
-from pytest_compress.mixed_precision import check_keep_float, keep_float_auto, keep_float_specs
-from pytest_compress.sensitivity import layer_sensitivity
-from pytest_compress.specs import PruneSpec, QuantSpec
-from pytest_compress.trial import Trial
+from pytest_compress.engine.measure import evaluate
+from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.tuning.keep_float import check_keep_float, keep_float_auto, keep_float_specs
+from pytest_compress.tuning.sensitivity import layer_sensitivity
+from pytest_compress.tuning.trial import Trial
 from tests.trials import EngineTrial, fragile_model
 
 

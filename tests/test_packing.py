@@ -20,10 +20,19 @@ from hypothesis import strategies as st
 from torch import nn
 from torchvision.models import mobilenet_v3_small, resnet18
 
-from pytest_compress import encoding, packing
-from pytest_compress.activations import ActivationFakeQuantize, ActivationPrune, activation_hooks
-from pytest_compress.apply import compress_model
-from pytest_compress.encoding import (
+from pytest_compress.engine.activations import (
+    ActivationFakeQuantize,
+    ActivationPrune,
+    activation_hooks,
+)
+from pytest_compress.engine.apply import compress_model
+from pytest_compress.engine.quant import dequantize, quantize
+from pytest_compress.engine.record import CompressionRecord, QuantParams, get_record, set_record
+from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.fileformat import container as packing
+from pytest_compress.fileformat import encoding
+from pytest_compress.fileformat.container import MAGIC, load_compressed, save_compressed
+from pytest_compress.fileformat.encoding import (
     Layout,
     choose_layout,
     decode_index,
@@ -33,10 +42,6 @@ from pytest_compress.encoding import (
     packed_size,
     unpack_bits,
 )
-from pytest_compress.packing import MAGIC, load_compressed, save_compressed
-from pytest_compress.quant import dequantize, quantize
-from pytest_compress.record import CompressionRecord, QuantParams, get_record, set_record
-from pytest_compress.specs import PruneSpec, QuantSpec
 from tests.models import Net, TiedEmbeddingModel, mlp, seeded
 
 LENET_INPUT = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -17,7 +17,7 @@ def _optimizer_modules_imported() -> None:
     """
     import torch
 
-    from pytest_compress.recovery import finetune
+    from pytest_compress.tuning.recovery import finetune
 
     model = torch.nn.Linear(2, 2)
     finetune(epochs=1)(model, [(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))])
@@ -53,10 +53,10 @@ def _project_model_and_data():
     ],
 )
 def test_search_finds_the_boundary_through_the_marker(pytester, kind, recipe_of):
-    from pytest_compress.apply import compress_model
-    from pytest_compress.measure import evaluate
-    from pytest_compress.search import GRIDS, max_evaluations
-    from pytest_compress.specs import PruneSpec, QuantSpec
+    from pytest_compress.engine.apply import compress_model
+    from pytest_compress.engine.measure import evaluate
+    from pytest_compress.engine.specs import PruneSpec, QuantSpec
+    from pytest_compress.tuning.search import GRIDS, max_evaluations
 
     make_project(pytester, SEARCH_TEST.format(kind=kind, extra=""))
     result = pytester.runpytest("--compress-report=report.json")
@@ -211,7 +211,7 @@ def test_sensitivity_is_capped_and_can_be_turned_off(pytester):
 
 
 def test_a_passing_check_measures_no_sensitivity(pytester, monkeypatch):
-    import pytest_compress.sensitivity as sensitivity
+    import pytest_compress.tuning.sensitivity as sensitivity
 
     def boom(*args, **kwargs):
         raise AssertionError("sensitivity ran for a passing check")
@@ -296,7 +296,7 @@ def test_keep_float_patterns_leave_those_layers_uncompressed(pytester):
 
 
 RECOVERY = """
-from pytest_compress.recovery import finetune
+from pytest_compress.tuning.recovery import finetune
 
 
 @pytest.fixture(scope="session")
@@ -334,7 +334,7 @@ def test_recovery_through_the_marker_reports_before_and_after(pytester):
         pytester,
         """
         import pytest
-        from pytest_compress.measure import sparsity
+        from pytest_compress.engine.measure import sparsity
 
         @pytest.mark.compress(prune=0.9, recover="short_finetune", max_accuracy_drop=1.0)
         def test_recovered(compression):

@@ -385,7 +385,7 @@ def test_the_options_are_ini_keys_too(pytester):
 def test_a_model_is_fingerprinted_once_per_session(pytester, monkeypatch):
     # sys.modules' copy, the one the plugin imports (an earlier in-process run may have
     # left an older one as the package's attribute)
-    fingerprint = importlib.import_module("pytest_compress.fingerprint")
+    fingerprint = importlib.import_module("pytest_compress.checks.fingerprint")
     calls = []
     original = fingerprint.model_fingerprint
     monkeypatch.setattr(

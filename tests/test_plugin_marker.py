@@ -104,7 +104,7 @@ def test_every_broken_budget_is_listed_not_only_the_first(pytester):
 
 
 FIXED_METRIC = """
-from pytest_compress.measure import model_metric
+from pytest_compress.engine.measure import model_metric
 
 @pytest.fixture(scope="session")
 def compress_metric():

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_compress import baseline as baseline_module
 from pytest_compress import files as files_module
-from pytest_compress.baseline import Baseline, BaselineError, render, write_baseline
 from pytest_compress.budgets import BudgetCheck, Budgets, at_least, at_most, check_budgets
-from pytest_compress.markers import ARGUMENTS, MARKER_LINE, MarkerError, parse_marker
-from pytest_compress.result import CompressionResult
-from pytest_compress.specs import PruneSpec, QuantSpec
+from pytest_compress.checks.result import CompressionResult
+from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.plugin import baseline as baseline_module
+from pytest_compress.plugin.baseline import Baseline, BaselineError, render, write_baseline
+from pytest_compress.plugin.markers import ARGUMENTS, MARKER_LINE, MarkerError, parse_marker
 from pytest_compress.units import distinct, format_drop, format_size, parse_size
 
 # --- sizes ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Property tests of the pruning masks (pytest_compress.prune) and of activation pruning.
+"""Property tests of the pruning masks (pytest_compress.engine.prune) and of activation pruning.
 
 References are either PyTorch's own (``torch.nn.utils.prune``), which agree with ours
 except where several weights tie at the cut, or slow, obviously correct ones written
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from pytest_compress.activations import prune_activations
-from pytest_compress.prune import (
+from pytest_compress.engine.activations import prune_activations
+from pytest_compress.engine.prune import (
     _kth_smallest,
     channel_mask,
     global_magnitude_masks,

@@ -1,4 +1,4 @@
-"""Property tests of the tensor-level quantization mapping (pytest_compress.quant)."""
+"""Property tests of the tensor-level quantization mapping (pytest_compress.engine.quant)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pytest_compress.quant import (
+from pytest_compress.engine.quant import (
     QuantizedTensor,
     dequantize,
     fake_quantize,

@@ -9,17 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_compress.activations import ActivationFakeQuantize, ActivationPrune, activation_hooks
-from pytest_compress.apply import compress_model
-from pytest_compress.measure import evaluate
-from pytest_compress.packing import load_compressed, save_compressed
-from pytest_compress.recovery import (
+from pytest_compress.engine.activations import (
+    ActivationFakeQuantize,
+    ActivationPrune,
+    activation_hooks,
+)
+from pytest_compress.engine.apply import compress_model
+from pytest_compress.engine.measure import evaluate
+from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.fileformat.container import load_compressed, save_compressed
+from pytest_compress.tuning.recovery import (
     finetune,
     pruning_masks,
     recover_compressed,
     zero_masks,
 )
-from pytest_compress.specs import PruneSpec, QuantSpec
 from tests.trials import labelled_data, small_model
 
 GLOBAL_90 = PruneSpec(amount=0.9, scope="global")

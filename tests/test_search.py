@@ -7,7 +7,8 @@ import json
 import pytest
 
 from pytest_compress.budgets import Budgets
-from pytest_compress.search import (
+from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.tuning.search import (
     BITS_GRID,
     MAX_EVALUATIONS,
     SPARSITY_GRID,
@@ -19,8 +20,7 @@ from pytest_compress.search import (
     recipe_at,
     search,
 )
-from pytest_compress.specs import PruneSpec, QuantSpec
-from pytest_compress.trial import Trial
+from pytest_compress.tuning.trial import Trial
 from tests.trials import (
     CLIFF_ALPHA,
     CLIFF_SPARSITY,
@@ -247,7 +247,8 @@ def test_a_search_with_a_metric_budget_is_accepted(budgets) -> None:
 
 
 def test_a_trial_callback_must_return_a_trial() -> None:
-    with pytest.raises(TypeError, match="must return a pytest_compress.trial.Trial, got float"):
+    expected = "must return a pytest_compress.tuning.trial.Trial, got float"
+    with pytest.raises(TypeError, match=expected):
         search("bits", lambda q, p: 0.9)
 
 
@@ -336,7 +337,7 @@ def test_bits_search_agrees_with_a_scan_of_every_width(real) -> None:
 
 def test_trial_from_a_compression_result_reads_its_fields() -> None:
     from pytest_compress.budgets import BudgetCheck
-    from pytest_compress.result import CompressionResult
+    from pytest_compress.checks.result import CompressionResult
 
     result = CompressionResult(
         float_metric=0.978,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_compress.activations import ActivationFakeQuantize, activation_hooks
-from pytest_compress.apply import compress_model
-from pytest_compress.measure import evaluate
-from pytest_compress.sensitivity import layer_sensitivity, literal_pattern
-from pytest_compress.specs import PruneSpec, QuantSpec
+from pytest_compress.engine.activations import ActivationFakeQuantize, activation_hooks
+from pytest_compress.engine.apply import compress_model
+from pytest_compress.engine.measure import evaluate
+from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.tuning.sensitivity import layer_sensitivity, literal_pattern
 from tests.models import TiedEmbeddingModel, seeded
 from tests.trials import fragile_model
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 import pytest_compress.strategies as strategies
-from pytest_compress.specs import OBSERVERS, PruneSpec, QuantSpec
+from pytest_compress.engine.specs import OBSERVERS, PruneSpec, QuantSpec
 from pytest_compress.strategies import float_tensors, prune_specs, quant_specs
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

@@ -7,11 +7,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pytest_compress.apply import compress_model
 from pytest_compress.budgets import Budgets, check_budgets
-from pytest_compress.measure import compressed_size, evaluate, model_size, sparsity
-from pytest_compress.specs import PruneSpec, QuantSpec
-from pytest_compress.trial import Trial, describe_violation
+from pytest_compress.engine.apply import compress_model
+from pytest_compress.engine.measure import evaluate, model_size, sparsity
+from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.fileformat.container import compressed_size
+from pytest_compress.tuning.trial import Trial, describe_violation
 from tests.models import classification_batches, seeded
 
 

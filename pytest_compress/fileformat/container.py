@@ -70,7 +70,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import ACTIVATION_HOOKS, ActivationFakeQuantize, ActivationPrune, activation_hooks
+from ..engine.activations import (
+    ACTIVATION_HOOKS,
+    ActivationFakeQuantize,
+    ActivationPrune,
+    activation_hooks,
+)
+from ..engine.quant import MAX_BITS, MIN_BITS, QuantizedTensor, dequantize
+from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
+from ..files import write_atomically
 from .encoding import (
     LAYOUTS,
     MAX_GAP_BITS,
@@ -82,9 +90,6 @@ from .encoding import (
     packed_size,
     unpack_bits,
 )
-from .files import write_atomically
-from .quant import MAX_BITS, MIN_BITS, QuantizedTensor, dequantize
-from .record import CompressionRecord, QuantParams, get_record, set_record
 
 MAGIC = b"PTCZ"
 FORMAT_VERSION = 1
@@ -326,11 +331,12 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
     return write_atomically(path, [prefix, header, *blobs])
 
 
-def saved_size(model: nn.Module) -> int:
-    """The bytes ``save_compressed`` would write for ``model``, without writing a file.
+def compressed_size(model: nn.Module) -> int:
+    """Bytes of the file ``save_compressed`` writes for ``model`` (it loads back).
 
-    The same encoding, summed: only the CRC (fixed length) and the write are skipped, so
-    the number is the file's size, exactly.
+    Counted in memory from the same encoding, summed: only the CRC (fixed length) and the
+    write are skipped, so the number is the file's size, exactly. Writing and syncing a
+    temporary file on every check cost more than the encoding itself.
     """
     header, blobs = _encode(model, "the model")
     return _PREFIX.size + len(header) + sum(len(blob) for blob in blobs)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .batches import to_device
+from ..engine.batches import to_device
 from .fingerprint import DataDigest
 
 MEGABYTE = 1 << 20

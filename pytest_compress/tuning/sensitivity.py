@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import compress_model, copy_model, prune_model
-from .layers import Layer, compressible_layers, matches
-from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec, describe_recipe
-from .units import format_drop, format_metric
+from ..engine.apply import compress_model, copy_model, prune_model
+from ..engine.layers import Layer, compressible_layers, matches
+from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec, describe_recipe
+from ..units import format_drop, format_metric
 
 DEFAULT_LIMIT = 20
 SHOWN_IN_MESSAGE = 3

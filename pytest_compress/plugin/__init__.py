@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from .budgets import BudgetExceeded
+from ..budgets import BudgetExceeded
+from ..checks.result import CompressionResult
 from .markers import MARKER_LINE, MarkerError, call_label, call_request, parse_marker
 from .markers import CheckRequest as _CheckRequest
-from .result import CompressionResult
 from .session import CompressSession, Options
 
 REQUEST_KEY = pytest.StashKey[_CheckRequest]()

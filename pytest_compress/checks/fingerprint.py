@@ -236,7 +236,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 def metric_fingerprint(metric: Any) -> str:
     """The digest of a metric: None (top-1 accuracy), a batch or a whole-model metric."""
-    from .measure import ModelMetric
+    from ..engine.measure import ModelMetric
 
     hasher = Hasher()
     if metric is None:
@@ -290,12 +290,13 @@ def environment_fingerprint() -> str:
     The source is hashed too, so an editable install whose code changed (version
     unchanged) does not reuse numbers measured by the old code.
     """
-    from . import __version__
+    from .. import __version__
 
     hasher = Hasher()
     hasher.text(f"python {sys.version_info[:3]} torch {torch.__version__} plugin {__version__}")
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        hasher.text(path.name)
+    package = Path(__file__).parent.parent
+    for path in sorted(package.rglob("*.py")):
+        hasher.text(path.relative_to(package).as_posix())
         hasher._item(b"f", path.read_bytes())
     return hasher.hexdigest()
 

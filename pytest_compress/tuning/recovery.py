@@ -40,13 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import ActivationFakeQuantize
-from .apply import copy_model, prune_model, quantize_model
-from .batches import call_model, model_device, split_batch, to_device
-from .layers import compressible_layers
-from .record import get_record
-from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
-from .units import format_drop, format_metric
+from ..engine.activations import ActivationFakeQuantize
+from ..engine.apply import copy_model, prune_model, quantize_model
+from ..engine.batches import call_model, model_device, split_batch, to_device
+from ..engine.layers import compressible_layers
+from ..engine.record import get_record
+from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+from ..units import format_drop, format_metric
 
 ON_UNZEROED = ("rezero", "raise")
 OPTIMIZERS = ("sgd", "adam")

@@ -26,7 +26,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .markers import CheckRequest
+from ..plugin.markers import CheckRequest
 from .result import CompressionResult
 
 RunCheck = Callable[[CheckRequest], CompressionResult]
@@ -48,9 +48,9 @@ def run_adjusted(
     ``sensitivity_limit`` caps the layers measured (None: no sensitivity unless
     ``keep_float="auto"`` needs it, then 20).
     """
-    from .mixed_precision import KEEP_FLOAT_AUTO, keep_float_specs
-    from .search import search
-    from .trial import Trial
+    from ..tuning.keep_float import KEEP_FLOAT_AUTO, keep_float_specs
+    from ..tuning.search import search
+    from ..tuning.trial import Trial
 
     def trial(quantize: Any, prune: Any) -> Trial:
         return Trial.from_result(run(request.trial(quantize, prune)))
@@ -99,7 +99,7 @@ def _sensitivity(
     calibration_data: Iterable[Any] | None,
     limit: int | None,
 ) -> Any:
-    from .sensitivity import DEFAULT_LIMIT, layer_sensitivity
+    from ..tuning.sensitivity import DEFAULT_LIMIT, layer_sensitivity
 
     return layer_sensitivity(
         model,
@@ -115,8 +115,8 @@ def _sensitivity(
 
 
 def _keep_float_auto(model: Any, sensitivity: Any, trial: Any, result: CompressionResult) -> Any:
-    from .mixed_precision import keep_float_auto
-    from .trial import Trial
+    from ..tuning.keep_float import keep_float_auto
+    from ..tuning.trial import Trial
 
     # A passing recipe, or one that only misses a size or sparsity floor, has no ranking:
     # nothing to keep float, and keep_float_auto says so without evaluating.

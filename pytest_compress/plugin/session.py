@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from .adjust import run_adjusted
+from ..checks.adjust import run_adjusted
+from ..checks.cache import IdentityMemo, ResultCache
+from ..checks.result import DEFAULT_METRIC, CompressionResult
+from ..checks.runner import run_check
 from .baseline import Baseline, BaselineError, baseline_entry, write_baseline
-from .cache import IdentityMemo, ResultCache
-from .check import run_check
 from .markers import (
     DEFAULT_CALIBRATION_FIXTURE,
     DEFAULT_DATA_FIXTURE,
@@ -42,7 +43,6 @@ from .report import (
     write_json_report,
     write_text,
 )
-from .result import DEFAULT_METRIC, CompressionResult
 
 WORKEROUTPUT_KEY = "pytest_compress_entries"
 _DEFAULT_FIXTURES = {
@@ -113,7 +113,7 @@ class CompressSession:
         ``model`` / ``data`` are objects given to the ``compress`` callable; None means
         "the fixtures the request names".
         """
-        from .inputs import calibrates  # here: it imports torch, which a check needs anyway
+        from ..checks.inputs import calibrates  # here: it imports torch, which a check needs anyway
 
         model_object, model_label = _resolve(request, model, check.model, "model")
         data_object, data_label = _resolve(request, data, check.data, "data")
@@ -165,7 +165,7 @@ class CompressSession:
             )
 
         def evaluate_model(compressed: Any) -> float:
-            from .measure import evaluate
+            from ..engine.measure import evaluate
 
             return evaluate(compressed, evaluation.batches, metric, device=self.options.device)
 
@@ -199,7 +199,7 @@ class CompressSession:
         """The check's ``Recovery`` (its fixture's callable and training data), or None."""
         if check.recover is None:
             return None
-        from .check import Recovery
+        from ..checks.runner import Recovery
 
         recover_fn = _resolve(request, None, check.recover, "recover")[0]
         if not callable(recover_fn):
@@ -215,7 +215,7 @@ class CompressSession:
     def inputs(self) -> Any:
         """The session's ``CheckInputs``: data read once, fingerprints and cache keys."""
         if self._inputs is None:
-            from .inputs import CheckInputs
+            from ..checks.inputs import CheckInputs
 
             self._inputs = CheckInputs(
                 device=self.options.device,

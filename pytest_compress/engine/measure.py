@@ -129,17 +129,6 @@ def model_size(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def compressed_size(model: nn.Module) -> int:
-    """Bytes of the file ``save_compressed`` writes for ``model`` (it loads back).
-
-    Counted in memory, from the very bytes the file would hold: writing and syncing a
-    temporary file on every check cost more than the encoding itself.
-    """
-    from .packing import saved_size
-
-    return saved_size(model)
-
-
 @dataclass(frozen=True)
 class SparsityReport:
     """Fraction of exact zeros among the compressible weights, overall and per layer."""

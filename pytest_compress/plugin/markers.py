@@ -16,11 +16,11 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .budgets import BUDGET_NAMES, Budgets
-from .units import SIZE_FORMS, parse_size
+from ..budgets import BUDGET_NAMES, Budgets
+from ..units import SIZE_FORMS, parse_size
 
 if TYPE_CHECKING:  # the specs import torch; the marker line must not
-    from .specs import PruneSpec, QuantSpec
+    from ..engine.specs import PruneSpec, QuantSpec
 
 DEFAULT_MODEL_FIXTURE = "compress_model"
 DEFAULT_DATA_FIXTURE = "compress_data"
@@ -197,7 +197,7 @@ def call_request(
 
 def call_label(check: CheckRequest, model: Any, data: Any) -> str:
     """The recipe in words, plus the model and data when the call named its own."""
-    from .specs import describe_recipe
+    from ..engine.specs import describe_recipe
 
     label = describe_recipe(check.quantize, check.prune)
     if check.search is not None:  # the fixed part, then the knob the search chooses
@@ -222,7 +222,7 @@ def search_kind(
     """The search kind, validated against the fixed part of the recipe and the budgets."""
     if search is None:
         return None
-    from .search import check_search
+    from ..tuning.search import check_search
 
     try:
         return check_search(search, quantize=quantize, prune=prune, budgets=budgets)
@@ -233,7 +233,7 @@ def search_kind(
 def keep_float_value(value: Any) -> str | tuple[str, ...] | None:
     if value is None:
         return None
-    from .mixed_precision import check_keep_float
+    from ..tuning.keep_float import check_keep_float
 
     try:
         return check_keep_float(value)
@@ -248,7 +248,7 @@ def recipe(
 
     At least one is needed, unless a search chooses the recipe (``searched``).
     """
-    from .specs import as_prune_spec, as_quant_spec
+    from ..engine.specs import as_prune_spec, as_quant_spec
 
     try:
         quant_spec = as_quant_spec(quantize)

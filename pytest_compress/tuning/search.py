@@ -32,10 +32,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .budgets import Budgets
-from .specs import PruneSpec, QuantSpec, _patterns, as_prune_spec, as_quant_spec, describe_recipe
+from ..budgets import Budgets
+from ..engine.specs import (
+    PruneSpec,
+    QuantSpec,
+    _patterns,
+    as_prune_spec,
+    as_quant_spec,
+    describe_recipe,
+)
+from ..units import format_metric, format_size
 from .trial import DAMAGE_BUDGETS, Trial
-from .units import format_metric, format_size
 
 SEARCH_KINDS = ("sparsity", "threshold", "bits")
 MAX_EVALUATIONS = 8
@@ -193,7 +200,7 @@ def search(
         outcome = trial(q, p)
         if not isinstance(outcome, Trial):
             raise TypeError(
-                f"the trial callback must return a pytest_compress.trial.Trial, "
+                f"the trial callback must return a pytest_compress.tuning.trial.Trial, "
                 f"got {type(outcome).__name__}"
             )
         outcome = replace(outcome, setting=setting)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..plugin.markers import CheckRequest
 from .cache import CheckKeys, IdentityMemo, check_keys
-from .markers import CheckRequest
 from .materialize import MEGABYTE, EvaluationData, materialize
 
 
@@ -113,7 +113,7 @@ def calibrates(check: CheckRequest) -> bool:
 
 
 def streamed_note(label: str, evaluation: EvaluationData, cache_mb: float) -> str:
-    from .units import format_size
+    from ..units import format_size
 
     size = format_size(evaluation.nbytes)
     size = size if evaluation.counted_all else f"more than {size}"

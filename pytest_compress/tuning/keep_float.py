@@ -25,10 +25,17 @@ from typing import Any
 
 from torch import nn
 
+from ..engine.specs import (
+    PruneSpec,
+    QuantSpec,
+    _patterns,
+    as_prune_spec,
+    as_quant_spec,
+    describe_recipe,
+)
+from ..units import format_size
 from .sensitivity import literal_pattern, touched_layers
-from .specs import PruneSpec, QuantSpec, _patterns, as_prune_spec, as_quant_spec, describe_recipe
 from .trial import FLOOR_BUDGETS, Trial
-from .units import format_size
 
 KEEP_FLOAT_AUTO = "auto"
 KEEP_FLOAT_FORMS = '"auto" or module-name patterns such as ["fc1", "features.*"]'
@@ -121,7 +128,7 @@ def keep_float_auto(
         outcome = trial(q, p)
         if not isinstance(outcome, Trial):
             raise TypeError(
-                f"the trial callback must return a pytest_compress.trial.Trial, "
+                f"the trial callback must return a pytest_compress.tuning.trial.Trial, "
                 f"got {type(outcome).__name__}"
             )
         return replace(outcome, setting=setting)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .units import format_drop, format_fraction, format_metric, format_ratio, format_size
+from ..units import format_drop, format_fraction, format_metric, format_ratio, format_size
 
 # Budgets that more compression helps meet; every other broken budget counts as damage.
 FLOOR_BUDGETS = ("max_size_ratio", "max_size", "min_sparsity", "baseline_size")

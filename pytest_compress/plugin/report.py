@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .files import write_text_atomically
-from .units import format_drop, format_fraction, format_metric, format_ratio, format_size
+from ..files import write_text_atomically
+from ..units import format_drop, format_fraction, format_metric, format_ratio, format_size
 
 JSON_SCHEMA_VERSION = 1
 COLUMNS = ("test", "recipe", "metric", "drop", "size", "ratio", "sparsity", "verdict")
@@ -67,7 +67,7 @@ def recipe_cell(entry: Entry) -> str:
     notes = []
     search = entry.get("search")
     if search:
-        from .search import format_setting  # imports torch: only when a search ran
+        from ..tuning.search import format_setting  # imports torch: only when a search ran
 
         found = format_setting(search["search"], search["chosen"]) if search["passed"] else "none"
         notes.append(f"search {search['search']} {found}, {search['evaluations']} evals")

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .budgets import BudgetCheck, at_least, at_most
-from .files import write_text_atomically
+from ..budgets import BudgetCheck, at_least, at_most
+from ..files import write_text_atomically
 
 SCHEMA_VERSION = 1
 DEFAULT_TOLERANCE = 0.005
@@ -139,7 +139,7 @@ def _search_gate(
     kind = found.get("search")
     if before.get("search") != kind:
         return None
-    from .search import less_compression  # imports torch: only when a search is gated
+    from ..tuning.search import less_compression  # imports torch: only when a search is gated
 
     chosen, recorded_setting = found.get("chosen"), before.get("chosen")
     less = less_compression(kind, chosen, recorded_setting)

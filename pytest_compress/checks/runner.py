@@ -17,9 +17,9 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .budgets import check_budgets
+from ..budgets import check_budgets
+from ..plugin.markers import CheckRequest
 from .cache import CheckEntry, CheckKeys, IdentityMemo, ReferenceEntry, ResultCache
-from .markers import CheckRequest
 from .result import DEFAULT_METRIC, CompressionResult
 
 
@@ -127,7 +127,7 @@ def _measure_float(
     keys: CheckKeys | None,
 ) -> Reference:
     """The float model's metric and size: from the persistent cache, else measured (and stored)."""
-    from .measure import evaluate, model_size
+    from ..engine.measure import evaluate, model_size
 
     if persistent is not None and keys is not None:
         stored = persistent.reference(keys.reference)
@@ -155,10 +155,11 @@ def _measure_compressed(
 ) -> tuple[tuple[float, int, float], dict[str, float], Any]:
     """((compressed metric, compressed size, sparsity), seconds by phase, RecoveryResult or
     None) of a fresh copy, recovered first when ``recovery`` is given."""
-    from .apply import compress_model
-    from .batches import model_device
+    from ..engine.apply import compress_model
+    from ..engine.batches import model_device
+    from ..engine.measure import evaluate, sparsity
+    from ..fileformat.container import compressed_size
     from .materialize import resolve_device
-    from .measure import compressed_size, evaluate, sparsity
 
     calibration = calibration_data if calibration_data is not None else data
     begun = time.perf_counter()
@@ -213,8 +214,8 @@ def _recover(
     The masks come from the float model, so exactly the weights the recipe pruned are
     held at zero; the copy is re-quantized with the recipe after ``recovery.fn``.
     """
-    from .measure import evaluate
-    from .recovery import pruning_masks, recover_compressed
+    from ..engine.measure import evaluate
+    from ..tuning.recovery import pruning_masks, recover_compressed
 
     masks = pruning_masks(model, request.prune) if request.prune is not None else {}
     before = evaluate(compressed, data, metric, device=device)
@@ -240,7 +241,7 @@ def _verdict(
     cached: bool,
 ) -> CompressionResult:
     """The result of measured (or stored) numbers: drops, ratio, and the budgets' checks."""
-    from .specs import describe_recipe
+    from ..engine.specs import describe_recipe
 
     drop = entry.float_metric - entry.compressed_metric
     if not request.higher_is_better:

@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .budgets import BudgetCheck, Budgets
-from .units import (
+from ..budgets import BudgetCheck, Budgets
+from ..units import (
     distinct,
     format_drop,
     format_fraction,
@@ -244,7 +244,7 @@ class CompressionResult:
 
 
 def _search_line(check: BudgetCheck, kind: str) -> str:
-    from .search import format_setting
+    from ..tuning.search import format_setting
 
     found = None if check.actual != check.actual else check.actual  # NaN: nothing found
     found_text = format_setting(kind, found) if found is not None else "nothing"
