@@ -18,8 +18,16 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
-from .engine.quant import MAX_BITS, MIN_BITS
-from .engine.specs import NORMS, OBSERVERS, PARAMETER_TARGETS, SCOPES, PruneSpec, QuantSpec
+from .engine.specs import (
+    MAX_BITS,
+    MIN_BITS,
+    NORMS,
+    OBSERVERS,
+    PARAMETER_TARGETS,
+    SCOPES,
+    PruneSpec,
+    QuantSpec,
+)
 
 __all__ = ["float_tensors", "prune_specs", "quant_specs"]
 

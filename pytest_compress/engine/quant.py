@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-MIN_BITS = 2
-MAX_BITS = 16
+from .specs import check_bits
 
 
 def scale_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -43,13 +42,6 @@ class QuantizedTensor:
     @property
     def shape(self) -> torch.Size:
         return self.codes.shape
-
-
-def check_bits(bits: object, *, name: str = "bits") -> int:
-    """Return ``bits`` if it is an int in [2, 16]; otherwise raise ``ValueError``."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"{name} must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
-    return bits
 
 
 def quant_range(bits: int, *, symmetric: bool) -> tuple[int, int]:

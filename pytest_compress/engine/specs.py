@@ -2,7 +2,8 @@
 
 ``QuantSpec`` says how to quantize, ``PruneSpec`` how to prune; ``as_quant_spec`` and
 ``as_prune_spec`` turn the shorthands (``"int8"``, ``"w8a8"``, ``0.8``) into specs.
-Every invalid value raises ``ValueError`` naming the argument and the allowed values.
+Every invalid value raises ``SpecError`` (a ``ValueError``) naming the argument and the
+allowed values. No torch here: the plugin parses recipes before any check imports it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .quant import MAX_BITS, MIN_BITS, check_bits
+from ..errors import SpecError
 
+# The bit widths the integer mapping supports (one bit would leave no zero point).
+MIN_BITS = 2
+MAX_BITS = 16
 OBSERVERS = ("minmax", "percentile", "mse")
 PARAMETER_TARGETS = ("weights", "all")
 SCOPES = ("layer", "global")
@@ -26,12 +30,19 @@ _WA_PATTERN = re.compile(r"w(\d+)a(\d+)")
 _NM_PATTERN = re.compile(r"(\d+):(\d+)")
 
 
+def check_bits(bits: object, *, name: str = "bits") -> int:
+    """Return ``bits`` if it is an int in [2, 16]; otherwise raise ``SpecError``."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise SpecError(f"{name} must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+    return bits
+
+
 def _patterns(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
         return tuple(value)
-    raise ValueError(
+    raise SpecError(
         f"{name} must be a module-name pattern or a sequence of them "
         f'(fnmatch style, e.g. "features.*"), got {value!r}'
     )
@@ -39,12 +50,12 @@ def _patterns(value: object, name: str) -> tuple[str, ...]:
 
 def _fraction(value: object, name: str, *, low_open: bool, high_open: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
+        raise SpecError(f"{name} must be a number, got {value!r}")
     low_ok = value > 0 if low_open else value >= 0
     high_ok = value < 1 if high_open else value <= 1
     if not (low_ok and high_ok):
         interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+        raise SpecError(f"{name} must be in {interval}, got {value!r}")
     return float(value)
 
 
@@ -82,17 +93,15 @@ class QuantSpec:
             check_bits(self.activation_bits, name="QuantSpec.activation_bits")
         for flag in ("symmetric", "per_channel"):
             if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"QuantSpec.{flag} must be True or False")
+                raise SpecError(f"QuantSpec.{flag} must be True or False")
         if self.parameters not in PARAMETER_TARGETS:
-            raise ValueError(
+            raise SpecError(
                 f"QuantSpec.parameters must be one of {PARAMETER_TARGETS}, got {self.parameters!r}"
             )
         if self.observer not in OBSERVERS:
-            raise ValueError(
-                f"QuantSpec.observer must be one of {OBSERVERS}, got {self.observer!r}"
-            )
+            raise SpecError(f"QuantSpec.observer must be one of {OBSERVERS}, got {self.observer!r}")
         if not isinstance(self.percentile, (int, float)) or not 50 < self.percentile <= 100:
-            raise ValueError(f"QuantSpec.percentile must be in (50, 100], got {self.percentile!r}")
+            raise SpecError(f"QuantSpec.percentile must be in (50, 100], got {self.percentile!r}")
         object.__setattr__(self, "include", _patterns(self.include, "QuantSpec.include"))
         object.__setattr__(self, "exclude", _patterns(self.exclude, "QuantSpec.exclude"))
 
@@ -168,14 +177,14 @@ class PruneSpec:
                 ),
             )
         if self.scope not in SCOPES:
-            raise ValueError(f"PruneSpec.scope must be one of {SCOPES}, got {self.scope!r}")
+            raise SpecError(f"PruneSpec.scope must be one of {SCOPES}, got {self.scope!r}")
         if self.norm not in NORMS:
-            raise ValueError(f"PruneSpec.norm must be one of {NORMS}, got {self.norm!r}")
+            raise SpecError(f"PruneSpec.norm must be one of {NORMS}, got {self.norm!r}")
         structures = '"unstructured", "channel" or "N:M" such as "2:4"'
         if not isinstance(self.structure, str):
-            raise ValueError(f"PruneSpec.structure must be {structures}, got {self.structure!r}")
+            raise SpecError(f"PruneSpec.structure must be {structures}, got {self.structure!r}")
         if self.n_m is None and self.structure not in ("unstructured", "channel"):
-            raise ValueError(f"PruneSpec.structure must be {structures}, got {self.structure!r}")
+            raise SpecError(f"PruneSpec.structure must be {structures}, got {self.structure!r}")
         object.__setattr__(self, "include", _patterns(self.include, "PruneSpec.include"))
         object.__setattr__(self, "exclude", _patterns(self.exclude, "PruneSpec.exclude"))
         self._check_selection()
@@ -184,25 +193,25 @@ class PruneSpec:
         ways = [w for w in ("amount", "threshold") if getattr(self, w) is not None]
         if self.n_m is not None:
             if ways:
-                raise ValueError(
+                raise SpecError(
                     f"PruneSpec.structure={self.structure!r} fixes how many weights are kept; "
                     f"do not also give {ways[0]}"
                 )
             return
         if len(ways) > 1:
-            raise ValueError("PruneSpec takes amount or threshold, not both")
+            raise SpecError("PruneSpec takes amount or threshold, not both")
         if not ways and self.activation_threshold is None:
-            raise ValueError(
+            raise SpecError(
                 "PruneSpec needs amount (fraction removed, 0 < amount < 1), threshold "
                 '(alpha, 0 <= alpha <= 1), structure="N:M" or activation_threshold (beta)'
             )
         if self.scope == "global" and self.structure == "channel":
-            raise ValueError(
+            raise SpecError(
                 'PruneSpec.scope="global" ranks single weights across layers; with '
                 'structure="channel" use scope="layer"'
             )
         if self.scope == "global" and self.threshold is not None:
-            raise ValueError(
+            raise SpecError(
                 'PruneSpec.threshold (alpha) is relative to each layer\'s max|w|: use scope="layer"'
             )
 
@@ -214,7 +223,7 @@ class PruneSpec:
             return None
         n, m = int(match[1]), int(match[2])
         if not 0 < n < m:
-            raise ValueError(f"PruneSpec.structure {self.structure!r} needs 0 < N < M")
+            raise SpecError(f"PruneSpec.structure {self.structure!r} needs 0 < N < M")
         return n, m
 
     @property
@@ -251,7 +260,7 @@ def as_quant_spec(value: QuantSpec | str | None) -> QuantSpec | None:
             weight_bits, activation_bits = int(match[1]), int(match[2])
             if all(MIN_BITS <= b <= MAX_BITS for b in (weight_bits, activation_bits)):
                 return QuantSpec(bits=weight_bits, activation_bits=activation_bits)
-    raise ValueError(f"quantize must be a QuantSpec or one of {QUANT_SHORTHANDS}; got {value!r}")
+    raise SpecError(f"quantize must be a QuantSpec or one of {QUANT_SHORTHANDS}; got {value!r}")
 
 
 def as_prune_spec(value: PruneSpec | float | str | None) -> PruneSpec | None:
@@ -262,7 +271,7 @@ def as_prune_spec(value: PruneSpec | float | str | None) -> PruneSpec | None:
         return PruneSpec(amount=value)
     if isinstance(value, str) and _NM_PATTERN.fullmatch(value.strip()):
         return PruneSpec(structure=value.strip())
-    raise ValueError(
+    raise SpecError(
         'prune must be a PruneSpec, a fraction 0 < amount < 1 (e.g. 0.8) or "N:M" '
         f'(e.g. "2:4"); got {value!r}'
     )

@@ -76,8 +76,9 @@ from ..engine.activations import (
     ActivationPrune,
     activation_hooks,
 )
-from ..engine.quant import MAX_BITS, MIN_BITS, QuantizedTensor, dequantize
+from ..engine.quant import QuantizedTensor, dequantize
 from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
+from ..engine.specs import MAX_BITS, MIN_BITS
 from ..files import write_atomically
 from .encoding import (
     LAYOUTS,
