@@ -1,7 +1,28 @@
+"""The suite's shared setup: one torch thread per process, Hypothesis profiles, pytester.
+
+The plugin is off in this outer run (``-p no:compress`` in pyproject's addopts): the
+pytest-free layers are tested without it, and the plugin only through ``pytester``. An
+inner session starts a fresh plugin manager that reads its own (empty) command line and
+the ini file of its tmp folder, not ours, so it loads the ``compress`` entry point like a
+user's run does; this holds for ``runpytest_subprocess`` and the in-process
+``runpytest`` alike (``tests/plugin/test_units.py`` checks both), so no
+``-p pytest_compress.plugin`` is needed or wanted.
+
+Threads: two xdist workers on a small machine, each with torch's default thread pool
+(one thread per core), oversubscribe the cores several times over. Every worker, and
+every pytester subprocess (``OMP_NUM_THREADS`` is inherited; the generated conftests
+also call ``torch.set_num_threads(1)``), runs torch on one thread.
+"""
+
 import os
 
-import torch
-from hypothesis import HealthCheck, settings
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its pool; inherited
+
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+torch.set_num_threads(1)
+torch.set_num_interop_threads(1)
 
 pytest_plugins = ["pytester"]
 
