@@ -19,7 +19,7 @@ from pytest_compress.checks.result import CompressionResult
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
 from pytest_compress.plugin import baseline as baseline_module
 from pytest_compress.plugin.baseline import Baseline, BaselineError, render, write_baseline
-from pytest_compress.plugin.markers import ARGUMENTS, MARKER_LINE, MarkerError, parse_marker
+from pytest_compress.plugin.markers import MarkerError, parse_marker
 from pytest_compress.units import distinct, format_drop, format_size, parse_size
 
 # --- sizes ------------------------------------------------------------------------------
@@ -117,14 +117,6 @@ def test_a_nan_measurement_breaks_its_budget():
 
 
 # --- the marker's API -------------------------------------------------------------------
-
-
-def test_marker_line_is_generated_from_the_signature():
-    assert MARKER_LINE.startswith("compress(quantize=None, prune=None, max_accuracy_drop=None")
-    for name in ARGUMENTS:
-        assert f"{name}=" in MARKER_LINE
-    assert "model='compress_model'" in MARKER_LINE
-    assert "higher_is_better=True" in MARKER_LINE
 
 
 def test_parse_marker_turns_shorthands_into_specs_and_budgets():
