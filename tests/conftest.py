@@ -5,7 +5,7 @@ pytest-free layers are tested without it, and the plugin only through ``pytester
 inner session starts a fresh plugin manager that reads its own (empty) command line and
 the ini file of its tmp folder, not ours, so it loads the ``compress`` entry point like a
 user's run does; this holds for ``runpytest_subprocess`` and the in-process
-``runpytest`` alike (``tests/plugin/test_units.py`` checks both), so no
+``runpytest`` alike (``tests/plugin/test_loading.py`` checks both), so no
 ``-p pytest_compress.plugin`` is needed or wanted.
 
 Threads: two xdist workers on a small machine, each with torch's default thread pool

@@ -9,7 +9,11 @@ user's model (``ORIGINAL``) from the compressed copies.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +97,27 @@ def measure_recipe(**recipe: Any) -> dict[str, float]:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_subprocess(path: Path, *args: str, timeout: float = 300) -> pytest.RunResult:
+    """``pytest *args`` in a fresh process in ``path``, as ``Pytester.runpytest_subprocess``.
+
+    For sessions a module shares (a module-scoped fixture cannot use the function-scoped
+    ``pytester``). The environment is ours without pytest's and xdist's variables (this
+    suite may itself run under xdist) and without a GitHub step summary.
+    """
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("PYTEST_") and name != "GITHUB_STEP_SUMMARY"
+    }
+    environment["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "pytest", *args]
+    start = time.monotonic()
+    done = subprocess.run(
+        command, cwd=path, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+    seconds = time.monotonic() - start
+    return pytest.RunResult(
+        done.returncode, done.stdout.splitlines(), done.stderr.splitlines(), seconds
+    )

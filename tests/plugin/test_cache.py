@@ -12,7 +12,6 @@ import importlib
 import json
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -423,20 +422,3 @@ def test_a_model_that_cannot_be_fingerprinted_is_measured_every_time(pytester):
     result.stdout.fnmatch_lines(
         ["not cached: model compress_model holds a conftest.Opaque, which cannot be fingerprinted"]
     )
-
-
-def test_under_xdist_every_worker_uses_the_cache(pytester):
-    pytest.importorskip("xdist")
-    make(pytester)
-    first = pytester.runpytest_subprocess("-n", "2", "--compress-baseline=baseline.json")
-    first.assert_outcomes(passed=4)
-    second = pytester.runpytest_subprocess("-n", "2", "--compress-baseline=baseline.json")
-    second.assert_outcomes(passed=4)
-    assert len(cached_rows(second)) == 4
-    workers = [counts(pytester, path.stem.split("-", 1)[1]) for path in _count_files(pytester)]
-    assert {"gw0", "gw1"} == {path.stem.split("-", 1)[1] for path in _count_files(pytester)}
-    assert sum(c["float"] + sum(c["copies"]) for c in workers) == 0
-
-
-def _count_files(pytester: pytest.Pytester) -> list[Path]:
-    return sorted(pytester.path.glob("counts-gw*.json"))

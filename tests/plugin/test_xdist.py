@@ -1,16 +1,29 @@
 """pytest-xdist: workers send their checks to the controller, which reports each once.
 
-These run pytest in subprocesses (xdist needs real worker processes), so they are the
-slowest plugin tests; one comparison covers the terminal, JSON, Markdown and baseline.
+xdist needs real worker processes, so these run pytest in subprocesses: the slowest
+plugin tests. The module shares three sessions of one project between its tests:
+
+1. ``-n 2``, recording a baseline, on an empty cache: every check is measured;
+2. serially, with ``--compress-no-cache``: the same checks measured once more, to
+   compare with 1 (terminal, JSON, Markdown and baseline);
+3. ``-n 2`` again, with a test file holding a bad marker added, gating on the
+   baseline of 1: every worker serves its checks from the cache 1 wrote
+   (``--compress-no-cache`` measures everything and still stores the results).
+
+Sessions 1 and 2 measure everything: with the cache on, a check whose recipe another
+check already measured (``test_sweep[8]`` and ``test_int8``) would be served from it.
 """
 
 from __future__ import annotations
 
 import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from tests.plugin_projects import make_project, read_json
+from tests.plugin_projects import CONFTEST, read_json, run_subprocess
 
 pytest.importorskip("xdist")
 
@@ -37,23 +50,63 @@ def test_plain():
     pass
 """
 
+# Each session writes the forward passes its process ran, per worker.
+COUNT_FORWARDS = """
 
-@pytest.fixture(autouse=True)
-def _no_step_summary(monkeypatch):
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+import json
+import pathlib
 
 
-def _run(pytester: pytest.Pytester, name: str, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
-        "-v",
+def pytest_sessionfinish(session):
+    worker = getattr(session.config, "workerinput", {}).get("workerid", "main")
+    pathlib.Path(f"forwards-{worker}.json").write_text(json.dumps(sum(CALLS.values())))
+"""
+
+BAD_MARKER = """
+import pytest
+
+@pytest.mark.compress(quantize="int8", max_acuracy_drop=0.01)
+def test_bad():
+    pass
+"""
+
+
+@dataclass
+class Sessions:
+    path: Path
+    parallel: pytest.RunResult
+    serial: pytest.RunResult
+    rerun: pytest.RunResult
+    rerun_forwards: dict[str, int]
+
+
+def _reports(name: str) -> tuple[str, ...]:
+    return (
         f"--compress-report={name}.json",
         f"--compress-markdown={name}.md",
         f"--compress-baseline={name}-baseline.json",
         "--compress-update-baseline",
-        *args,
     )
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory) -> Sessions:
+    path = tmp_path_factory.mktemp("xdist")
+    (path / "conftest.py").write_text(CONFTEST + COUNT_FORWARDS)
+    (path / "test_project.py").write_text(textwrap.dedent(CHECKS))
+    parallel = run_subprocess(path, "-v", "-n", "2", "--compress-no-cache", *_reports("xdist"))
+    serial = run_subprocess(
+        path, "-v", "-p", "no:xdist", "--compress-no-cache", *_reports("serial")
+    )
+    for stale in path.glob("forwards-*.json"):
+        stale.unlink()
+    (path / "test_bad.py").write_text(textwrap.dedent(BAD_MARKER))
+    # no sensitivity: the failing check's layer ranking is a diagnosis, always measured
+    rerun = run_subprocess(
+        path, "-n", "2", "--compress-no-sensitivity", "--compress-baseline=xdist-baseline.json"
+    )
+    forwards = {p.stem.split("-", 1)[1]: read_json(p) for p in path.glob("forwards-gw*.json")}
+    return Sessions(path, parallel, serial, rerun, forwards)
 
 
 def _report_rows(result: pytest.RunResult) -> list[str]:
@@ -68,23 +121,20 @@ def _without_timings(report: dict) -> dict:
     return report
 
 
-def test_an_xdist_run_reports_exactly_what_a_serial_run_does(pytester):
-    make_project(pytester, CHECKS)
-    serial = _run(pytester, "serial")
-    parallel = _run(pytester, "xdist", "-n", "2")
-    for result in (serial, parallel):
+def test_an_xdist_run_reports_exactly_what_a_serial_run_does(sessions):
+    for result in (sessions.serial, sessions.parallel):
         result.assert_outcomes(passed=5, failed=1)
 
     # both workers ran checks, so the merge really had two sources
     checks_ran_on = r"\[(gw\d)\] \[ *\d+%\] (?:PASSED|FAILED) test_project.py::test_(?!plain)"
-    workers = set(re.findall(checks_ran_on, parallel.stdout.str()))
+    workers = set(re.findall(checks_ran_on, sessions.parallel.stdout.str()))
     assert workers == {"gw0", "gw1"}
 
-    rows = _report_rows(serial)
+    rows = _report_rows(sessions.serial)
     assert len(rows) == 1 + 5  # the header and each check once
-    assert _report_rows(parallel) == rows
-    serial_report = _without_timings(read_json(pytester.path / "serial.json"))
-    parallel_report = _without_timings(read_json(pytester.path / "xdist.json"))
+    assert _report_rows(sessions.parallel) == rows
+    serial_report = _without_timings(read_json(sessions.path / "serial.json"))
+    parallel_report = _without_timings(read_json(sessions.path / "xdist.json"))
     assert [c["check"] for c in parallel_report["checks"]] == [
         "test_project.py::test_int2_fails",
         "test_project.py::test_int4_pruned",
@@ -92,37 +142,33 @@ def test_an_xdist_run_reports_exactly_what_a_serial_run_does(pytester):
         "test_project.py::test_sweep[6] [int6 per-channel]",
         "test_project.py::test_sweep[8] [int8 per-channel]",
     ]
+    assert not any(check["cached"] for check in parallel_report["checks"])
     assert parallel_report == serial_report
     for suffix in (".md", "-baseline.json"):
-        xdist_text = (pytester.path / f"xdist{suffix}").read_text()
-        assert xdist_text == (pytester.path / f"serial{suffix}").read_text()
-    parallel.stdout.fnmatch_lines(
+        xdist_text = (sessions.path / f"xdist{suffix}").read_text()
+        assert xdist_text == (sessions.path / f"serial{suffix}").read_text()
+    sessions.parallel.stdout.fnmatch_lines(
         ["baseline xdist-baseline.json: no baseline yet, recorded 5 checks"]
     )
 
 
-def test_under_xdist_the_workers_compare_with_the_baseline_and_flag_bad_markers(pytester):
-    make_project(pytester, CHECKS)
-    _run(pytester, "record", "-n", "2").assert_outcomes(passed=5, failed=1)
-    pytester.makepyfile(
-        test_bad="""
-        import pytest
-
-        @pytest.mark.compress(quantize="int8", max_acuracy_drop=0.01)
-        def test_bad():
-            pass
-        """
-    )
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-n", "2", "--compress-baseline=record-baseline.json"
-    )
-    result.assert_outcomes(passed=5, failed=1, errors=1)
-    result.stdout.fnmatch_lines(
+def test_under_xdist_the_workers_compare_with_the_baseline_and_flag_bad_markers(sessions):
+    sessions.rerun.assert_outcomes(passed=5, failed=1, errors=1)
+    sessions.rerun.stdout.fnmatch_lines(
         [
             # the controller cannot stop the session for a worker's usage error, so the
             # test with the bad marker errors, with the usage message
             "invalid @pytest.mark.compress (pytest-compress): test_bad.py::test_bad: "
             "max_acuracy_drop: unknown argument (did you mean max_accuracy_drop?)*",
-            "baseline record-baseline.json: 5 checks compared, 0 regressed, 0 new, 0 stale",
+            "baseline xdist-baseline.json: 5 checks compared, 0 regressed, 0 new, 0 stale",
         ]
     )
+
+
+def test_under_xdist_every_worker_uses_the_cache(sessions):
+    cached = [line.split()[0] for line in sessions.rerun.stdout.lines if line.endswith("(cached)")]
+    assert len(cached) == 5
+    sessions.rerun.stdout.fnmatch_lines(["cache: 5 of 5 checks reused from an earlier run*"])
+    # both workers ran, and neither ran a forward pass: the float model's numbers and
+    # every check's came from the cache the first xdist session wrote
+    assert sessions.rerun_forwards == {"gw0": 0, "gw1": 0}
