@@ -292,9 +292,20 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("prune", [None, 0.9], ids=["dense", "pruned90"])
-@pytest.mark.parametrize("bits", [8, 4, 2])
-@pytest.mark.parametrize("name", list(MODELS))
+# Every recipe on the small models; on the real architectures (batch norm, downsampling
+# shortcuts, depthwise convolutions, squeeze-excitation) the two extremes, which between
+# them hold byte-aligned and sub-byte codes, dense and sparse layouts: the cost of a
+# round trip grows with the model, and the recipe does not depend on the architecture.
+RECIPES = [(bits, prune) for bits in (8, 4, 2) for prune in (None, 0.9)]
+ROUND_TRIPS = [
+    pytest.param(name, bits, prune, id=f"{name}-{bits}-{'pruned90' if prune else 'dense'}")
+    for name in MODELS
+    for bits, prune in RECIPES
+    if name in ("mlp", "lenet") or (bits, prune) in ((8, None), (2, 0.9))
+]
+
+
+@pytest.mark.parametrize(("name", "bits", "prune"), ROUND_TRIPS)
 def test_save_then_load_reproduces_the_compressed_model(
     name: str, bits: int, prune: float | None, tmp_path: Path
 ) -> None:
