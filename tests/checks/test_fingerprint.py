@@ -183,20 +183,32 @@ def metric(outputs, targets, names={"a", "b", "c", "d"}):
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
 model.labels = {"cat", "dog", "eel"}
-print(json.dumps([model_fingerprint(model), metric_fingerprint(metric),
-                  environment_fingerprint()]))
+RESULT = [model_fingerprint(model), metric_fingerprint(metric), environment_fingerprint()]
+
 """
 
 
 def test_fingerprints_are_the_same_in_another_process() -> None:
-    # String hashing, and so the order of sets, differs between processes.
-    outputs = []
+    # String hashing, and so the order of sets, differs between processes: one other
+    # process, whose string hashes provably differ from ours, against this one.
+    script = textwrap.dedent(SCRIPT)
+    ours: dict = {"__name__": "__main__"}  # as in `python -c`: the metric's module
+    with torch.random.fork_rng():  # the script seeds torch: leave our generator alone
+        exec(script, ours)
+    script += 'print(json.dumps([*RESULT, hash("a string")]))\n'
     for seed in ("1", "2"):
         environment = {**os.environ, "PYTHONHASHSEED": seed}
         done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(SCRIPT)],
-            capture_output=True, text=True, check=True, env=environment,
-        )  # fmt: skip
-        outputs.append(json.loads(done.stdout))
-    assert outputs[0] == outputs[1]
-    assert outputs[0][2] == environment_fingerprint()
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=environment,
+        )
+        *theirs, their_hash = json.loads(done.stdout)
+        if their_hash != hash("a string"):
+            break
+    else:
+        pytest.fail("two hash seeds gave this process's string hashes")
+    assert theirs == ours["RESULT"]
+    assert theirs[2] == environment_fingerprint()

@@ -18,7 +18,6 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
-from torchvision.models import mobilenet_v3_small, resnet18
 
 from pytest_compress.engine.activations import (
     ActivationFakeQuantize,
@@ -274,12 +273,18 @@ def build_mlp() -> nn.Module:
     return seeded(mlp())
 
 
+# torchvision is imported where it is used: every xdist worker collects this module, and
+# only the one that runs these two builds should pay for the import.
 def build_resnet18() -> nn.Module:
+    from torchvision.models import resnet18
+
     torch.manual_seed(0)
     return resnet18(weights=None).eval()
 
 
 def build_mobilenet() -> nn.Module:
+    from torchvision.models import mobilenet_v3_small
+
     torch.manual_seed(0)
     return mobilenet_v3_small(weights=None).eval()
 
@@ -512,19 +517,40 @@ def entry(doc: dict, key: str) -> dict:
     return next(e for e in doc["t"] if e["k"] == key)
 
 
-def test_every_truncation_raises(saved: tuple[Path, nn.Module], tmp_path: Path) -> None:
-    path, _ = saved
+def build_tiny_mlp() -> nn.Module:
+    return seeded(mlp(inputs=4, hidden=8, classes=3))
+
+
+@pytest.fixture
+def tiny_saved(saved: tuple[Path, nn.Module], tmp_path: Path) -> Path:
+    """``saved`` at a third of the bytes, for the byte-by-byte tests: the same entries
+    with the same layouts (mask, gaps, dense; quantized and raw; float32 and int64)."""
+    path = tmp_path / "tiny.ptcz"
+    save_compressed(compress_model(build_tiny_mlp(), quantize="int4", prune=0.5), path)
+    assert header_entries(path) == header_entries(saved[0])
+    return path
+
+
+def header_entries(path: Path) -> list[tuple[str, str, str, bool]]:
+    """(key, layout, dtype, quantized) of every tensor entry in the file's header."""
     data = path.read_bytes()
-    cut, target = tmp_path / "cut.ptcz", build_mlp()
+    _, _, length, _ = packing._PREFIX.unpack_from(data)
+    start = packing._PREFIX.size
+    doc = json.loads(zlib.decompress(data[start : start + length]))
+    return [(e["k"], e["e"], e["d"], "q" in e) for e in doc["t"]]
+
+
+def test_every_truncation_raises(tiny_saved: Path, tmp_path: Path) -> None:
+    data = tiny_saved.read_bytes()
+    cut, target = tmp_path / "cut.ptcz", build_tiny_mlp()
     for end in range(len(data)):
         cut.write_bytes(data[:end])
         load_fails(cut, "truncated|shorter|not valid|checksum|runs past", target)
 
 
-def test_every_flipped_byte_raises(saved: tuple[Path, nn.Module], tmp_path: Path) -> None:
-    path, _ = saved
-    data = path.read_bytes()
-    bad, target = tmp_path / "bad.ptcz", build_mlp()
+def test_every_flipped_byte_raises(tiny_saved: Path, tmp_path: Path) -> None:
+    data = tiny_saved.read_bytes()
+    bad, target = tmp_path / "bad.ptcz", build_tiny_mlp()
     for offset in range(len(data)):
         flipped = bytearray(data)
         flipped[offset] ^= 0x5A
