@@ -1,6 +1,9 @@
-"""Small models the tests share: the seed article's LeNet, an MLP, and odd shapes."""
+"""Small models the tests share: the seed article's LeNet, an MLP, odd shapes, and models
+with a known weak spot (a cliff in sparsity, a layer fragile under quantization)."""
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -77,3 +80,63 @@ def classification_batches(
         (inputs[i : i + batch_size], targets[i : i + batch_size])
         for i in range(0, len(inputs), batch_size)
     ]
+
+
+def small_model() -> nn.Sequential:
+    return seeded(
+        nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    )
+
+
+def labelled_data(model: nn.Module, n: int = 512, inputs: int = 16, seed: int = 3) -> list:
+    x = torch.randn(n, inputs, generator=torch.Generator().manual_seed(seed))
+    return classification_batches(model, x, batch_size=128)
+
+
+# A single Linear(50 -> 2) whose accuracy falls off a known cliff. Row 0, columns 0..16
+# hold 17 "vital" weights 1.00, 1.01, ..., 1.16; every other weight is a zero or a tiny
+# decoy (<= 0.066) on an input that is always zero. The data are +e_j (class 0) and
+# -e_j (class 1) for each vital column j: pruning w[0, j] ties the logits at 0, argmax
+# picks class 0, and one sample of 34 is lost (2.9 pp).
+CLIFF_VITAL = 17
+CLIFF_SPARSITY = 0.83  # 83 of the 100 weights can go: the zeros and decoys
+CLIFF_ALPHA = 1.0 / 1.16  # |w| < alpha * max|w| first hits the smallest vital weight above this
+
+
+def cliff_model() -> tuple[nn.Module, list]:
+    model = nn.Linear(50, 2, bias=False)
+    weight = torch.zeros(2, 50)
+    weight[0, :CLIFF_VITAL] = 1.0 + 0.01 * torch.arange(CLIFF_VITAL, dtype=torch.float32)
+    decoys = 0.001 * torch.arange(1, 67, dtype=torch.float32)
+    weight[:, CLIFF_VITAL:] = decoys.view(2, 33)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    eye = torch.eye(50)[:CLIFF_VITAL]
+    inputs = torch.cat([eye, -eye])
+    targets = torch.cat([torch.zeros(CLIFF_VITAL), torch.ones(CLIFF_VITAL)]).long()
+    return model.eval(), [(inputs, targets)]
+
+
+def fragile_model() -> tuple[nn.Module, list]:
+    """An MLP whose first layer ``fc1`` (not the largest) is fragile under quantization.
+
+    Every row of ``fc1`` holds one huge weight (50.0) on an input that is always zero:
+    harmless in float, but it stretches each row's quantization range so far that the
+    other weights round to almost nothing. ``fc2`` and ``fc3`` are ordinary.
+    """
+    model = seeded(
+        nn.Sequential(
+            OrderedDict(
+                fc1=nn.Linear(16, 32),
+                act1=nn.ReLU(),
+                fc2=nn.Linear(32, 64),
+                act2=nn.ReLU(),
+                fc3=nn.Linear(64, 4),
+            )
+        )
+    )
+    with torch.no_grad():
+        model.fc1.weight[:, 0] = 50.0
+    inputs = torch.randn(512, 16, generator=torch.Generator().manual_seed(3))
+    inputs[:, 0] = 0.0
+    return model, classification_batches(model, inputs, batch_size=128)

@@ -241,7 +241,7 @@ def test_a_bad_sensitivity_layer_count_is_a_usage_error(pytester, value):
 FRAGILE = """
 import sys
 sys.path.insert(0, {root!r})
-from tests.trials import fragile_model as _fragile
+from tests.models import fragile_model as _fragile
 
 
 @pytest.fixture(scope="session")
@@ -253,7 +253,7 @@ def fragile():
 def test_keep_float_auto_keeps_the_fragile_layer_and_passes(pytester):
     from pathlib import Path
 
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     tests = """
         import json
         import pytest

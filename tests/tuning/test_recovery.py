@@ -24,7 +24,7 @@ from pytest_compress.tuning.recovery import (
     recover_compressed,
     zero_masks,
 )
-from tests.trials import labelled_data, small_model
+from tests.models import labelled_data, small_model
 
 GLOBAL_90 = PruneSpec(amount=0.9, scope="global")
 

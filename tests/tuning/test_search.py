@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pytest_compress.budgets import Budgets
+from pytest_compress.engine.apply import compress_model
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
 from pytest_compress.tuning.search import (
     BITS_GRID,
@@ -21,16 +22,10 @@ from pytest_compress.tuning.search import (
     search,
 )
 from pytest_compress.tuning.trial import Trial
-from tests.trials import (
-    CLIFF_ALPHA,
-    CLIFF_SPARSITY,
-    EngineTrial,
-    cliff_model,
-    fake_trial,
-    labelled_data,
-    setting_of,
-    small_model,
-)
+from tests.models import CLIFF_ALPHA, CLIFF_SPARSITY, cliff_model, labelled_data, small_model
+from tests.tuning.callbacks import AccuracyTrial, fake_trial, setting_of, top1
+
+GRIDS = {"sparsity": SPARSITY_GRID, "threshold": THRESHOLD_GRID, "bits": BITS_GRID}
 
 
 def assert_well_formed(result, kind: str) -> None:
@@ -43,7 +38,7 @@ def assert_well_formed(result, kind: str) -> None:
     chosen = [step for step in result.trail if step.setting == result.chosen]
     assert len(chosen) == 1 and chosen[0].passed, "the chosen point was evaluated and passed"
     assert result.chosen_trial is chosen[0]
-    grid = {"sparsity": SPARSITY_GRID, "threshold": THRESHOLD_GRID, "bits": BITS_GRID}[kind]
+    grid = GRIDS[kind]
     position = grid.index(result.chosen)
     if position + 1 < len(grid):
         # The trail itself proves the boundary: the next step was tried and broke.
@@ -284,28 +279,47 @@ def real():
     return model, labelled_data(model)
 
 
+def specs_at(kind: str, setting: float, quantize: str | None) -> tuple:
+    """The recipe a search of ``kind`` means at ``setting``, written out by hand."""
+    fixed = QuantSpec(bits=8) if quantize == "int8" else None
+    if kind == "bits":
+        return QuantSpec(bits=int(setting)), None
+    if kind == "sparsity":
+        return fixed, PruneSpec(amount=setting, scope="global")
+    return fixed, PruneSpec(threshold=setting, scope="layer")
+
+
 @pytest.mark.parametrize(
     ("kind", "fixed"),
     [("sparsity", {}), ("sparsity", {"quantize": "int8"}), ("threshold", {}), ("bits", {})],
 )
 def test_search_on_a_real_model_stops_at_an_evaluated_boundary(real, kind, fixed) -> None:
     model, data = real
-    trial = EngineTrial(model, data, Budgets(max_accuracy_drop=0.05))
+    trial = AccuracyTrial(model, data, max_drop=0.05)
     result = search(kind, trial, **fixed)
     assert result.passed
     assert_well_formed(result, kind)
     assert result.evaluations == len(trial.calls)
-    # The chosen recipe, compressed again from scratch, passes again (determinism).
-    again = EngineTrial(model, data, trial.budgets)(result.quantize, result.prune)
-    assert again.passed and again.metric == result.chosen_trial.metric
     assert setting_of(kind, result.quantize, result.prune) == result.chosen
+    # The chosen recipe, compressed again from scratch and scored here, is within 5 pp
+    # of the float model's 100 % (the data are labelled by it); one grid step further
+    # is not.
+    assert top1(model, data) == 1.0
+    quantize = fixed.get("quantize")
+    assert (result.quantize, result.prune) == specs_at(kind, result.chosen, quantize)
+    chosen = compress_model(model, quantize=result.quantize, prune=result.prune)
+    assert top1(chosen, data) == result.chosen_trial.metric >= 0.95
+    grid = GRIDS[kind]
+    position = grid.index(result.chosen)
+    assert position + 1 < len(grid), "this model's boundary lies inside the grid"
+    more_q, more_p = specs_at(kind, grid[position + 1], quantize)
+    assert top1(compress_model(model, quantize=more_q, prune=more_p), data) < 0.95
 
 
 @pytest.mark.parametrize("fixed", [{}, {"quantize": "int8"}])
 def test_sparsity_search_finds_a_real_models_known_cliff(fixed) -> None:
     model, data = cliff_model()
-    trial = EngineTrial(model, data, Budgets(max_accuracy_drop=0.02))
-    result = search("sparsity", trial, **fixed)
+    result = search("sparsity", AccuracyTrial(model, data, max_drop=0.02), **fixed)
     assert result.chosen == CLIFF_SPARSITY
     assert result.evaluations <= 7
     assert_well_formed(result, "sparsity")
@@ -314,7 +328,7 @@ def test_sparsity_search_finds_a_real_models_known_cliff(fixed) -> None:
 
 def test_threshold_search_finds_a_real_models_known_cliff() -> None:
     model, data = cliff_model()
-    result = search("threshold", EngineTrial(model, data, Budgets(max_accuracy_drop=0.02)))
+    result = search("threshold", AccuracyTrial(model, data, max_drop=0.02))
     below = max(alpha for alpha in THRESHOLD_GRID if alpha <= CLIFF_ALPHA)
     assert result.chosen == below == 0.833
     assert result.evaluations <= 8
@@ -323,15 +337,15 @@ def test_threshold_search_finds_a_real_models_known_cliff() -> None:
 
 def test_bits_search_agrees_with_a_scan_of_every_width(real) -> None:
     model, data = real
-    budgets = Budgets(max_accuracy_drop=0.05)
-    scan = {
-        bits: EngineTrial(model, data, budgets)(QuantSpec(bits=bits), None) for bits in BITS_GRID
+    accuracy = {
+        bits: top1(compress_model(model, quantize=QuantSpec(bits=bits)), data) for bits in BITS_GRID
     }
-    verdicts = [scan[bits].passed for bits in BITS_GRID]
-    assert verdicts == sorted(verdicts, reverse=True), "this model's metric falls with fewer bits"
-    fewest = min(bits for bits in BITS_GRID if scan[bits].passed)
-    result = search("bits", EngineTrial(model, data, budgets))
+    within = [1.0 - accuracy[bits] <= 0.05 for bits in BITS_GRID]
+    assert within == sorted(within, reverse=True), "this model's accuracy falls with fewer bits"
+    fewest = min(bits for bits in BITS_GRID if 1.0 - accuracy[bits] <= 0.05)
+    result = search("bits", AccuracyTrial(model, data, max_drop=0.05))
     assert result.chosen == fewest
+    assert result.chosen_trial.metric == accuracy[fewest]
     assert result.evaluations <= 3
 
 

@@ -15,8 +15,7 @@ from pytest_compress.engine.apply import compress_model
 from pytest_compress.engine.measure import evaluate
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
 from pytest_compress.tuning.sensitivity import layer_sensitivity, literal_pattern
-from tests.models import TiedEmbeddingModel, seeded
-from tests.trials import fragile_model
+from tests.models import TiedEmbeddingModel, fragile_model, seeded
 
 
 class Recorder:
