@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.plugin_projects import make_project, read_json
@@ -210,13 +212,9 @@ def test_sensitivity_is_capped_and_can_be_turned_off(pytester):
     assert read_json(pytester.path / "r.json")["checks"][0]["sensitivity"] is None
 
 
-def test_a_passing_check_measures_no_sensitivity(pytester, monkeypatch):
-    import pytest_compress.tuning.sensitivity as sensitivity
-
-    def boom(*args, **kwargs):
-        raise AssertionError("sensitivity ran for a passing check")
-
-    monkeypatch.setattr(sensitivity, "layer_sensitivity", boom)
+def test_a_passing_check_measures_no_sensitivity(pytester):
+    # Counted, not patched: sensitivity would compress each of the two layers alone and
+    # run that copy on every batch. The failing check proves the count would show it.
     make_project(
         pytester,
         """
@@ -225,9 +223,24 @@ def test_a_passing_check_measures_no_sensitivity(pytester, monkeypatch):
         @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.05)
         def test_ok():
             pass
+
+        def test_ok_count(forward_calls, compress_model, compress_data):
+            assert sum(forward_calls.values()) == 2 * len(compress_data)  # float and int8
+
+        @pytest.mark.compress(quantize="int2", prune=0.8, max_accuracy_drop=0.01)
+        def test_too_harsh():
+            pass
+
+        def test_too_harsh_count(forward_calls, compress_model, compress_data):
+            # one more copy, and one copy per layer for the sensitivity
+            assert sum(forward_calls.values()) == (2 + 1 + 2) * len(compress_data)
         """,
     )
-    pytester.runpytest().assert_outcomes(passed=1)
+    result = pytester.runpytest("--compress-report=report.json")
+    result.assert_outcomes(passed=3, failed=1)
+    checks = {c["check"]: c for c in read_json(pytester.path / "report.json")["checks"]}
+    assert checks["test_project.py::test_ok"]["sensitivity"] is None
+    assert checks["test_project.py::test_too_harsh"]["sensitivity"]["evaluations"] == 2
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "1.5", "many"])
@@ -251,9 +264,7 @@ def fragile():
 
 
 def test_keep_float_auto_keeps_the_fragile_layer_and_passes(pytester):
-    from pathlib import Path
-
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding tests/
     tests = """
         import json
         import pytest
