@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 from pytest_compress.checks.materialize import (
     MEGABYTE,
     materialize,
+    require_reiterable,
     resolve_device,
     tensor_bytes,
 )
@@ -110,8 +111,6 @@ def test_batches_move_to_the_device_and_cuda_gets_its_index() -> None:
 
 
 def test_the_reiterable_check_does_not_start_an_iteration() -> None:
-    from pytest_compress.checks.materialize import require_reiterable
-
     class CountsIterations:
         started = 0
 

@@ -15,9 +15,11 @@ from pytest_compress.engine.activations import (
     activation_hooks,
 )
 from pytest_compress.engine.apply import compress_model, prune_model, quantize_model
+from pytest_compress.engine.measure import evaluate, model_size, sparsity
 from pytest_compress.engine.quant import fake_quantize, quantize
 from pytest_compress.engine.record import get_record
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.fileformat.container import compressed_size, load_compressed, save_compressed
 from tests.models import ConvTransposeModel, Net, TiedEmbeddingModel, mlp, seeded
 
 LENET_INPUT = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -422,13 +424,6 @@ def test_quantize_reports_tensor_name_for_plain_tensors() -> None:
 
 
 def test_measuring_and_saving_never_modify_the_model(tmp_path) -> None:
-    from pytest_compress.engine.measure import evaluate, model_size, sparsity
-    from pytest_compress.fileformat.container import (
-        compressed_size,
-        load_compressed,
-        save_compressed,
-    )
-
     model = lenet().train()
     model.fc2.eval()
     compressed = compress_model(model, quantize="w8a8", prune=0.5, calibration_data=calibration())

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tests.plugin_projects import make_project, read_json
+from pytest_compress.engine.apply import compress_model
+from pytest_compress.engine.measure import evaluate
+from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.tuning.search import GRIDS, max_evaluations
+from tests.plugin_projects import CONFTEST, make_project, read_json
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(scope="module")
 def _optimizer_modules_imported() -> None:
     """Run one Adam step here, outside any pytester run.
 
@@ -38,8 +43,6 @@ def test_search(compression):
 
 def _project_model_and_data():
     """The very model and data of the pytester project's conftest."""
-    from tests.plugin_projects import CONFTEST
-
     namespace: dict = {}
     exec(CONFTEST, namespace)
     model = namespace["make_model"]()
@@ -55,11 +58,6 @@ def _project_model_and_data():
     ],
 )
 def test_search_finds_the_boundary_through_the_marker(pytester, kind, recipe_of):
-    from pytest_compress.engine.apply import compress_model
-    from pytest_compress.engine.measure import evaluate
-    from pytest_compress.engine.specs import PruneSpec, QuantSpec
-    from pytest_compress.tuning.search import GRIDS, max_evaluations
-
     make_project(pytester, SEARCH_TEST.format(kind=kind, extra=""))
     result = pytester.runpytest("--compress-report=report.json")
     result.assert_outcomes(passed=1)
@@ -145,8 +143,6 @@ def test_no_setting_passes_fails_with_the_trail(pytester):
 
 
 def test_the_baseline_records_and_gates_the_chosen_setting(pytester):
-    import json
-
     make_project(pytester, SEARCH_TEST.format(kind="sparsity", extra=""))
     pytester.runpytest().assert_outcomes(passed=1)
     path = pytester.path / ".compress-baseline.json"
@@ -340,6 +336,7 @@ def recovery_data_seen():
 """
 
 
+@pytest.mark.usefixtures("_optimizer_modules_imported")
 def test_recovery_through_the_marker_reports_before_and_after(pytester):
     make_project(
         pytester,
@@ -364,6 +361,7 @@ def test_recovery_through_the_marker_reports_before_and_after(pytester):
     result.stdout.fnmatch_lines(["*prune 90%*[[]recovered *% -> *%[]]*ok"])
 
 
+@pytest.mark.usefixtures("_optimizer_modules_imported")
 def test_a_recovery_that_unzeroes_weights_is_caught_and_rezeroed(pytester):
     make_project(
         pytester,
