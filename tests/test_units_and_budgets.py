@@ -1,0 +1,103 @@
+"""Sizes and budgets (units.py, budgets.py): parsing, formatting, and the at-budget edge."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pytest_compress.budgets import Budgets, at_least, at_most, check_budgets
+from pytest_compress.units import distinct, format_drop, format_size, parse_size
+
+# --- sizes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (1234, 1234),
+        ("0", 0),
+        ("2 MB", 2_000_000),
+        ("512 kB", 512_000),
+        ("512kb", 512_000),
+        ("1.5 MiB", 1_572_864),
+        ("1.1 kB", 1100),  # exact decimal arithmetic, not 1100.0000000000002
+        ("3 GiB", 3 * 1024**3),
+        ("1 GB", 10**9),
+        ("  7 B ", 7),
+        ("1.0005 kB", 1000),  # a fraction of a byte is dropped: the budget is a ceiling
+    ],
+)
+def test_parse_size_accepts_bytes_and_decimal_and_binary_units(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["2 XB", "MB", "-1 MB", "1e3", "", "two MB", -5, 2.5, True, None])
+def test_parse_size_rejects_what_is_not_a_size(bad):
+    with pytest.raises(ValueError, match="size|MB"):
+        parse_size(bad)
+
+
+def test_format_size_uses_decimal_units():
+    assert format_size(999) == "999 B"
+    assert format_size(246_100) == "246.1 kB"
+    assert format_size(17_200_000) == "17.2 MB"
+    assert format_size(3_000_000_000) == "3.0 GB"
+
+
+def test_distinct_widens_precision_until_the_numbers_differ():
+    assert distinct(0.0201, 0.02, lambda v, d: format_drop(v, True, d)) == ("2.01 pp", "2.00 pp")
+    assert distinct(0.02, 0.02, lambda v, d: format_drop(v, True, d)) == ("2.0 pp", "2.0 pp")
+    assert distinct(0.029, 0.02, lambda v, d: format_drop(v, True, d)) == ("2.9 pp", "2.0 pp")
+
+
+# --- budgets ----------------------------------------------------------------------------
+
+
+def test_a_value_exactly_at_its_budget_passes_in_both_directions():
+    drop = 0.97 - 0.95  # 0.020000000000000018 in floating point
+    assert drop > 0.02
+    assert at_most(drop, 0.02)
+    assert not at_most(0.0201, 0.02)
+    assert at_least(0.8 - 1e-17, 0.8)
+    assert not at_least(0.799, 0.8)
+    # bytes are integers and are compared exactly
+    assert at_most(1000, 1000)
+    assert not at_most(1001, 1000)
+
+
+def test_check_budgets_lists_every_broken_budget_in_order():
+    budgets = Budgets(
+        max_accuracy_drop=0.01,
+        max_relative_drop=0.5,
+        max_size_ratio=0.1,
+        max_size=100,
+        min_sparsity=0.9,
+    )
+    checks = check_budgets(
+        budgets,
+        accuracy_drop=0.02,
+        relative_drop=0.02,
+        size_ratio=0.2,
+        compressed_size=100,
+        sparsity=0.5,
+    )
+    assert [(c.budget, c.ok) for c in checks] == [
+        ("max_accuracy_drop", False),
+        ("max_relative_drop", True),
+        ("max_size_ratio", False),
+        ("max_size", True),
+        ("min_sparsity", False),
+    ]
+
+
+def test_a_nan_measurement_breaks_its_budget():
+    (check,) = check_budgets(
+        Budgets(max_accuracy_drop=1.0),
+        accuracy_drop=math.nan,
+        relative_drop=math.nan,
+        size_ratio=0.1,
+        compressed_size=1,
+        sparsity=0.0,
+    )
+    assert not check.ok
