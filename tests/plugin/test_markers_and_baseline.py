@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+import pytest_compress
 from pytest_compress import files as files_module
 from pytest_compress.budgets import Budgets
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
-from pytest_compress.plugin import baseline as baseline_module
 from pytest_compress.plugin.baseline import Baseline, BaselineError, render, write_baseline
 from pytest_compress.plugin.markers import MarkerError, parse_marker
 
@@ -167,9 +167,10 @@ def test_the_plugin_modules_do_not_import_torch():
         f"""
         import sys, types
         package = types.ModuleType("pytest_compress")
-        package.__path__ = [{str(Path(baseline_module.__file__).parent)!r}]
+        package.__path__ = [{str(Path(pytest_compress.__file__).parent)!r}]
         sys.modules["pytest_compress"] = package
         import pytest_compress.plugin
+        assert sys.modules["pytest_compress"] is package
         print(sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
         """
     )
