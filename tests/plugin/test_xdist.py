@@ -3,15 +3,13 @@
 xdist needs real worker processes, so these run pytest in subprocesses: the slowest
 plugin tests. The module shares three sessions of one project between its tests:
 
-1. ``-n 2``, recording a baseline, on an empty cache: every check is measured;
-2. serially, with ``--compress-no-cache``: the same checks measured once more, to
-   compare with 1 (terminal, JSON, Markdown and baseline);
+1. ``-n 2`` with ``--compress-no-cache``, recording a baseline: every check is measured
+   (a check whose recipe another already measured, ``test_sweep[8]`` and ``test_int8``,
+   would otherwise come from the cache), and the workers still store the results;
+2. serially, without pytest's cache: the same checks measured once more, to compare
+   with 1 (terminal, JSON, Markdown and baseline);
 3. ``-n 2`` again, with a test file holding a bad marker added, gating on the
-   baseline of 1: every worker serves its checks from the cache 1 wrote
-   (``--compress-no-cache`` measures everything and still stores the results).
-
-Sessions 1 and 2 measure everything: with the cache on, a check whose recipe another
-check already measured (``test_sweep[8]`` and ``test_int8``) would be served from it.
+   baseline of 1: every worker serves its checks from what the workers of 1 stored.
 """
 
 from __future__ import annotations
@@ -95,8 +93,9 @@ def sessions(tmp_path_factory) -> Sessions:
     (path / "conftest.py").write_text(CONFTEST + COUNT_FORWARDS)
     (path / "test_project.py").write_text(textwrap.dedent(CHECKS))
     parallel = run_subprocess(path, "-v", "-n", "2", "--compress-no-cache", *_reports("xdist"))
+    # without pytest's cache: session 3 reads only what the xdist workers of 1 wrote
     serial = run_subprocess(
-        path, "-v", "-p", "no:xdist", "--compress-no-cache", *_reports("serial")
+        path, "-v", "-p", "no:xdist", "-p", "no:cacheprovider", *_reports("serial")
     )
     for stale in path.glob("forwards-*.json"):
         stale.unlink()
