@@ -56,7 +56,7 @@ def test_search_finds_the_boundary_through_the_marker(pytester, kind, recipe_of)
     from pytest_compress.engine.apply import compress_model
     from pytest_compress.engine.measure import evaluate
     from pytest_compress.engine.specs import PruneSpec, QuantSpec
-    from pytest_compress.tuning.search import GRIDS, max_evaluations
+    from pytest_compress.tuning.grids import GRIDS, max_evaluations
 
     make_project(pytester, SEARCH_TEST.format(kind=kind, extra=""))
     result = pytester.runpytest("--compress-report=report.json")

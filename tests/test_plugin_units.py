@@ -15,6 +15,7 @@ import pytest
 
 from pytest_compress import files as files_module
 from pytest_compress.budgets import BudgetCheck, Budgets, at_least, at_most, check_budgets
+from pytest_compress.checks.request import Recipe
 from pytest_compress.checks.result import CompressionResult
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
 from pytest_compress.plugin import baseline as baseline_module
@@ -128,15 +129,11 @@ def test_marker_line_is_generated_from_the_signature():
 
 
 def test_parse_marker_turns_shorthands_into_specs_and_budgets():
-    check = parse_marker((), {"quantize": "int4", "prune": 0.8, "max_size": "2 MB"})
-    assert check.quantize == QuantSpec(bits=4)
-    assert check.prune == PruneSpec(amount=0.8)
-    assert check.budgets == Budgets(max_size=2_000_000)
-    assert (check.model, check.data, check.higher_is_better) == (
-        "compress_model",
-        "compress_data",
-        True,
-    )
+    request = parse_marker((), {"quantize": "int4", "prune": 0.8, "max_size": "2 MB"})
+    assert request.check.recipe == Recipe(QuantSpec(bits=4), PruneSpec(amount=0.8))
+    assert request.check.budgets == Budgets(max_size=2_000_000)
+    assert request.check.higher_is_better is True
+    assert (request.fixtures.model, request.fixtures.data) == ("compress_model", "compress_data")
 
 
 @pytest.mark.parametrize(
@@ -312,15 +309,18 @@ def test_invalid_baseline_names_the_file_and_the_problem(tmp_path, text, words):
 
 def test_baseline_compare_allows_the_tolerance_and_one_percent_of_size():
     stored = Baseline(Path("b.json"), {"t": {"compressed_metric": 0.9, "compressed_size": 1000}})
-    entry = {"compressed_metric": 0.895, "compressed_size": 1010, "higher_is_better": True}
-    assert all(check.ok for check in stored.compare("t", entry, 0.005))
-    worse = {"compressed_metric": 0.894, "compressed_size": 1011, "higher_is_better": True}
-    assert [check.ok for check in stored.compare("t", worse, 0.005)] == [False, False]
-    lower = {"compressed_metric": 0.905, "compressed_size": 1000, "higher_is_better": False}
-    assert stored.compare("t", lower, 0.005)[0].ok
-    lower_worse = {"compressed_metric": 0.906, "compressed_size": 1000, "higher_is_better": False}
-    assert not stored.compare("t", lower_worse, 0.005)[0].ok
-    assert stored.compare("other", entry, 0.005) is None
+
+    def result(metric: float, size: int, higher_is_better: bool = True) -> CompressionResult:
+        return make_result(
+            compressed_metric=metric, compressed_size=size, higher_is_better=higher_is_better
+        )
+
+    assert all(check.ok for check in stored.compare("t", result(0.895, 1010), 0.005))
+    worse = stored.compare("t", result(0.894, 1011), 0.005)
+    assert [check.ok for check in worse] == [False, False]
+    assert stored.compare("t", result(0.905, 1000, higher_is_better=False), 0.005)[0].ok
+    assert not stored.compare("t", result(0.906, 1000, higher_is_better=False), 0.005)[0].ok
+    assert stored.compare("other", result(0.895, 1010), 0.005) is None
 
 
 def test_stale_checks_are_those_the_run_should_have_produced():

@@ -28,37 +28,18 @@ from torch import nn
 from ..engine.specs import (
     PruneSpec,
     QuantSpec,
-    _patterns,
-    as_prune_spec,
-    as_quant_spec,
     describe_recipe,
 )
 from ..units import format_size
 from .sensitivity import literal_pattern, touched_layers
 from .trial import FLOOR_BUDGETS, Trial
 
-KEEP_FLOAT_AUTO = "auto"
-KEEP_FLOAT_FORMS = '"auto" or module-name patterns such as ["fc1", "features.*"]'
-
 TrialFn = Callable[[QuantSpec | None, PruneSpec | None], Trial]
 
 
-def check_keep_float(value: object) -> str | tuple[str, ...]:
-    """``"auto"`` or a tuple of patterns; ``ValueError`` naming ``keep_float`` otherwise."""
-    if isinstance(value, str) and value:
-        return KEEP_FLOAT_AUTO if value == KEEP_FLOAT_AUTO else (value,)
-    if (
-        isinstance(value, (list, tuple))
-        and value
-        and all(isinstance(pattern, str) and pattern for pattern in value)
-    ):
-        return tuple(value)
-    raise ValueError(f"keep_float must be {KEEP_FLOAT_FORMS}; got {value!r}")
-
-
 def keep_float_specs(
-    quantize: QuantSpec | str | None,
-    prune: PruneSpec | float | str | None,
+    quantize: QuantSpec | None,
+    prune: PruneSpec | None,
     patterns: Sequence[str],
     *,
     model: nn.Module | None = None,
@@ -68,9 +49,8 @@ def keep_float_specs(
     With ``model``, a spec that would then select no compressible layer is dropped
     (None), and keeping every layer float is a ``ValueError``: nothing would be compressed.
     """
-    kept = _patterns(tuple(patterns), "keep_float")
-    quant_spec = as_quant_spec(quantize)
-    prune_spec = as_prune_spec(prune)
+    kept = tuple(patterns)
+    quant_spec, prune_spec = quantize, prune
     if quant_spec is not None:
         quant_spec = replace(quant_spec, exclude=(*quant_spec.exclude, *kept))
     if prune_spec is not None:
@@ -94,8 +74,8 @@ def keep_float_auto(
     ranking: Sequence[str] | Any,
     trial: TrialFn,
     *,
-    quantize: QuantSpec | str | None = None,
-    prune: PruneSpec | float | str | None = None,
+    quantize: QuantSpec | None = None,
+    prune: PruneSpec | None = None,
     initial: Trial | None = None,
     max_layers: int | None = None,
     metric_name: str = "accuracy",
@@ -114,8 +94,7 @@ def keep_float_auto(
         isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1
     ):
         raise ValueError(f"max_layers must be an int >= 1 or None, got {max_layers!r}")
-    quant_spec = as_quant_spec(quantize)
-    prune_spec = as_prune_spec(prune)
+    quant_spec, prune_spec = quantize, prune
     compressed = {layer.name for layer in touched_layers(model, quant_spec, prune_spec)}
     unknown = [name for name in names if name not in compressed]
     if unknown:

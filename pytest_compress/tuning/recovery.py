@@ -46,7 +46,7 @@ from ..engine.batches import call_model, model_device, split_batch, to_device
 from ..engine.layers import compressible_layers
 from ..engine.record import get_record
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
-from ..units import format_drop, format_metric
+from ..metrics import MetricKind
 
 ON_UNZEROED = ("rezero", "raise")
 OPTIMIZERS = ("sgd", "adam")
@@ -54,26 +54,24 @@ OPTIMIZERS = ("sgd", "adam")
 RecoveryFn = Callable[[nn.Module, Any], nn.Module]
 
 
-def pruning_masks(model: nn.Module, prune: PruneSpec | float | str) -> dict[str, torch.Tensor]:
+def pruning_masks(model: nn.Module, prune: PruneSpec | None) -> dict[str, torch.Tensor]:
     """Per weight name, True where ``prune`` leaves the weight zero (exact: from the float model).
 
     Activation pruning has no weight mask; a spec that prunes no weights gives ``{}``.
     """
-    prune_spec = as_prune_spec(prune)
-    if prune_spec is None or not prune_spec.prunes_weights:
+    if prune is None or not prune.prunes_weights:
         return {}
-    pruned = prune_model(model, replace(prune_spec, activation_threshold=None))
-    return zero_masks(pruned, prune_spec)
+    pruned = prune_model(model, replace(prune, activation_threshold=None))
+    return zero_masks(pruned, prune)
 
 
-def zero_masks(model: nn.Module, prune: PruneSpec | float | str) -> dict[str, torch.Tensor]:
+def zero_masks(model: nn.Module, prune: PruneSpec | None) -> dict[str, torch.Tensor]:
     """Per weight name, True where a weight of a layer ``prune`` selects is exactly zero."""
-    prune_spec = as_prune_spec(prune)
-    if prune_spec is None or not prune_spec.prunes_weights:
+    if prune is None or not prune.prunes_weights:
         return {}
     return {
         layer.weight_name: layer.module.weight.detach() == 0
-        for layer in compressible_layers(model, prune_spec.include, prune_spec.exclude)
+        for layer in compressible_layers(model, prune.include, prune.exclude)
     }
 
 
@@ -155,6 +153,7 @@ def recover_compressed(
         raise ValueError(f"on_unzeroed must be one of {ON_UNZEROED}, got {on_unzeroed!r}")
     if evaluate is not None and not callable(evaluate):
         raise ValueError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+    # an exported function: shorthands are parsed here, where a user hands them in
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
     if quant_spec is None and get_record(compressed).quantized:
@@ -250,14 +249,14 @@ class RecoveryResult:
 
     def summary(self) -> str:
         """``recovery: accuracy 61.0% -> 96.5% (+35.5 pp)``, and any re-zeroing."""
-        percent = self.metric_name == "accuracy"
+        metric = MetricKind.named(self.metric_name)
         if self.metric_before is not None and self.metric_after is not None:
             change = self.metric_after - self.metric_before
             sign = "-" if change < 0 else "+"
             text = (
-                f"recovery: {self.metric_name} {format_metric(self.metric_before, percent)} -> "
-                f"{format_metric(self.metric_after, percent)} "
-                f"({sign}{format_drop(abs(change), percent)})"
+                f"recovery: {self.metric_name} {metric.value(self.metric_before)} -> "
+                f"{metric.value(self.metric_after)} "
+                f"({sign}{metric.difference(abs(change))})"
             )
         else:
             text = "recovery: applied"

@@ -31,7 +31,8 @@ from torch import nn
 from ..engine.apply import compress_model, copy_model, prune_model
 from ..engine.layers import Layer, compressible_layers, matches
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec, describe_recipe
-from ..units import format_drop, format_metric
+from ..metrics import MetricKind
+from ..tables import text_table
 
 DEFAULT_LIMIT = 20
 SHOWN_IN_MESSAGE = 3
@@ -86,6 +87,7 @@ def layer_sensitivity(
     ``model`` is never modified. At most ``limit`` evaluations (None: every layer).
     ``calibration_data`` is needed when ``quantize`` quantizes activations (``"w8a8"``).
     """
+    # an exported function: shorthands are parsed here, where a user hands them in
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
     if quant_spec is None and prune_spec is None:
@@ -196,7 +198,7 @@ class SensitivityResult:
         # Show the metric's own movement: accuracy falls (-2.1 pp), a loss rises (+0.05).
         change = -entry.drop if self.higher_is_better else entry.drop
         sign = "-" if change < 0 else "+"
-        return f"{sign}{format_drop(abs(change), self.metric_name == 'accuracy')}"
+        return f"{sign}{MetricKind.named(self.metric_name).difference(abs(change))}"
 
     def summary(self, top: int = SHOWN_IN_MESSAGE) -> str:
         """``most sensitive layers: fc1 (-2.1 pp alone), conv2 (-0.6 pp alone)``.
@@ -216,17 +218,13 @@ class SensitivityResult:
 
     def table(self) -> str:
         """Every measured layer, most harmful first: name, weights, metric, change."""
-        percent = self.metric_name == "accuracy"
-        rows = [("layer", "weights", self.metric_name, "change")]
-        rows.extend(
-            (e.layer, f"{e.parameters:,}", format_metric(e.metric, percent), self._change(e))
+        metric = MetricKind.named(self.metric_name)
+        header = ("layer", "weights", self.metric_name, "change")
+        rows = [
+            (e.layer, f"{e.parameters:,}", metric.value(e.metric), self._change(e))
             for e in self.layers
-        )
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        return "\n".join(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
-            for row in rows
-        )
+        ]
+        return "\n".join(text_table(header, rows))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: every measured layer (ranked) and the skipped ones."""
