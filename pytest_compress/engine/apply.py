@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import DataError, ModelError, SpecError
 from . import prune as masks
 from .activations import ActivationFakeQuantize, ActivationPrune
 from .batches import call_model, model_device, split_batch, to_device
@@ -26,13 +27,13 @@ from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model``, or a ``ValueError`` saying why it cannot be copied."""
+    """A deep copy of ``model``, or a ``ModelError`` saying why it cannot be copied."""
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     try:
         return copy.deepcopy(model)
     except Exception as error:  # any failure of a user's __deepcopy__ is reported the same way
-        raise ValueError(
+        raise ModelError(
             f"cannot copy the model with copy.deepcopy ({type(error).__name__}: {error}); "
             "pytest-compress compresses a copy so that your model is never modified"
         ) from error
@@ -81,7 +82,7 @@ def compress_model(
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
     if quant_spec is None and prune_spec is None:
-        raise ValueError(
+        raise SpecError(
             'compress_model needs quantize=... (e.g. "int8") and/or prune=... (e.g. 0.8)'
         )
     if quant_spec is not None:
@@ -96,13 +97,13 @@ def compress_model(
 
 def _required(spec: Any, argument: str) -> Any:
     if spec is None:
-        raise ValueError(f"{argument} must be given (a spec or a shorthand), got None")
+        raise SpecError(f"{argument} must be given (a spec or a shorthand), got None")
     return spec
 
 
 def _check_calibration(spec: QuantSpec, calibration_data: Iterable[Any] | None) -> None:
     if spec.quantizes_activations and calibration_data is None:
-        raise ValueError(
+        raise DataError(
             f"quantize={spec.describe()!r} quantizes activations, which needs "
             "calibration_data: batches of inputs (or (inputs, targets) pairs) to observe "
             "activation ranges on"
@@ -233,7 +234,7 @@ def _calibrate_activations(
         for module, training in was_training.items():
             module.training = training
     if batches == 0:
-        raise ValueError("calibration_data yielded no batches; activation ranges need data")
+        raise DataError("calibration_data yielded no batches; activation ranges need data")
     bits = spec.activation_bits
     assert bits is not None
     qmin, qmax = quant_range(bits, symmetric=False)
