@@ -24,6 +24,7 @@ from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
 from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+from .state import eval_mode
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -220,10 +221,8 @@ def _calibrate_activations(
     handles = [layer.module.register_forward_hook(observers[layer.name]) for layer in layers]
     device = model_device(model)
     batches = 0
-    was_training = {module: module.training for module in model.modules()}
     try:
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for batch in calibration_data:
                 inputs, _ = split_batch(batch, need_targets=False)
                 call_model(model, to_device(inputs, device))
@@ -231,8 +230,6 @@ def _calibrate_activations(
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in was_training.items():
-            module.training = training
     if batches == 0:
         raise DataError("calibration_data yielded no batches; activation ranges need data")
     bits = spec.activation_bits

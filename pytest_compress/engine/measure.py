@@ -14,6 +14,7 @@ from ..errors import CompressError, DataError, ModelError
 from .apply import copy_model
 from .batches import call_model, model_device, split_batch, to_device
 from .layers import compressible_layers
+from .state import eval_mode
 
 BatchMetric = Callable[[Any, Any], tuple[Any, Any]]
 
@@ -85,16 +86,10 @@ def evaluate(
     device = torch.device(device)
     if model_device(model) != device:
         model = copy_model(model).to(device)
-    flags = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.inference_mode():
-            if isinstance(metric, ModelMetric):
-                return float(metric(model, data))
-            return _batch_metric(model, data, metric or top1_accuracy, device)
-    finally:
-        for module, training in flags.items():
-            module.training = training
+    with eval_mode(model), torch.inference_mode():
+        if isinstance(metric, ModelMetric):
+            return float(metric(model, data))
+        return _batch_metric(model, data, metric or top1_accuracy, device)
 
 
 def _batch_metric(

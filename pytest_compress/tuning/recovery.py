@@ -46,6 +46,7 @@ from ..engine.batches import call_model, model_device, split_batch, to_device
 from ..engine.layers import compressible_layers
 from ..engine.record import get_record
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+from ..engine.state import preserved_modes, train_mode
 from ..units import format_drop, format_metric
 
 ON_UNZEROED = ("rezero", "raise")
@@ -169,10 +170,9 @@ def recover_compressed(
     before = float(evaluate(compressed)) if evaluate is not None else None
     work = copy_model(compressed)
     _strip_activation_quantization(work)
-    flags = {name: module.training for name, module in work.named_modules()}
-    recovered = _check_same_shape(work, recovery_fn(work, data))
-    for name, module in recovered.named_modules():
-        module.training = flags.get(name, module.training)
+    with preserved_modes(work) as modes:
+        recovered = _check_same_shape(work, recovery_fn(work, data))
+    modes.apply_by_name(recovered)  # also when recovery_fn returned another model
 
     unzeroed = {}
     with torch.no_grad():
@@ -330,22 +330,16 @@ class FineTune:
         else:
             optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         device = model_device(model)
-        flags = {module: module.training for module in model.modules()}
         cuda = [device.index or 0] if device.type == "cuda" else []
-        try:
-            model.train()
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(self.seed)
-                for _ in range(self.epochs):
-                    batches = 0
-                    for batch in data:
-                        self._step(model, optimizer, frozen, batch, device)
-                        batches += 1
-                    if batches == 0:
-                        raise ValueError("finetune: data yielded no batches")
-        finally:
-            for module, training in flags.items():
-                module.training = training
+        with train_mode(model), torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.seed)
+            for _ in range(self.epochs):
+                batches = 0
+                for batch in data:
+                    self._step(model, optimizer, frozen, batch, device)
+                    batches += 1
+                if batches == 0:
+                    raise ValueError("finetune: data yielded no batches")
         return model
 
     @staticmethod
