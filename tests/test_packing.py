@@ -24,6 +24,7 @@ from pytest_compress.engine.activations import (
     ActivationFakeQuantize,
     ActivationPrune,
     activation_hooks,
+    add_activation_hook,
 )
 from pytest_compress.engine.apply import compress_model
 from pytest_compress.engine.quant import dequantize, quantize
@@ -715,7 +716,7 @@ def test_a_saved_file_gets_the_usual_permissions(tmp_path: Path) -> None:
 
 def test_unsavable_models_raise_before_writing(tmp_path: Path) -> None:
     model = build_mlp()
-    model[0].register_forward_hook(ActivationFakeQuantize(float("nan"), 0, 8, 0, 255))
+    add_activation_hook(model[0], ActivationFakeQuantize(float("nan"), 0, 8, 0, 255))
     with pytest.raises(ModelError, match="cannot save"):
         save_compressed(model, tmp_path / "nan.ptcz")
 
@@ -734,6 +735,6 @@ def test_a_hand_made_record_round_trips(tmp_path: Path) -> None:
     with torch.no_grad():
         model.fc2.weight.copy_(dequantize(q))
     set_record(model, CompressionRecord({"fc2.weight": QuantParams.of(q)}))
-    model.conv2.register_forward_hook(ActivationPrune(0.1))
+    add_activation_hook(model.conv2, ActivationPrune(0.1))
     check_round_trip(model, lenet(), LENET_INPUT, tmp_path)
     assert entry(header(tmp_path / "first.ptcz"), "fc2.weight")["q"][:4] == [3, None, 0, 7]

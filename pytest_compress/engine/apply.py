@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import DataError, ModelError, SpecError
 from . import prune as masks
-from .activations import ActivationFakeQuantize, ActivationPrune
+from .activations import ActivationFakeQuantize, ActivationPrune, add_activation_hook
 from .batches import call_model, model_device, split_batch, to_device
 from .layers import Layer, compressible_layers, matches, require_layers
 from .observers import RangeObserver
@@ -124,7 +124,7 @@ def _prune_in_place(model: nn.Module, spec: PruneSpec) -> None:
                 weight.masked_fill_(~keep, 0.0)
     if spec.activation_threshold is not None:
         for layer in layers:
-            layer.module.register_forward_hook(ActivationPrune(spec.activation_threshold))
+            add_activation_hook(layer.module, ActivationPrune(spec.activation_threshold))
 
 
 def _keep_masks(layers: list[Layer], spec: PruneSpec) -> list[torch.Tensor]:
@@ -240,6 +240,6 @@ def _calibrate_activations(
         if not observer.observed:
             continue  # the layer did not run on the calibration data (or has no float output)
         scale, zero_point = observer.qparams(bits)
-        layer.module.register_forward_hook(
-            ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)
+        add_activation_hook(
+            layer.module, ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)
         )

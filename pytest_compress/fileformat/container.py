@@ -71,10 +71,11 @@ import torch
 from torch import nn
 
 from ..engine.activations import (
-    ACTIVATION_HOOKS,
     ActivationFakeQuantize,
     ActivationPrune,
     activation_hooks,
+    add_activation_hook,
+    remove_activation_hooks,
 )
 from ..engine.quant import QuantizedTensor, dequantize
 from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
@@ -776,14 +777,10 @@ def _check_model_ties(model: nn.Module, tensors: dict[str, torch.Tensor]) -> Non
 
 
 def _replace_activation_hooks(model: nn.Module, hooks: list) -> None:
-    for module in model.modules():
-        for hook_id, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, ACTIVATION_HOOKS):
-                del module._forward_hooks[hook_id]
-                for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
-                    getattr(module, extra, {}).pop(hook_id, None)
+    """The file's activation hooks in place of any the architecture model brought along."""
+    remove_activation_hooks(model)
     for name, hook in hooks:
-        model.get_submodule(name).register_forward_hook(hook)
+        add_activation_hook(model.get_submodule(name), hook)
 
 
 def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:

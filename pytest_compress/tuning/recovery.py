@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.activations import ActivationFakeQuantize
+from ..engine.activations import ActivationFakeQuantize, remove_activation_hooks
 from ..engine.apply import copy_model, prune_model, quantize_model
 from ..engine.batches import call_model, model_device, split_batch, to_device
 from ..engine.layers import compressible_layers
@@ -95,16 +95,6 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[st
             )
         checked[name] = mask
     return checked
-
-
-def _strip_activation_quantization(model: nn.Module) -> None:
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, ActivationFakeQuantize):
-                # What RemovableHandle.remove() does: the hook and its per-hook flags.
-                del module._forward_hooks[key]
-                module._forward_hooks_with_kwargs.pop(key, None)
-                module._forward_hooks_always_called.pop(key, None)
 
 
 def _check_same_shape(before: nn.Module, after: object) -> nn.Module:
@@ -169,7 +159,7 @@ def recover_compressed(
 
     before = float(evaluate(compressed)) if evaluate is not None else None
     work = copy_model(compressed)
-    _strip_activation_quantization(work)
+    remove_activation_hooks(work, (ActivationFakeQuantize,))  # pruning hooks stay
     with preserved_modes(work) as modes:
         recovered = _check_same_shape(work, recovery_fn(work, data))
     modes.apply_by_name(recovered)  # also when recovery_fn returned another model
