@@ -18,7 +18,7 @@ from pytest_compress.engine.apply import compress_model, prune_model, quantize_m
 from pytest_compress.engine.quant import fake_quantize, quantize
 from pytest_compress.engine.record import get_record
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
-from pytest_compress.errors import DataError, ModelError, SpecError
+from pytest_compress.errors import CalibrationError, DataError, ModelError, SpecError
 from tests.models import ConvTransposeModel, Net, TiedEmbeddingModel, mlp, seeded
 
 LENET_INPUT = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -452,3 +452,39 @@ def test_nan_weights_are_named_when_pruning_too() -> None:
     for spec in (PruneSpec(amount=0.5, scope="global"), PruneSpec(threshold=0.1), "2:4"):
         with pytest.raises(ModelError, match=r"conv2\.weight has 1 NaN or infinite value "):
             prune_model(model, spec)
+
+
+class SkipsALayer(nn.Module):
+    """A model whose forward never runs ``unused``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_a_layer_the_calibration_data_never_runs_is_an_error_not_a_silent_float() -> None:
+    model, data = seeded(SkipsALayer()), [torch.randn(3, 4)]
+    with pytest.raises(
+        CalibrationError,
+        match=r"layer 'unused' never ran on the calibration data\. Pass calibration_data that "
+        r"runs them, or leave them out with QuantSpec\(exclude=\['unused'\]\)",
+    ):
+        quantize_model(model, "w8a8", data)
+    with pytest.raises(CalibrationError, match=r"exclude=\['head\*', 'unused'\]"):
+        compress_model(
+            model, quantize=QuantSpec(activation_bits=8, exclude=("head*",)), calibration_data=data
+        )
+    compressed = quantize_model(model, QuantSpec(activation_bits=8, exclude=("unused",)), data)
+    assert [name for name, _ in activation_hooks(compressed)] == ["body", "head"]
+
+
+def test_a_layer_that_ran_without_output_values_is_named_too() -> None:
+    model = seeded(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2)))
+    empty = torch.zeros(0, dtype=torch.long)
+    with pytest.raises(CalibrationError, match=r"layers '0', '1' produced no floating-point"):
+        quantize_model(model, "w8a8", [empty])

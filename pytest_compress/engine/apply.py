@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DataError, ModelError, SpecError
+from ..errors import CalibrationError, DataError, ModelError, SpecError
 from . import prune as masks
 from .activations import ActivationFakeQuantize, ActivationPrune, add_activation_hook
 from .batches import call_model, model_device, split_batch, to_device
@@ -217,6 +217,22 @@ def _calibrate_activations(
     model: nn.Module, layers: list[Layer], spec: QuantSpec, calibration_data: Iterable[Any]
 ) -> None:
     """Observe each selected layer's output range on the data, then round it at run time."""
+    observers = _observe(model, layers, spec, calibration_data)
+    _require_observed(observers, spec)
+    bits = spec.activation_bits
+    assert bits is not None
+    qmin, qmax = quant_range(bits, symmetric=False)
+    for layer in layers:
+        scale, zero_point = observers[layer.name].qparams(bits)
+        add_activation_hook(
+            layer.module, ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)
+        )
+
+
+def _observe(
+    model: nn.Module, layers: list[Layer], spec: QuantSpec, calibration_data: Iterable[Any]
+) -> dict[str, RangeObserver]:
+    """Each layer's observer, after a pass over the calibration data in eval mode."""
     observers = {layer.name: RangeObserver(spec.observer, spec.percentile) for layer in layers}
     handles = [layer.module.register_forward_hook(observers[layer.name]) for layer in layers]
     device = model_device(model)
@@ -232,14 +248,34 @@ def _calibrate_activations(
             handle.remove()
     if batches == 0:
         raise DataError("calibration_data yielded no batches; activation ranges need data")
-    bits = spec.activation_bits
-    assert bits is not None
-    qmin, qmax = quant_range(bits, symmetric=False)
-    for layer in layers:
-        observer = observers[layer.name]
-        if not observer.observed:
-            continue  # the layer did not run on the calibration data (or has no float output)
-        scale, zero_point = observer.qparams(bits)
-        add_activation_hook(
-            layer.module, ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)
-        )
+    return observers
+
+
+def _require_observed(observers: dict[str, RangeObserver], spec: QuantSpec) -> None:
+    """``CalibrationError`` naming every layer whose output range the data did not show.
+
+    Skipping such a layer would leave its outputs in float while the recipe still says
+    they are quantized.
+    """
+    never_ran = [name for name, observer in observers.items() if observer.calls == 0]
+    no_values = [
+        name for name, observer in observers.items() if observer.calls and not observer.observed
+    ]
+    if not never_ran and not no_values:
+        return
+    problems = []
+    if never_ran:
+        problems.append(f"{_names(never_ran)} never ran on the calibration data")
+    if no_values:
+        problems.append(f"{_names(no_values)} produced no floating-point output values")
+    excluded = sorted({*spec.exclude, *never_ran, *no_values})
+    raise CalibrationError(
+        f"quantize={spec.describe()!r} cannot calibrate the activations of every selected "
+        f"layer: {'; '.join(problems)}. Pass calibration_data that runs them, or leave them "
+        f"out with QuantSpec(exclude={excluded!r}) (their weights then stay float too)"
+    )
+
+
+def _names(names: list[str]) -> str:
+    quoted = ", ".join(repr(name) for name in names)
+    return f"layer {quoted}" if len(names) == 1 else f"layers {quoted}"
