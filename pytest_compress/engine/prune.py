@@ -7,7 +7,7 @@ weight's shape on the weight's device; none modifies its input. They run under
 
 The rules, each vectorised over whole tensors:
 
-- ``threshold_mask``: the seed article's rule, ``|w| < alpha * max|w|`` is pruned.
+- ``threshold_mask``: magnitude threshold pruning, ``|w| < alpha * max|w|`` is pruned.
 - ``magnitude_mask`` / ``global_magnitude_masks``: exactly ``k = round(amount * numel)``
   of the smallest ``|w|`` are pruned (``k`` as ``torch.nn.utils.prune`` computes it), in
   one tensor or across several; ties at the cut go lowest flat index first.
@@ -44,7 +44,7 @@ __all__ = [
 
 @torch.no_grad()
 def threshold_mask(weight: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Keep-mask of the seed article's rule: prune every weight with ``|w| < alpha * max|w|``.
+    """Keep-mask of magnitude threshold pruning: prune every ``|w| < alpha * max|w|``.
 
     ``alpha`` is in [0, 1] and ``max|w|`` is taken over the whole tensor (one layer).
     The comparison is exact: ``alpha * max|w|`` is the float64 product, not rounded to

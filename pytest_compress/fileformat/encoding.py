@@ -1,4 +1,4 @@
-"""Bit packing and sparse index layouts: the byte-level encodings of ``packing.py``.
+"""Bit packing and sparse index layouts: the byte-level encodings of ``container.py``.
 
 ``pack_bits`` stores each value in exactly ``bits`` bits; a sparse tensor is stored as
 an index of its nonzero elements in one of three layouts (``LAYOUTS``), whichever is
