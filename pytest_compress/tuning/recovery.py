@@ -136,16 +136,7 @@ def recover_compressed(
     With ``evaluate(model) -> float`` the metric is measured before and after recovery.
     ``compressed`` is never modified.
     """
-    if not isinstance(compressed, nn.Module):
-        raise ValueError(f"compressed must be a torch.nn.Module, got {type(compressed).__name__}")
-    if not callable(recovery_fn):
-        raise ValueError(
-            f"recovery_fn must be a callable (model, data) -> model, got {recovery_fn!r}"
-        )
-    if on_unzeroed not in ON_UNZEROED:
-        raise ValueError(f"on_unzeroed must be one of {ON_UNZEROED}, got {on_unzeroed!r}")
-    if evaluate is not None and not callable(evaluate):
-        raise ValueError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+    _check_arguments(compressed, recovery_fn, on_unzeroed, evaluate)
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
     if quant_spec is None and get_record(compressed).quantized:
@@ -158,27 +149,8 @@ def recover_compressed(
     masks = _check_masks(compressed, masks)
 
     before = float(evaluate(compressed)) if evaluate is not None else None
-    work = copy_model(compressed)
-    remove_activation_hooks(work, (ActivationFakeQuantize,))  # pruning hooks stay
-    with preserved_modes(work) as modes:
-        recovered = _check_same_shape(work, recovery_fn(work, data))
-    modes.apply_by_name(recovered)  # also when recovery_fn returned another model
-
-    unzeroed = {}
-    with torch.no_grad():
-        for name, mask in masks.items():
-            param = recovered.get_parameter(name)
-            moved = int((param[mask.to(param.device)] != 0).sum())
-            if moved:
-                unzeroed[name] = moved
-            param.masked_fill_(mask.to(param.device), 0.0)
-    if unzeroed and on_unzeroed == "raise":
-        total = sum(unzeroed.values())
-        raise ValueError(
-            f"recovery_fn moved {total:,} pruned weights off zero ({_per_parameter(unzeroed)}); "
-            "keep pruned weights at zero (mask their gradients) or pass on_unzeroed='rezero'"
-        )
-
+    recovered = _run_recovery(compressed, recovery_fn, data)
+    unzeroed = _rezero(recovered, masks, on_unzeroed)
     final = recovered
     if quant_spec is not None:
         final = quantize_model(
@@ -200,6 +172,52 @@ def recover_compressed(
         metric_name=metric_name,
         higher_is_better=higher_is_better,
     )
+
+
+def _check_arguments(
+    compressed: object, recovery_fn: object, on_unzeroed: str, evaluate: object
+) -> None:
+    if not isinstance(compressed, nn.Module):
+        raise ValueError(f"compressed must be a torch.nn.Module, got {type(compressed).__name__}")
+    if not callable(recovery_fn):
+        raise ValueError(
+            f"recovery_fn must be a callable (model, data) -> model, got {recovery_fn!r}"
+        )
+    if on_unzeroed not in ON_UNZEROED:
+        raise ValueError(f"on_unzeroed must be one of {ON_UNZEROED}, got {on_unzeroed!r}")
+    if evaluate is not None and not callable(evaluate):
+        raise ValueError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+
+
+def _run_recovery(compressed: nn.Module, recovery_fn: RecoveryFn, data: Any) -> nn.Module:
+    """``recovery_fn`` on a copy without rounding hooks; every module keeps its train/eval flag."""
+    work = copy_model(compressed)
+    remove_activation_hooks(work, (ActivationFakeQuantize,))  # pruning hooks stay
+    with preserved_modes(work) as modes:
+        recovered = _check_same_shape(work, recovery_fn(work, data))
+    modes.apply_by_name(recovered)  # also when recovery_fn returned another model
+    return recovered
+
+
+def _rezero(
+    recovered: nn.Module, masks: Mapping[str, torch.Tensor], on_unzeroed: str
+) -> dict[str, int]:
+    """Set every pruned weight back to zero; per parameter, how many had moved off it."""
+    unzeroed = {}
+    with torch.no_grad():
+        for name, mask in masks.items():
+            param = recovered.get_parameter(name)
+            moved = int((param[mask.to(param.device)] != 0).sum())
+            if moved:
+                unzeroed[name] = moved
+            param.masked_fill_(mask.to(param.device), 0.0)
+    if unzeroed and on_unzeroed == "raise":
+        total = sum(unzeroed.values())
+        raise ValueError(
+            f"recovery_fn moved {total:,} pruned weights off zero ({_per_parameter(unzeroed)}); "
+            "keep pruned weights at zero (mask their gradients) or pass on_unzeroed='rezero'"
+        )
+    return unzeroed
 
 
 def _per_parameter(counts: Mapping[str, int]) -> str:
