@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..errors import ModelError
+
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
@@ -71,13 +73,13 @@ def compressible_layers(
 
 
 def require_layers(layers: list[Layer], include: Sequence[str], exclude: Sequence[str]) -> None:
-    """Raise ``ValueError`` when nothing is left to compress."""
+    """Raise ``ModelError`` when nothing is left to compress."""
     if layers:
         return
     selection = ""
     if include or exclude:
         selection = f" matching include={list(include)} exclude={list(exclude)}"
-    raise ValueError(
+    raise ModelError(
         f"the model has no compressible layer{selection}; compressible layers are "
         f"{COMPRESSIBLE_NAMES}"
     )

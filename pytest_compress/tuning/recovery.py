@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.activations import ActivationFakeQuantize
+from ..engine.activations import ActivationFakeQuantize, remove_activation_hooks
 from ..engine.apply import copy_model, prune_model, quantize_model
 from ..engine.batches import call_model, model_device, split_batch, to_device
 from ..engine.layers import compressible_layers
 from ..engine.record import get_record
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+from ..engine.state import preserved_modes, train_mode
 from ..metrics import MetricKind
 
 ON_UNZEROED = ("rezero", "raise")
@@ -94,16 +95,6 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[st
     return checked
 
 
-def _strip_activation_quantization(model: nn.Module) -> None:
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, ActivationFakeQuantize):
-                # What RemovableHandle.remove() does: the hook and its per-hook flags.
-                del module._forward_hooks[key]
-                module._forward_hooks_with_kwargs.pop(key, None)
-                module._forward_hooks_always_called.pop(key, None)
-
-
 def _check_same_shape(before: nn.Module, after: object) -> nn.Module:
     if not isinstance(after, nn.Module):
         raise ValueError(
@@ -143,16 +134,7 @@ def recover_compressed(
     With ``evaluate(model) -> float`` the metric is measured before and after recovery.
     ``compressed`` is never modified.
     """
-    if not isinstance(compressed, nn.Module):
-        raise ValueError(f"compressed must be a torch.nn.Module, got {type(compressed).__name__}")
-    if not callable(recovery_fn):
-        raise ValueError(
-            f"recovery_fn must be a callable (model, data) -> model, got {recovery_fn!r}"
-        )
-    if on_unzeroed not in ON_UNZEROED:
-        raise ValueError(f"on_unzeroed must be one of {ON_UNZEROED}, got {on_unzeroed!r}")
-    if evaluate is not None and not callable(evaluate):
-        raise ValueError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+    _check_arguments(compressed, recovery_fn, on_unzeroed, evaluate)
     # an exported function: shorthands are parsed here, where a user hands them in
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
@@ -166,28 +148,8 @@ def recover_compressed(
     masks = _check_masks(compressed, masks)
 
     before = float(evaluate(compressed)) if evaluate is not None else None
-    work = copy_model(compressed)
-    _strip_activation_quantization(work)
-    flags = {name: module.training for name, module in work.named_modules()}
-    recovered = _check_same_shape(work, recovery_fn(work, data))
-    for name, module in recovered.named_modules():
-        module.training = flags.get(name, module.training)
-
-    unzeroed = {}
-    with torch.no_grad():
-        for name, mask in masks.items():
-            param = recovered.get_parameter(name)
-            moved = int((param[mask.to(param.device)] != 0).sum())
-            if moved:
-                unzeroed[name] = moved
-            param.masked_fill_(mask.to(param.device), 0.0)
-    if unzeroed and on_unzeroed == "raise":
-        total = sum(unzeroed.values())
-        raise ValueError(
-            f"recovery_fn moved {total:,} pruned weights off zero ({_per_parameter(unzeroed)}); "
-            "keep pruned weights at zero (mask their gradients) or pass on_unzeroed='rezero'"
-        )
-
+    recovered = _run_recovery(compressed, recovery_fn, data)
+    unzeroed = _rezero(recovered, masks, on_unzeroed)
     final = recovered
     if quant_spec is not None:
         final = quantize_model(
@@ -209,6 +171,52 @@ def recover_compressed(
         metric_name=metric_name,
         higher_is_better=higher_is_better,
     )
+
+
+def _check_arguments(
+    compressed: object, recovery_fn: object, on_unzeroed: str, evaluate: object
+) -> None:
+    if not isinstance(compressed, nn.Module):
+        raise ValueError(f"compressed must be a torch.nn.Module, got {type(compressed).__name__}")
+    if not callable(recovery_fn):
+        raise ValueError(
+            f"recovery_fn must be a callable (model, data) -> model, got {recovery_fn!r}"
+        )
+    if on_unzeroed not in ON_UNZEROED:
+        raise ValueError(f"on_unzeroed must be one of {ON_UNZEROED}, got {on_unzeroed!r}")
+    if evaluate is not None and not callable(evaluate):
+        raise ValueError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+
+
+def _run_recovery(compressed: nn.Module, recovery_fn: RecoveryFn, data: Any) -> nn.Module:
+    """``recovery_fn`` on a copy without rounding hooks; every module keeps its train/eval flag."""
+    work = copy_model(compressed)
+    remove_activation_hooks(work, (ActivationFakeQuantize,))  # pruning hooks stay
+    with preserved_modes(work) as modes:
+        recovered = _check_same_shape(work, recovery_fn(work, data))
+    modes.apply_by_name(recovered)  # also when recovery_fn returned another model
+    return recovered
+
+
+def _rezero(
+    recovered: nn.Module, masks: Mapping[str, torch.Tensor], on_unzeroed: str
+) -> dict[str, int]:
+    """Set every pruned weight back to zero; per parameter, how many had moved off it."""
+    unzeroed = {}
+    with torch.no_grad():
+        for name, mask in masks.items():
+            param = recovered.get_parameter(name)
+            moved = int((param[mask.to(param.device)] != 0).sum())
+            if moved:
+                unzeroed[name] = moved
+            param.masked_fill_(mask.to(param.device), 0.0)
+    if unzeroed and on_unzeroed == "raise":
+        total = sum(unzeroed.values())
+        raise ValueError(
+            f"recovery_fn moved {total:,} pruned weights off zero ({_per_parameter(unzeroed)}); "
+            "keep pruned weights at zero (mask their gradients) or pass on_unzeroed='rezero'"
+        )
+    return unzeroed
 
 
 def _per_parameter(counts: Mapping[str, int]) -> str:
@@ -329,22 +337,16 @@ class FineTune:
         else:
             optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         device = model_device(model)
-        flags = {module: module.training for module in model.modules()}
         cuda = [device.index or 0] if device.type == "cuda" else []
-        try:
-            model.train()
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(self.seed)
-                for _ in range(self.epochs):
-                    batches = 0
-                    for batch in data:
-                        self._step(model, optimizer, frozen, batch, device)
-                        batches += 1
-                    if batches == 0:
-                        raise ValueError("finetune: data yielded no batches")
-        finally:
-            for module, training in flags.items():
-                module.training = training
+        with train_mode(model), torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.seed)
+            for _ in range(self.epochs):
+                batches = 0
+                for batch in data:
+                    self._step(model, optimizer, frozen, batch, device)
+                    batches += 1
+                if batches == 0:
+                    raise ValueError("finetune: data yielded no batches")
         return model
 
     @staticmethod
