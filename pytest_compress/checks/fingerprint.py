@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import __version__
+from ..engine.measure import ModelMetric
+
 DIGEST_BYTES = 16
 _MAX_DEPTH = 12
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
@@ -236,8 +239,6 @@ def model_fingerprint(model: nn.Module) -> str:
 
 def metric_fingerprint(metric: Any) -> str:
     """The digest of a metric: None (top-1 accuracy), a batch or a whole-model metric."""
-    from ..engine.measure import ModelMetric
-
     hasher = Hasher()
     if metric is None:
         hasher.text("top-1 accuracy")
@@ -290,8 +291,6 @@ def environment_fingerprint() -> str:
     The source is hashed too, so an editable install whose code changed (version
     unchanged) does not reuse numbers measured by the old code.
     """
-    from .. import __version__
-
     hasher = Hasher()
     hasher.text(f"python {sys.version_info[:3]} torch {torch.__version__} plugin {__version__}")
     package = Path(__file__).parent.parent

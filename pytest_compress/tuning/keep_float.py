@@ -32,7 +32,7 @@ from ..engine.specs import (
 )
 from ..units import format_size
 from .sensitivity import literal_pattern, touched_layers
-from .trial import FLOOR_BUDGETS, Trial
+from .trial import FLOOR_BUDGETS, Trial, checked_trial
 
 TrialFn = Callable[[QuantSpec | None, PruneSpec | None], Trial]
 
@@ -69,6 +69,31 @@ def keep_float_specs(
     return quant_spec, prune_spec
 
 
+def _check_ranking(
+    model: nn.Module,
+    names: tuple[Any, ...],
+    ranking: object,
+    max_layers: object,
+    quantize: QuantSpec | None,
+    prune: PruneSpec | None,
+) -> set[str]:
+    """The names of the layers the recipe compresses; ``ValueError`` for a bad ranking or cap."""
+    if any(not isinstance(name, str) for name in names):
+        raise ValueError(f"ranking must be a SensitivityResult or layer names, got {ranking!r}")
+    if max_layers is not None and (
+        isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1
+    ):
+        raise ValueError(f"max_layers must be an int >= 1 or None, got {max_layers!r}")
+    compressed = {layer.name for layer in touched_layers(model, quantize, prune)}
+    unknown = [name for name in names if name not in compressed]
+    if unknown:
+        raise ValueError(
+            f"ranking names layers the recipe does not compress: {unknown}; "
+            f"compressed layers are {sorted(compressed)}"
+        )
+    return compressed
+
+
 def keep_float_auto(
     model: nn.Module,
     ranking: Sequence[str] | Any,
@@ -88,29 +113,11 @@ def keep_float_auto(
     ranking's length).
     """
     names = tuple(getattr(ranking, "ranked", ranking))
-    if any(not isinstance(name, str) for name in names):
-        raise ValueError(f"ranking must be a SensitivityResult or layer names, got {ranking!r}")
-    if max_layers is not None and (
-        isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1
-    ):
-        raise ValueError(f"max_layers must be an int >= 1 or None, got {max_layers!r}")
     quant_spec, prune_spec = quantize, prune
-    compressed = {layer.name for layer in touched_layers(model, quant_spec, prune_spec)}
-    unknown = [name for name in names if name not in compressed]
-    if unknown:
-        raise ValueError(
-            f"ranking names layers the recipe does not compress: {unknown}; "
-            f"compressed layers are {sorted(compressed)}"
-        )
+    compressed = _check_ranking(model, names, ranking, max_layers, quant_spec, prune_spec)
 
     def run(q: QuantSpec | None, p: PruneSpec | None, setting: Any) -> Trial:
-        outcome = trial(q, p)
-        if not isinstance(outcome, Trial):
-            raise TypeError(
-                f"the trial callback must return a pytest_compress.tuning.trial.Trial, "
-                f"got {type(outcome).__name__}"
-            )
-        return replace(outcome, setting=setting)
+        return checked_trial(trial(q, p), setting)
 
     trail: list[Trial] = []
     if initial is None:

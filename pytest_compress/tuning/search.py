@@ -36,7 +36,7 @@ from ..metrics import MetricKind
 from ..tables import text_table
 from ..units import format_size
 from .grids import GRIDS, MAX_EVALUATIONS, check_kind, check_search, format_setting, setting_phrase
-from .trial import Trial
+from .trial import Trial, checked_trial
 
 TrialFn = Callable[[QuantSpec | None, PruneSpec | None], Trial]
 
@@ -98,13 +98,7 @@ def search(
     def evaluate(index: int) -> Trial:
         setting = grid[index]
         q, p = recipe_at(kind, setting, quantize=quant_spec, prune=prune_spec, exclude=patterns)
-        outcome = trial(q, p)
-        if not isinstance(outcome, Trial):
-            raise TypeError(
-                f"the trial callback must return a pytest_compress.tuning.trial.Trial, "
-                f"got {type(outcome).__name__}"
-            )
-        outcome = replace(outcome, setting=setting)
+        outcome = checked_trial(trial(q, p), setting)
         trail.append(outcome)
         return outcome
 

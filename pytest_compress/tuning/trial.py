@@ -19,7 +19,7 @@ More compression can only cure a floor violation and only cause a damage violati
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..budgets import BUDGETS, BudgetCheck
@@ -103,6 +103,16 @@ class Trial:
             setting=setting,
             result=result,
         )
+
+
+def checked_trial(outcome: object, setting: Any) -> Trial:
+    """A trial callback's ``outcome`` with ``setting`` filled in; ``TypeError`` for a non-Trial."""
+    if not isinstance(outcome, Trial):
+        raise TypeError(
+            "the trial callback must return a pytest_compress.tuning.trial.Trial, "
+            f"got {type(outcome).__name__}"
+        )
+    return replace(outcome, setting=setting)
 
 
 def describe_violation(check: BudgetCheck, metric: MetricKind | None = None) -> str:
