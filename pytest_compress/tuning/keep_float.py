@@ -30,6 +30,7 @@ from ..engine.specs import (
     QuantSpec,
     describe_recipe,
 )
+from ..errors import SpecError
 from ..units import format_size
 from .sensitivity import literal_pattern, touched_layers
 from .trial import FLOOR_BUDGETS, Trial, checked_trial
@@ -62,7 +63,7 @@ def keep_float_specs(
     if prune_spec is not None and not touched_layers(model, None, prune_spec):
         prune_spec = None
     if quant_spec is None and prune_spec is None:
-        raise ValueError(
+        raise SpecError(
             f"keep_float={list(kept)} keeps every compressed layer float: nothing is left "
             "to compress"
         )
@@ -79,15 +80,15 @@ def _check_ranking(
 ) -> set[str]:
     """The names of the layers the recipe compresses; ``ValueError`` for a bad ranking or cap."""
     if any(not isinstance(name, str) for name in names):
-        raise ValueError(f"ranking must be a SensitivityResult or layer names, got {ranking!r}")
+        raise SpecError(f"ranking must be a SensitivityResult or layer names, got {ranking!r}")
     if max_layers is not None and (
         isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1
     ):
-        raise ValueError(f"max_layers must be an int >= 1 or None, got {max_layers!r}")
+        raise SpecError(f"max_layers must be an int >= 1 or None, got {max_layers!r}")
     compressed = {layer.name for layer in touched_layers(model, quantize, prune)}
     unknown = [name for name in names if name not in compressed]
     if unknown:
-        raise ValueError(
+        raise SpecError(
             f"ranking names layers the recipe does not compress: {unknown}; "
             f"compressed layers are {sorted(compressed)}"
         )

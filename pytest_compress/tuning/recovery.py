@@ -47,6 +47,7 @@ from ..engine.layers import compressible_layers
 from ..engine.record import get_record
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
 from ..engine.state import preserved_modes, train_mode
+from ..errors import DataError, ModelError, SpecError
 from ..metrics import MetricKind
 
 ON_UNZEROED = ("rezero", "raise")
@@ -81,13 +82,13 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[st
     checked = {}
     for name, mask in masks.items():
         if name not in params:
-            raise ValueError(
+            raise SpecError(
                 f"masks names {name!r}, which is not a parameter of the compressed model"
             )
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise ValueError(f"masks[{name!r}] must be a bool tensor (True = pruned)")
+            raise SpecError(f"masks[{name!r}] must be a bool tensor (True = pruned)")
         if mask.shape != params[name].shape:
-            raise ValueError(
+            raise SpecError(
                 f"masks[{name!r}] has shape {tuple(mask.shape)}, the parameter "
                 f"{tuple(params[name].shape)}"
             )
@@ -97,7 +98,7 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[st
 
 def _check_same_shape(before: nn.Module, after: object) -> nn.Module:
     if not isinstance(after, nn.Module):
-        raise ValueError(
+        raise ModelError(
             f"recovery_fn must return the recovered model (a torch.nn.Module), "
             f"got {type(after).__name__}"
         )
@@ -105,7 +106,7 @@ def _check_same_shape(before: nn.Module, after: object) -> nn.Module:
     new = {key: tuple(value.shape) for key, value in after.state_dict().items()}
     if old != new:
         changed = sorted(set(old) ^ set(new)) or sorted(k for k in old if old[k] != new[k])
-        raise ValueError(
+        raise ModelError(
             "recovery_fn must return a model with the compressed model's parameters and "
             f"shapes; these differ: {changed[:5]}"
         )
@@ -139,7 +140,7 @@ def recover_compressed(
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
     if quant_spec is None and get_record(compressed).quantized:
-        raise ValueError(
+        raise SpecError(
             "quantize must be given: the compressed model is quantized, and recovery "
             "re-quantizes it with the same spec after recovery_fn"
         )
@@ -177,15 +178,15 @@ def _check_arguments(
     compressed: object, recovery_fn: object, on_unzeroed: str, evaluate: object
 ) -> None:
     if not isinstance(compressed, nn.Module):
-        raise ValueError(f"compressed must be a torch.nn.Module, got {type(compressed).__name__}")
+        raise SpecError(f"compressed must be a torch.nn.Module, got {type(compressed).__name__}")
     if not callable(recovery_fn):
-        raise ValueError(
+        raise SpecError(
             f"recovery_fn must be a callable (model, data) -> model, got {recovery_fn!r}"
         )
     if on_unzeroed not in ON_UNZEROED:
-        raise ValueError(f"on_unzeroed must be one of {ON_UNZEROED}, got {on_unzeroed!r}")
+        raise SpecError(f"on_unzeroed must be one of {ON_UNZEROED}, got {on_unzeroed!r}")
     if evaluate is not None and not callable(evaluate):
-        raise ValueError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+        raise SpecError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
 
 
 def _run_recovery(compressed: nn.Module, recovery_fn: RecoveryFn, data: Any) -> nn.Module:
@@ -212,7 +213,7 @@ def _rezero(
             param.masked_fill_(mask.to(param.device), 0.0)
     if unzeroed and on_unzeroed == "raise":
         total = sum(unzeroed.values())
-        raise ValueError(
+        raise ModelError(
             f"recovery_fn moved {total:,} pruned weights off zero ({_per_parameter(unzeroed)}); "
             "keep pruned weights at zero (mask their gradients) or pass on_unzeroed='rezero'"
         )
@@ -306,7 +307,7 @@ class FineTune:
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
+            raise SpecError(f"epochs must be an int >= 1, got {self.epochs!r}")
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
             low_ok = value > 0 if name == "lr" else value >= 0
@@ -316,11 +317,11 @@ class FineTune:
                 or not (math.isfinite(value) and low_ok)
             ):
                 bound = "> 0" if name == "lr" else ">= 0"
-                raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+                raise SpecError(f"{name} must be a finite number {bound}, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise SpecError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+            raise SpecError(f"seed must be an int, got {self.seed!r}")
 
     def __call__(self, model: nn.Module, data: Iterable[Any]) -> nn.Module:
         frozen = {
@@ -329,7 +330,7 @@ class FineTune:
         }
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("finetune: the model has no parameter with requires_grad=True")
+            raise ModelError("finetune: the model has no parameter with requires_grad=True")
         if self.optimizer == "sgd":
             optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
@@ -346,7 +347,7 @@ class FineTune:
                     self._step(model, optimizer, frozen, batch, device)
                     batches += 1
                 if batches == 0:
-                    raise ValueError("finetune: data yielded no batches")
+                    raise DataError("finetune: data yielded no batches")
         return model
 
     @staticmethod

@@ -31,6 +31,7 @@ from torch import nn
 from ..engine.apply import compress_model, copy_model, prune_model
 from ..engine.layers import Layer, compressible_layers, matches
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec, describe_recipe
+from ..errors import SpecError
 from ..metrics import MetricKind
 from ..tables import text_table
 
@@ -62,9 +63,7 @@ def _check_limit(limit: object) -> int | None:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(
-            f"limit must be an int >= 1 (layers measured) or None (all), got {limit!r}"
-        )
+        raise SpecError(f"limit must be an int >= 1 (layers measured) or None (all), got {limit!r}")
     return limit
 
 
@@ -91,9 +90,9 @@ def layer_sensitivity(
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
     if quant_spec is None and prune_spec is None:
-        raise ValueError("layer_sensitivity needs quantize=... and/or prune=...: a recipe to blame")
+        raise SpecError("layer_sensitivity needs quantize=... and/or prune=...: a recipe to blame")
     if not callable(evaluate):
-        raise ValueError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+        raise SpecError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
     cap = _check_limit(limit)
     layers = touched_layers(model, quant_spec, prune_spec)
     # Largest first; sorted() is stable, so equal sizes keep model order.
