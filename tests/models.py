@@ -1,4 +1,5 @@
-"""Small models the tests share: the seed article's LeNet, an MLP, and odd shapes."""
+"""Small models the tests share: the LeNet-5-style CNN of the classic PyTorch CIFAR-10
+tutorial, an MLP, and odd shapes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from torch import nn
 
 
 class Net(nn.Module):
-    """The seed article's LeNet for 3x32x32 images."""
+    """The LeNet-5-style CNN of the classic PyTorch CIFAR-10 tutorial for 3x32x32 images."""
 
     def __init__(self) -> None:
         super().__init__()

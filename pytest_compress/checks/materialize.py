@@ -107,7 +107,7 @@ def tensor_bytes(value: Any) -> int:
 
 
 def require_reiterable(data: Any, what: str) -> None:
-    """``ValueError`` for an iterator: it can be read only once, and every check reads it.
+    """``DataError`` for an iterator: it can be read only once, and every check reads it.
 
     Checked by type, not by calling ``iter``: a DataLoader's ``iter`` starts its workers.
     """

@@ -1,6 +1,6 @@
 """``CompressionResult``: what one compression check measured, its verdict, and its text.
 
-``explain()`` renders the message a failing test shows (the format of DESIGN.md): the
+``explain()`` renders the message a failing test shows: the
 recipe in words, then one line per measurement with its budget, each line either
 ending in ``ok`` or stating both the value and the limit it broke.
 """

@@ -7,7 +7,7 @@ least to most compression:
 
 - ``"sparsity"``: global magnitude pruning, ``PruneSpec(amount=a, scope="global")``,
   ``a`` in 0.01, 0.02, ..., 0.99 (99 settings: at most 7 evaluations).
-- ``"threshold"``: the seed article's per-layer rule ``|w| < alpha * max|w|``,
+- ``"threshold"``: magnitude threshold pruning's per-layer rule ``|w| < alpha * max|w|``,
   ``PruneSpec(threshold=alpha)``, alpha on a log scale from 1e-4 to 1 with 63 steps per
   decade (253 settings, neighbours a factor ``10**(1/63)`` = 1.037 apart, i.e. a
   resolution of 3.7 % of alpha; each rounded to 3 significant digits so reports and
