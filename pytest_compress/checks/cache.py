@@ -165,3 +165,39 @@ def _read(value: Any, kind: type[T]) -> T | None:
             for f in fields(kind)
         }
     )  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CheckStore:
+    """One check's entries in a ``ResultCache``: its float reference and its own numbers."""
+
+    cache: ResultCache
+    keys: CheckKeys
+
+    def reference(self) -> ReferenceEntry | None:
+        return self.cache.reference(self.keys.reference)
+
+    def put_reference(self, entry: ReferenceEntry) -> None:
+        self.cache.put_reference(self.keys.reference, entry)
+
+    def check(self) -> CheckEntry | None:
+        return self.cache.check(self.keys.check)
+
+    def put_check(self, entry: CheckEntry) -> None:
+        self.cache.put_check(self.keys.check, entry)
+
+
+class NoStore:
+    """A check that is not cached: nothing is found, nothing is kept."""
+
+    def reference(self) -> ReferenceEntry | None:
+        return None
+
+    def put_reference(self, entry: ReferenceEntry) -> None:
+        pass
+
+    def check(self) -> CheckEntry | None:
+        return None
+
+    def put_check(self, entry: CheckEntry) -> None:
+        pass

@@ -42,7 +42,13 @@ _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
 # forward hooks) or cannot change an output (backward and state_dict hooks, the flag
 # that evaluation overrides anyway).
 _MODULE_BASICS = frozenset(vars(nn.Module()))
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
+# A user's forward hooks change outputs, and torch has no public way to list them: these
+# dicts (and the flags that change how a hook is called) are read, never written. The
+# engine's own activation hooks are also recorded in the module's __dict__.
+_HOOK_DICTS = (
+    ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", None),
+    ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"),
+)
 _class_digests: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
 
 
@@ -197,9 +203,13 @@ class Hasher:
                     self.text("None")
                 else:
                     self.tensor(tensor)
-            for key in _HOOK_DICTS:
-                # the dict keys are handle ids, which differ between sessions
-                self.value(list(getattr(module, key).values()))
+            for hooks, with_kwargs, always in _HOOK_DICTS:
+                # the dict keys are handle ids, which differ between sessions: hash the
+                # hooks in order, each with how it is called
+                flags = [getattr(module, name, {}) for name in (with_kwargs, always) if name]
+                for hook_id, hook in getattr(module, hooks).items():
+                    self.value(hook)
+                    self.value([hook_id in flag for flag in flags])
             settings = {k: v for k, v in vars(module).items() if k not in _MODULE_BASICS}
             self.value(dict(sorted(settings.items())))
 

@@ -99,9 +99,9 @@ class CheckInputs:
     model_label: str
     data_label: str
     metric: Any = None
-    metric_label: str = "compress_metric"
+    metric_label: str = "metric"
     calibration: Any = None
-    calibration_label: str = "compress_calibration_data"
+    calibration_label: str = "calibration data"
     recovery: Recovery | None = None
 
 

@@ -41,7 +41,7 @@ from ..tuning.recovery import RecoveryResult, pruning_masks, recover_compressed
 from ..tuning.search import search
 from ..tuning.sensitivity import DEFAULT_LIMIT, SensitivityResult, layer_sensitivity
 from ..tuning.trial import Trial
-from .cache import CheckEntry, CheckKeys, IdentityMemo, ReferenceEntry, ResultCache
+from .cache import CheckEntry, CheckStore, IdentityMemo, NoStore, ReferenceEntry, ResultCache
 from .inputs import PreparedInputs
 from .materialize import EvaluationData, resolve_device
 from .request import Check, CheckInputs, Recipe
@@ -71,10 +71,10 @@ class CheckRunner:
     def __init__(
         self,
         *,
-        device: str = "cpu",
-        cache_mb: float = 1024.0,
-        sensitivity_limit: int | None = DEFAULT_LIMIT,
-        results: ResultCache | None = None,
+        device: str,
+        cache_mb: float,
+        sensitivity_limit: int | None,
+        results: ResultCache | None,
         notes: dict[str, str] | None = None,
     ) -> None:
         self.device = device
@@ -231,18 +231,15 @@ class _CheckRun:
     def one(self, check: Check) -> CompressionResult:
         """Compress, measure and judge ``check``'s recipe (or serve it from the cache)."""
         started = time.perf_counter()
-        keys = self.keys(check)
-        results = self.runner.results
-        if results is not None and keys is not None:
-            stored = results.check(keys.check)
-            if stored is not None:
-                timings = {"total": time.perf_counter() - started}
-                return self.verdict(check, stored, timings, cached=True)
-        reference, remembered = self.reference(keys)
+        store = self.store(check)
+        stored = store.check()
+        if stored is not None:
+            timings = {"total": time.perf_counter() - started}
+            return self.verdict(check, stored, timings, cached=True)
+        reference, remembered = self.reference(store)
         measured, timings, recovered = self.measure_compressed(check.recipe)
         entry = CheckEntry(reference.metric, reference.size, *measured)
-        if results is not None and keys is not None:
-            results.put_check(keys.check, entry)
+        store.put_check(entry)
         timings = {
             "float_evaluate": 0.0 if remembered else reference.seconds,
             **timings,
@@ -251,39 +248,39 @@ class _CheckRun:
         result = self.verdict(check, entry, timings, cached=False)
         return result if recovered is None else dataclasses.replace(result, recovery=recovered)
 
-    def keys(self, check: Check) -> CheckKeys | None:
-        """The persistent keys; None without a cache, or for a recovered check, whose numbers
-        depend on the recovery and its data too, which no fingerprint covers."""
-        if self.runner.results is None or self.inputs.recovery is not None:
-            return None
-        return self.runner.inputs.keys(
+    def store(self, check: Check) -> CheckStore | NoStore:
+        """Where the check's numbers are kept across sessions: nowhere without a cache, for a
+        recovered check (its numbers depend on the recovery and its data too, which no
+        fingerprint covers), or when something it depends on cannot be fingerprinted."""
+        results = self.runner.results
+        if results is None or self.inputs.recovery is not None:
+            return NoStore()
+        keys = self.runner.inputs.keys(
             check.recipe,
             model=(self.inputs.model_label, self.inputs.model),
             data=self.evaluation,
             metric=(self.inputs.metric_label, self.inputs.metric),
             calibration=self.calibration,
         )
+        return NoStore() if keys is None else CheckStore(results, keys)
 
-    def reference(self, keys: CheckKeys | None) -> tuple[Reference, bool]:
+    def reference(self, store: CheckStore | NoStore) -> tuple[Reference, bool]:
         """The float model's measurements, and whether this session had them already."""
         inputs = self.inputs
         metric_label = None if inputs.metric is None else inputs.metric_label
         key = ((inputs.model_label, inputs.data_label, metric_label), self.runner.device)
         objects = (inputs.model, self.batches, inputs.metric)
-        return self.runner.references.get(key, objects, lambda: self.measure_float(keys))
+        return self.runner.references.get(key, objects, lambda: self.measure_float(store))
 
-    def measure_float(self, keys: CheckKeys | None) -> Reference:
+    def measure_float(self, store: CheckStore | NoStore) -> Reference:
         """From the persistent cache, else measured (and stored)."""
-        results = self.runner.results
-        if results is not None and keys is not None:
-            stored = results.reference(keys.reference)
-            if stored is not None:
-                return Reference(stored.metric, stored.size, 0.0)
+        stored = store.reference()
+        if stored is not None:
+            return Reference(stored.metric, stored.size, 0.0)
         begun = time.perf_counter()
         metric = self.evaluate(self.inputs.model)
         reference = Reference(metric, model_size(self.inputs.model), time.perf_counter() - begun)
-        if results is not None and keys is not None:
-            results.put_reference(keys.reference, ReferenceEntry(reference.metric, reference.size))
+        store.put_reference(ReferenceEntry(reference.metric, reference.size))
         return reference
 
     def measure_compressed(
