@@ -93,11 +93,12 @@ class CheckRunner:
         """
         evaluation = self.inputs.data(inputs.data_label, inputs.data)
         calibration = evaluation
-        # read only by recipes that calibrate: others need not pay for reading it
+        # read only by recipes that calibrate: others need not pay for reading it (a search
+        # or keep_float never adds activation quantization to the fixed recipe)
         if (
             inputs.calibration is not None
             and inputs.calibration is not inputs.data
-            and _calibrates(check)
+            and check.recipe.calibrates
         ):
             calibration = self.inputs.data(
                 inputs.calibration_label, inputs.calibration, "calibration data"
@@ -121,11 +122,6 @@ def missing_device(device: str, index: int | None) -> str | None:
             f"device(s), cuda:0 to cuda:{count - 1}"
         )
     return None
-
-
-def _calibrates(check: Check) -> bool:
-    # a search or keep_float never adds activation quantization to the fixed recipe
-    return check.recipe.calibrates
 
 
 def metric_name(metric: Any, label: str) -> str:
