@@ -168,6 +168,7 @@ class Budgets(Mapping[str, float]):
     """
 
     __slots__ = ("_limits",)
+    _limits: dict[str, float | int]  # declared, or mypy would read it through __getattr__
 
     def __init__(self, **limits: Any) -> None:
         unknown = [name for name in limits if name not in BUDGETS]
