@@ -62,7 +62,7 @@ def fraction(forms: str) -> Callable[[object], float]:
 def size(value: object) -> int:
     """Bytes from an int or a string such as ``"2 MB"``."""
     try:
-        return parse_size(value)  # type: ignore[arg-type]
+        return parse_size(value)
     except ValueError:
         raise ValueError(f"must be {SIZE_FORMS} and not negative, got {value!r}") from None
 

@@ -210,8 +210,9 @@ def baseline_lines(
 def _version(distribution: str) -> str | None:
     # The imported module's own version first: torch's carries its build ("2.4.0+cu121").
     module = sys.modules.get(distribution.replace("-", "_"))
-    if getattr(module, "__version__", None):
-        return str(module.__version__)  # type: ignore[union-attr]
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
