@@ -62,7 +62,7 @@ def fraction(forms: str) -> Callable[[object], float]:
 def size(value: object) -> int:
     """Bytes from an int or a string such as ``"2 MB"``."""
     try:
-        return parse_size(value)  # type: ignore[arg-type]
+        return parse_size(value)
     except ValueError:
         raise ValueError(f"must be {SIZE_FORMS} and not negative, got {value!r}") from None
 
@@ -168,6 +168,7 @@ class Budgets(Mapping[str, float]):
     """
 
     __slots__ = ("_limits",)
+    _limits: dict[str, float | int]  # declared, or mypy would read it through __getattr__
 
     def __init__(self, **limits: Any) -> None:
         unknown = [name for name in limits if name not in BUDGETS]

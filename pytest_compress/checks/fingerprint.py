@@ -73,7 +73,8 @@ class Hasher:
     def _item(self, tag: bytes, payload: bytes | memoryview | np.ndarray) -> None:
         size = payload.nbytes if isinstance(payload, (memoryview, np.ndarray)) else len(payload)
         self._hash.update(tag + size.to_bytes(8, "little"))
-        self._hash.update(payload)
+        # numpy types ndarray as a buffer (__buffer__) only for Python >= 3.12
+        self._hash.update(payload)  # type: ignore[arg-type]
 
     def text(self, text: str) -> None:
         self._item(b"s", text.encode("utf-8", "surrogatepass"))
@@ -121,7 +122,8 @@ class Hasher:
         if isinstance(value, types.FunctionType):
             self.function(value, depth)
         elif isinstance(value, types.MethodType):
-            self.function(value.__func__, depth)
+            # usually a function, but a method can wrap any callable (a builtin, a partial)
+            self._callable_or_object(value.__func__, depth)
             self.value(value.__self__, depth + 1)
         elif isinstance(value, functools.partial):
             self.text("partial")

@@ -82,12 +82,18 @@ class PreparedInputs:
         metric_print = self._fingerprint("metric", *metric, metric_fingerprint)
         # calibration data changes only the recipes that calibrate on it
         calibration_print = calibration.fingerprint if recipe.calibrates else "unused"
-        if None in (model_print, data.fingerprint, metric_print, calibration_print):
+        data_print = data.fingerprint
+        if (
+            model_print is None
+            or data_print is None
+            or metric_print is None
+            or calibration_print is None
+        ):
             return None
         return check_keys(
-            model=model_print,  # type: ignore[arg-type]
-            data=data.fingerprint,  # type: ignore[arg-type]
-            metric=metric_print,  # type: ignore[arg-type]
+            model=model_print,
+            data=data_print,
+            metric=metric_print,
             device=self.device,
             environment=environment_fingerprint(),
             recipe=repr((recipe.quantize, recipe.prune)),

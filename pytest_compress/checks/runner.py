@@ -308,6 +308,7 @@ class _CheckRun:
         metric = self.evaluate(compressed)
         timings["evaluate"] = time.perf_counter() - begun
         if recovered is not None:
+            assert recovered.metric_before is not None  # recover() measured it
             recovered = recovered.with_metrics(recovered.metric_before, metric)
         return (metric, packed_size, zeros), timings, recovered
 

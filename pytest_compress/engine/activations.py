@@ -38,6 +38,7 @@ class ActivationHook:
     """
 
     __slots__ = ("__dict__", "_handle")
+    _handle: RemovableHandle
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

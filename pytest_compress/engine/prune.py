@@ -166,6 +166,7 @@ def channel_mask(
     if amount is not None:
         keep_channels = _keep_all_but_smallest(norms, round(amount * norms.numel()))
     else:
+        assert threshold is not None  # exactly one of amount and threshold, checked above
         keep_channels = at_least(norms, threshold * float(norms.amax()))
     view = [1] * weight.ndim
     view[axis] = -1

@@ -64,7 +64,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -188,8 +188,8 @@ def _checked_qparams(key: str, values: torch.Tensor, params: QuantParams) -> int
 def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tuple[dict, bytes]:
     """Scales, packed zero points, index and packed codes of a fake-quantized tensor."""
     axis = _checked_qparams(key, values, params)
-    codes = params.codes_of(values.detach().cpu(), key).codes  # ModelError if off the grid
-    codes = codes.reshape(-1).numpy().astype(np.int64)
+    quantized = params.codes_of(values.detach().cpu(), key)  # ModelError if off the grid
+    codes = quantized.codes.reshape(-1).numpy().astype(np.int64)
     zero_point = params.zero_point.detach().cpu()
     nonzero = codes != _zero_points_along(zero_point, axis, tuple(values.shape))
     layout = choose_layout(nonzero, params.bits)
@@ -225,7 +225,12 @@ def _encode_raw(key: str, t: torch.Tensor) -> tuple[dict, bytes]:
         )
     rows = _raw_bytes(t)
     # Floats compare by value so that -0.0 (from multiplying by a mask) counts as pruned.
-    nonzero = (t.detach().cpu() != 0).reshape(-1).numpy() if t.is_floating_point() else rows.any(1)
+    # any(1) of a 2-D array is an array (numpy's stubs also allow a scalar for any axis)
+    nonzero = (
+        (t.detach().cpu() != 0).reshape(-1).numpy()
+        if t.is_floating_point()
+        else cast(np.ndarray, rows.any(1))
+    )
     layout = choose_layout(nonzero, 8 * t.element_size())
     index, positions = encode_index(nonzero, layout)
     values = rows.tobytes() if layout.name == "dense" else rows[positions].tobytes()
@@ -357,7 +362,7 @@ def _check(condition: bool, message: str) -> None:
         raise _BadFile(message)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -370,8 +375,12 @@ def _int_in(value: object, low: int, high: int, what: str) -> int:
 
 
 def _finite_float(value: object, what: str, *, positive: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > 0 if positive else value >= 0)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
     _check(
         ok,
         f"{what} must be a finite {'positive' if positive else 'non-negative'} number, "
@@ -447,8 +456,9 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _parse_quant(value: object, key: str, shape: tuple[int, ...]) -> _Quant:
-    _check(isinstance(value, list) and len(value) == 6, f"{key}: malformed quantization {value!r}")
-    bits, axis, qmin, qmax, scale_dtype, scale_shape = value  # type: ignore[misc]
+    if not isinstance(value, list) or len(value) != 6:
+        raise _BadFile(f"{key}: malformed quantization {value!r}")
+    bits, axis, qmin, qmax, scale_dtype, scale_shape = value
     bits = _int_in(bits, MIN_BITS, MAX_BITS, f"{key}: bits")
     _check(
         axis is None or (_is_int(axis) and 0 <= axis < len(shape)),
@@ -493,7 +503,8 @@ def _parse_stored(entry: dict, key: str, target: torch.Tensor) -> _Stored:
             f"{key}: a quantized tensor must have a float dtype, not {dtype}",
         )
     nbytes = _int_in(entry.get("L"), 0, 1 << 62, f"{key}: blob length")
-    item = _Stored(key, dtype, shape, Layout(name, gap_bits), stored, nbytes, quant)
+    layout = Layout(cast(str, name), gap_bits)  # one of LAYOUTS, checked above
+    item = _Stored(key, dtype, shape, layout, stored, nbytes, quant)
     expected = sum(item.part_sizes())
     _check(
         nbytes == expected,
@@ -507,11 +518,12 @@ def _parse_tensors(
     value: object, target: dict[str, torch.Tensor]
 ) -> tuple[list[_Stored], dict[str, tuple[str, bool]]]:
     """Validated stored entries and aliases (key -> (source, shares record))."""
-    _check(isinstance(value, list), "header has no tensor list")
+    if not isinstance(value, list):
+        raise _BadFile("header has no tensor list")
     stored: list[_Stored] = []
     aliases: dict[str, tuple[str, bool]] = {}
     seen: dict[str, _Stored] = {}
-    for entry in value:  # type: ignore[union-attr]
+    for entry in value:
         _check(
             isinstance(entry, dict) and isinstance(entry.get("k"), str),
             f"malformed tensor entry {str(entry)[:80]}",
@@ -521,10 +533,10 @@ def _parse_tensors(
         _check(key in target, f"{key} is in the file but not in the model's state_dict")
         if "a" in entry:
             source = seen.get(entry["a"])
-            _check(
-                source is not None,
-                f"{key} aliases {entry['a']!r}, which is not an earlier stored tensor",
-            )
+            if source is None:
+                raise _BadFile(
+                    f"{key} aliases {entry['a']!r}, which is not an earlier stored tensor"
+                )
             _check(
                 tuple(target[key].shape) == source.shape and target[key].dtype == source.dtype,
                 f"{key} is tied to {source.key} in the file, but the model's {key} has shape "
@@ -550,10 +562,11 @@ def _parse_tensors(
 def _parse_hooks(
     value: object, model: nn.Module
 ) -> list[tuple[str, ActivationFakeQuantize | ActivationPrune]]:
-    _check(isinstance(value, list), "header has no hook list")
+    if not isinstance(value, list):
+        raise _BadFile("header has no hook list")
     modules = dict(model.named_modules())
     hooks: list[tuple[str, ActivationFakeQuantize | ActivationPrune]] = []
-    for entry in value:  # type: ignore[union-attr]
+    for entry in value:
         _check(
             isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[0], str),
             f"malformed activation hook {str(entry)[:80]}",

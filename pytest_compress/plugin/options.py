@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -102,7 +102,7 @@ def add_options(parser: pytest.Parser) -> None:
         kind: dict[str, Any] = {"action": "store_true"} if metavar is None else {"metavar": metavar}
         # default None, so that "not on the command line" falls back to the ini key
         group.addoption(f"--{name}", dest=name.replace("-", "_"), default=None, help=help, **kind)
-        ini_type = "bool" if metavar is None else "string"
+        ini_type: Literal["bool", "string"] = "bool" if metavar is None else "string"
         parser.addini(name, help=f"{help} (the --{name} option wins over this)", type=ini_type)
         # pytest's own ini keys use underscores (junit_family), so that spelling works too
         parser.addini(name.replace("-", "_"), help=f"same as {name}", type=ini_type)

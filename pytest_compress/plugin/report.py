@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..files import write_text_atomically
 from ..metrics import MetricKind
@@ -26,9 +26,10 @@ JSON_SCHEMA_VERSION = 1
 COLUMNS = ("test", "recipe", "metric", "drop", "size", "ratio", "sparsity", "verdict")
 
 Entry = Mapping[str, Any]
+E = TypeVar("E", bound=Entry)
 
 
-def sorted_entries(entries: Iterable[Entry]) -> list[Entry]:
+def sorted_entries(entries: Iterable[E]) -> list[E]:
     return sorted(entries, key=lambda entry: entry["check"])
 
 
@@ -209,8 +210,9 @@ def baseline_lines(
 def _version(distribution: str) -> str | None:
     # The imported module's own version first: torch's carries its build ("2.4.0+cu121").
     module = sys.modules.get(distribution.replace("-", "_"))
-    if getattr(module, "__version__", None):
-        return str(module.__version__)  # type: ignore[union-attr]
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:

@@ -174,6 +174,7 @@ class CompressSession:
                 "deselected": sorted(self.deselected),
                 "notes": self.input_notes,
             }
+            # workeroutput: set on a worker's config by xdist, unknown to pytest's types
             self.config.workeroutput[WORKEROUTPUT_KEY] = json.dumps(sent)  # type: ignore[attr-defined]
             return
         # One entry per check id (a rerun plugin may run a test twice): the last one counts.

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypedDict
 
 from ..engine.specs import PruneSpec, QuantSpec, describe_recipe
 from ..metrics import MetricKind
@@ -39,6 +39,13 @@ from .grids import GRIDS, MAX_EVALUATIONS, check_kind, check_search, format_sett
 from .trial import Trial, checked_trial
 
 TrialFn = Callable[[QuantSpec | None, PruneSpec | None], Trial]
+
+
+class _Way(TypedDict, total=False):
+    """The searched way of choosing weights: one of ``PruneSpec``'s amount or threshold."""
+
+    amount: float
+    threshold: float
 
 
 def recipe_at(
@@ -59,7 +66,7 @@ def recipe_at(
     quant_spec, prune_spec, patterns = quantize, prune, tuple(exclude)
     if kind == "bits":
         return QuantSpec(bits=int(setting), exclude=patterns), prune_spec
-    way = {"amount": setting} if kind == "sparsity" else {"threshold": setting}
+    way: _Way = {"amount": setting} if kind == "sparsity" else {"threshold": setting}
     scope = "global" if kind == "sparsity" else "layer"
     if prune_spec is None:
         searched = PruneSpec(**way, scope=scope, exclude=patterns)

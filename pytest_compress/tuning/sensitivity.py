@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 import torch
 from torch import nn
@@ -44,7 +44,10 @@ def literal_pattern(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def _applies(spec: QuantSpec | PruneSpec | None, layer: Layer) -> bool:
+_Spec = TypeVar("_Spec", QuantSpec, PruneSpec)
+
+
+def _applies(spec: _Spec | None, layer: Layer) -> TypeGuard[_Spec]:
     return spec is not None and matches(layer.name, spec.include, spec.exclude)
 
 
@@ -143,9 +146,9 @@ def _compress_alone(
         assert prune is not None
         if global_reference is not None:
             base = copy_model(model)
-            source = global_reference.get_submodule(layer.name).weight
+            source = global_reference.get_parameter(layer.weight_name)
             with torch.no_grad():
-                base.get_submodule(layer.name).weight.copy_(source)
+                base.get_parameter(layer.weight_name).copy_(source)
             if prune.activation_threshold is not None:
                 layer_prune = PruneSpec(
                     activation_threshold=prune.activation_threshold, include=only
