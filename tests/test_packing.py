@@ -608,6 +608,8 @@ def _huge_shape(doc: dict) -> None:
         (_drop("2.running_mean"), r"lacks 1 state_dict entries.*2.running_mean"),
         (_add_extra, "ghost.weight is in the file but not in the model"),
         (_set("3.weight", "a", "nowhere"), "not an earlier stored tensor"),
+        (_set("3.weight", "a", ["0.weight"]), "not an earlier stored tensor"),
+        (_set("3.weight", "a", {"k": 1}), "not an earlier stored tensor"),
         (_set_quant(0, 1), r"bits must be an integer in \[2, 16\]"),
         (_set_quant(1, 5), "axis 5 is out of range"),
         (_set_quant(3, 300), r"qmax must be an integer in \[0, 15\]"),

@@ -532,7 +532,8 @@ def _parse_tensors(
         _check(key not in seen and key not in aliases, f"{key} is stored twice")
         _check(key in target, f"{key} is in the file but not in the model's state_dict")
         if "a" in entry:
-            source = seen.get(entry["a"])
+            # a hand-made header may alias a list or a dict: unhashable, so no lookup
+            source = seen.get(entry["a"]) if isinstance(entry["a"], str) else None
             if source is None:
                 raise _BadFile(
                     f"{key} aliases {entry['a']!r}, which is not an earlier stored tensor"
