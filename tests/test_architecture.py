@@ -139,3 +139,12 @@ def test_an_edit_in_a_subpackage_changes_the_environment_fingerprint(
     with (copy / "tuning" / "grids.py").open("a") as source:
         source.write("\n# an edit\n")
     assert compute() != before
+
+
+def test_the_codemap_names_every_module() -> None:
+    codemap = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    for path in modules():
+        if path.name != "__init__.py":
+            assert f"`{path.name}`" in codemap, f"ARCHITECTURE.md does not list {path.name}"
+    for layer in LAYERS[1:]:
+        assert f"`{layer}/`" in codemap
