@@ -13,7 +13,8 @@ from pytest_compress.tuning.recovery import finetune
 
 @pytest.fixture(scope="session")
 def compress_model():
-    """The seed article's LeNet, trained on the digits' training split."""
+    """The LeNet-5-style CNN of the classic PyTorch CIFAR-10 tutorial, trained on the digits'
+    training split."""
     return nets.load(nets.Net(), nets.LENET_CHECKPOINT)
 
 

@@ -2,7 +2,7 @@
 
 1,797 8x8 images of the digits 0-9 (no download). ``split`` shuffles them with a fixed
 seed into train (60 %), validation (20 %) and test (20 %). The LeNet sees each image
-resized to 32x32 with 3 channels, as the seed article's CIFAR-10 ``Net`` expects; the
+resized to 32x32 with 3 channels, as the CIFAR-10 tutorial's ``Net`` expects; the
 MLP sees the flat 64 pixels.
 """
 

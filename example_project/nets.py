@@ -1,4 +1,5 @@
-"""The example's two models: the seed article's LeNet and a small MLP."""
+"""The example's two models: the LeNet-5-style CNN of the classic PyTorch CIFAR-10 tutorial,
+and a small MLP."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ MLP_CHECKPOINT = HERE / "mlp_digits.pt"
 
 
 class Net(nn.Module):
-    """The seed article's LeNet, unchanged: 3x32x32 images in, 10 class scores out."""
+    """The LeNet-5-style CNN of the classic PyTorch CIFAR-10 tutorial, unchanged.
+
+    3x32x32 images in, 10 class scores out.
+    """
 
     def __init__(self) -> None:
         super().__init__()

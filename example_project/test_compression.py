@@ -1,4 +1,4 @@
-"""Compression gates for the digits models: every technique of the seed article, under budget.
+"""Compression gates for the digits models: quantization, pruning and search, each under budget.
 
 Budgets are tight: each is at most twice the accuracy drop or size it guards (with a
 floor of 0.5 percentage points for accuracy), so a real regression fails the build.
@@ -9,7 +9,7 @@ import pytest
 
 from pytest_compress import PruneSpec, QuantSpec
 
-# The seed article's "parameter quantization": every parameter (weights and biases),
+# Whole-model "parameter quantization": every parameter (weights and biases),
 # one affine min/max mapping per tensor, 8 bits.
 PARAMETER_INT8 = QuantSpec(bits=8, parameters="all", per_channel=False)
 # Activation pruning: zero |a| < beta * max|a| in every layer's output, except the class scores.
@@ -25,7 +25,7 @@ MLP = {"model": "digits_mlp", "data": "digits_vectors"}
 
 @pytest.mark.compress(quantize=PARAMETER_INT8, max_accuracy_drop=0.005, max_size_ratio=0.26)
 def test_parameter_quantization_int8():
-    """Weights and biases on the seed's affine min/max grid, 4x smaller."""
+    """Weights and biases on the affine min/max grid, 4x smaller."""
 
 
 @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.005, max_size_ratio=0.27)
@@ -47,7 +47,7 @@ def test_activation_quantization_w8a8():
     prune=PruneSpec(threshold=0.2), max_accuracy_drop=0.005, min_sparsity=0.69, max_size_ratio=0.35
 )
 def test_weight_pruning_threshold(compression):
-    """The seed's rule: zero every weight with |w| < 0.2 * max|w| of its layer."""
+    """Magnitude threshold pruning: zero every weight with |w| < 0.2 * max|w| of its layer."""
     assert compression.sparsity < 0.8, "alpha 0.2 should not prune this much"
 
 
@@ -92,7 +92,7 @@ def test_search_sparsity(compression):
 
 @pytest.mark.compress(search="threshold", max_accuracy_drop=0.005)
 def test_search_threshold(compression):
-    """The seed's largest alpha (|w| < alpha * max|w| zeroed) within 0.5 pp, on a log grid."""
+    """The largest alpha (|w| < alpha * max|w| zeroed) within 0.5 pp, on a log grid."""
     assert compression.search.passed and compression.search.evaluations <= 8
 
 

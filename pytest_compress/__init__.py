@@ -1,8 +1,9 @@
 """pytest-compress: put model compression under test.
 
-The engine (everything importable from here) never imports pytest; the pytest glue
-lives in ``pytest_compress.plugin``. Names are imported on first use, so that loading
-the plugin (every pytest start, ``pytest --help`` included) does not import torch.
+The library (everything importable from here) never imports pytest; the pytest plugin
+is ``pytest_compress.plugin``. ``EXPORTS`` is the public API, one table: each name and
+the module it lives in. Names are imported on first use, so that loading the plugin
+(every pytest start, ``pytest --help`` included) does not import torch.
 """
 
 from __future__ import annotations
@@ -12,61 +13,56 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "compress_model": "engine.apply",
-    "prune_model": "engine.apply",
+# The public API: name -> module (relative to this package). README.md documents each.
+EXPORTS: dict[str, str] = {
+    # recipes
+    "QuantSpec": "engine.specs",
+    "PruneSpec": "engine.specs",
     "quantize_model": "engine.apply",
-    "ModelMetric": "engine.measure",
-    "SparsityReport": "engine.measure",
-    "compressed_size": "fileformat.container",
-    "evaluate": "engine.measure",
-    "model_metric": "engine.measure",
-    "model_size": "engine.measure",
-    "sparsity": "engine.measure",
-    "load_compressed": "fileformat.container",
-    "save_compressed": "fileformat.container",
+    "prune_model": "engine.apply",
+    "compress_model": "engine.apply",
+    # tensors
     "QuantizedTensor": "engine.quant",
+    "quantize": "engine.quant",
     "dequantize": "engine.quant",
     "fake_quantize": "engine.quant",
-    "quantize": "engine.quant",
-    "PruneSpec": "engine.specs",
-    "QuantSpec": "engine.specs",
-    "BudgetExceeded": "budgets",
-    "finetune": "tuning.recovery",
+    # measuring
+    "evaluate": "engine.measure",
+    "model_metric": "engine.measure",
+    "ModelMetric": "engine.measure",
+    "model_size": "engine.measure",
+    "sparsity": "engine.measure",
+    "SparsityReport": "engine.measure",
+    # the file format
+    "save_compressed": "fileformat.container",
+    "load_compressed": "fileformat.container",
+    "compressed_size": "fileformat.container",
+    # tuning
     "layer_sensitivity": "tuning.sensitivity",
+    "SensitivityResult": "tuning.sensitivity",
+    "SearchResult": "tuning.search",
+    "KeepFloatResult": "tuning.keep_float",
     "recover_compressed": "tuning.recovery",
+    "finetune": "tuning.recovery",
+    "RecoveryResult": "tuning.recovery",
+    # checks and verdicts
     "CompressionResult": "checks.result",
+    "Budgets": "budgets",
+    "BudgetCheck": "budgets",
+    "BudgetExceeded": "budgets",
+    # errors
+    "CompressError": "errors",
+    "SpecError": "errors",
+    "ModelError": "errors",
+    "DataError": "errors",
+    "CalibrationError": "errors",
+    "FileFormatError": "errors",
 }
 
-__all__ = [
-    "BudgetExceeded",
-    "CompressionResult",
-    "ModelMetric",
-    "PruneSpec",
-    "QuantSpec",
-    "QuantizedTensor",
-    "SparsityReport",
-    "__version__",
-    "compress_model",
-    "compressed_size",
-    "dequantize",
-    "evaluate",
-    "fake_quantize",
-    "finetune",
-    "layer_sensitivity",
-    "load_compressed",
-    "model_metric",
-    "model_size",
-    "prune_model",
-    "quantize",
-    "quantize_model",
-    "recover_compressed",
-    "save_compressed",
-    "sparsity",
-]
+__all__ = ["__version__", *EXPORTS]
 
-if TYPE_CHECKING:
-    from .budgets import BudgetExceeded
+if TYPE_CHECKING:  # for type checkers and IDEs; a test holds this list to EXPORTS
+    from .budgets import BudgetCheck, BudgetExceeded, Budgets
     from .checks.result import CompressionResult
     from .engine.apply import compress_model, prune_model, quantize_model
     from .engine.measure import (
@@ -79,13 +75,23 @@ if TYPE_CHECKING:
     )
     from .engine.quant import QuantizedTensor, dequantize, fake_quantize, quantize
     from .engine.specs import PruneSpec, QuantSpec
+    from .errors import (
+        CalibrationError,
+        CompressError,
+        DataError,
+        FileFormatError,
+        ModelError,
+        SpecError,
+    )
     from .fileformat.container import compressed_size, load_compressed, save_compressed
-    from .tuning.recovery import finetune, recover_compressed
-    from .tuning.sensitivity import layer_sensitivity
+    from .tuning.keep_float import KeepFloatResult
+    from .tuning.recovery import RecoveryResult, finetune, recover_compressed
+    from .tuning.search import SearchResult
+    from .tuning.sensitivity import SensitivityResult, layer_sensitivity
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pytest_compress' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
@@ -94,4 +100,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return list(__all__)

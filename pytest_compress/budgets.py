@@ -1,50 +1,231 @@
-"""Budgets as data, and the verdict: every budget a result breaks, not only the first.
+"""Budgets: one registry of what a check may be held to, and the verdict against it.
+
+Each ``Budget`` in ``BUDGETS`` says everything the rest of the package needs to know:
+its name (the marker's and ``compress(...)``'s keyword), the ``CompressionResult``
+field it limits, whether that is a ceiling or a floor, whether more compression helps
+meet it, how its values read and how a raw value is checked. The marker's signature,
+the failure text, the reports, the JSON and the baseline all follow from the registry,
+so a new budget is one entry here (plus the measurement it limits).
 
 A value exactly at its budget passes. Differences of metrics are float arithmetic
 (``0.97 - 0.95`` is ``0.020000000000000018``), so a float comparison allows a relative
-slack of ``EPSILON``; byte counts are integers and are compared exactly.
+slack of ``EPSILON``; byte counts are integers and are compared exactly. Standard
+library only.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .metrics import MetricKind
+from .units import SIZE_FORMS, format_fraction, format_ratio, format_size, parse_size
 
 EPSILON = 1e-9
 
-# The budgets in the order a failure message lists them.
-BUDGET_NAMES = (
-    "max_accuracy_drop",
-    "max_relative_drop",
-    "max_size_ratio",
-    "max_size",
-    "min_sparsity",
-)
+
+def _number(value: object, forms: str) -> float:
+    # bool is an int subclass, and True as a budget is a mistake, not 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"must be a number ({forms}), got {value!r}")
+    if math.isinf(value):
+        raise ValueError(f"must be finite ({forms}), got {value!r}")
+    return float(value)
+
+
+def non_negative(forms: str) -> Callable[[object], float]:
+    """A parser of finite numbers >= 0; ``forms`` says what the number means."""
+
+    def parse(value: object) -> float:
+        number = _number(value, forms)
+        if number < 0:
+            raise ValueError(f"must not be negative ({forms}), got {value!r}")
+        return number
+
+    return parse
+
+
+def fraction(forms: str) -> Callable[[object], float]:
+    """A parser of numbers from 0 to 1; ``forms`` says what the fraction means."""
+
+    def parse(value: object) -> float:
+        number = _number(value, forms)
+        if not 0 <= number <= 1:
+            raise ValueError(f"must be {forms}, got {value!r}")
+        return number
+
+    return parse
+
+
+def size(value: object) -> int:
+    """Bytes from an int or a string such as ``"2 MB"``."""
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError(f"must be {SIZE_FORMS} and not negative, got {value!r}") from None
 
 
 @dataclass(frozen=True)
-class Budgets:
-    """The limits a compression check must respect; None means "no budget".
+class Budget:
+    """One kind of budget.
 
-    - ``max_accuracy_drop``: float metric minus compressed metric, in the metric's
-      units (0.01 = 1 percentage point of accuracy); the increase when lower is better.
-    - ``max_relative_drop``: that drop as a fraction of the float metric.
-    - ``max_size_ratio``: compressed bytes / float bytes.
-    - ``max_size``: compressed bytes.
-    - ``min_sparsity``: fraction of exact zeros among the compressible weights.
+    - ``name``: the keyword users write (``max_size_ratio``).
+    - ``measures``: the ``CompressionResult`` field it limits (``size_ratio``).
+    - ``upper``: a ceiling (``measured <= limit``); else a floor (``measured >= limit``).
+    - ``eased_by_compression``: more compression can only help meet it (size, sparsity);
+      a search treats the others (the metric's) as the damage it must stay within.
+    - ``label``: the words before the value in a failure message (``compressed size``);
+      ``short``: in a search trail (``size``). ``{drop}`` stands for the metric's
+      ``drop`` / ``increase``, ``{metric}`` for its name.
+    - ``render``: how a value reads, given the metric and extra digits.
+    - ``parse``: checks a raw value and returns it; ``ValueError`` says what is wrong.
     """
 
-    max_accuracy_drop: float | None = None
-    max_relative_drop: float | None = None
-    max_size_ratio: float | None = None
-    max_size: int | None = None
-    min_sparsity: float | None = None
+    name: str
+    measures: str
+    upper: bool
+    eased_by_compression: bool
+    label: str
+    short: str
+    render: Callable[[float, MetricKind, int], str]
+    parse: Callable[[object], float | int]
+
+    def holds(self, actual: float, limit: float) -> bool:
+        return at_most(actual, limit) if self.upper else at_least(actual, limit)
+
+    def words(self, template: str, metric: MetricKind) -> str:
+        return template.format(drop=metric.drop_word, metric=metric.name)
+
+
+BUDGETS: dict[str, Budget] = {
+    budget.name: budget
+    for budget in (
+        Budget(
+            "max_accuracy_drop",
+            "accuracy_drop",
+            upper=True,
+            eased_by_compression=False,
+            label="{drop}",
+            short="{drop}",
+            render=lambda v, m, d: m.difference(v, d),
+            parse=non_negative("in the metric's units, e.g. 0.01 = 1 percentage point of accuracy"),
+        ),
+        Budget(
+            "max_relative_drop",
+            "relative_drop",
+            upper=True,
+            eased_by_compression=False,
+            label="{metric} relative {drop}",
+            short="relative {drop}",
+            render=lambda v, m, d: format_fraction(v, d),
+            parse=non_negative("a fraction of the float metric, e.g. 0.02"),
+        ),
+        Budget(
+            "max_size_ratio",
+            "size_ratio",
+            upper=True,
+            eased_by_compression=True,
+            label="ratio",
+            short="ratio",
+            render=lambda v, m, d: format_ratio(v, d),
+            parse=non_negative("compressed bytes / float bytes, e.g. 0.3"),
+        ),
+        Budget(
+            "max_size",
+            "compressed_size",
+            upper=True,
+            eased_by_compression=True,
+            label="compressed size",
+            short="size",
+            render=lambda v, m, d: format_size(v, d),
+            parse=size,
+        ),
+        Budget(
+            "min_sparsity",
+            "sparsity",
+            upper=False,
+            eased_by_compression=True,
+            label="sparsity",
+            short="sparsity",
+            render=lambda v, m, d: format_fraction(v, d),
+            parse=fraction("a fraction of zero weights between 0 and 1, e.g. 0.8"),
+        ),
+    )
+}
+# The budgets in the order a failure message lists them.
+BUDGET_NAMES = tuple(BUDGETS)
+
+
+class Budgets(Mapping[str, float]):
+    """The limits a compression check must respect, by budget name; unset means no budget.
+
+    ``Budgets(max_accuracy_drop=0.01, max_size="2 MB")``: each value is checked by its
+    ``Budget.parse`` (``ValueError`` naming the budget), ``None`` leaves it unset. Read a
+    limit as ``budgets["max_size"]`` or ``budgets.max_size`` (None when unset); iterate
+    for the set names, in ``BUDGET_NAMES`` order.
+    """
+
+    __slots__ = ("_limits",)
+    _limits: dict[str, float | int]  # declared, or mypy would read it through __getattr__
+
+    def __init__(self, **limits: Any) -> None:
+        unknown = [name for name in limits if name not in BUDGETS]
+        if unknown:
+            raise TypeError(f"unknown budget {unknown[0]!r}; budgets are {', '.join(BUDGET_NAMES)}")
+        parsed: dict[str, float | int] = {}
+        for name, budget in BUDGETS.items():
+            if limits.get(name) is not None:
+                try:
+                    parsed[name] = budget.parse(limits[name])
+                except ValueError as error:
+                    raise ValueError(f"{name} {error}") from None
+        object.__setattr__(self, "_limits", parsed)
+
+    def __getitem__(self, name: str) -> float:
+        return self._limits[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._limits)
+
+    def __len__(self) -> int:
+        return len(self._limits)
+
+    def __getattr__(self, name: str) -> float | None:
+        if name in BUDGETS:
+            return self._limits.get(name)
+        raise AttributeError(f"'Budgets' has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Budgets is immutable")
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._limits.items()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Budgets):
+            return self._limits == other._limits
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Budgets({', '.join(f'{k}={v!r}' for k, v in self._limits.items())})"
 
     def given(self) -> dict[str, float | int]:
         """The budgets that were set, by name, in ``BUDGET_NAMES`` order."""
-        return {name: value for name, value in asdict(self).items() if value is not None}
+        return dict(self._limits)
 
-    def __bool__(self) -> bool:
-        return bool(self.given())
+    def check(self, measured: Mapping[str, float]) -> list[BudgetCheck]:
+        """One ``BudgetCheck`` per budget set, against ``measured[budget.measures]``.
+
+        A NaN measurement breaks its budget (every comparison with NaN is false).
+        """
+        checks = []
+        for name, limit in self._limits.items():
+            budget = BUDGETS[name]
+            actual = measured[budget.measures]
+            checks.append(BudgetCheck(name, actual, limit, budget.holds(actual, limit)))
+        return checks
 
 
 @dataclass(frozen=True)
@@ -52,8 +233,8 @@ class BudgetCheck:
     """One budget held against one measured value.
 
     ``budget`` is a name from ``BUDGET_NAMES``, or ``"baseline_metric"`` /
-    ``"baseline_size"`` for the stored-baseline gate, whose ``reference`` is the
-    recorded value the ``limit`` was derived from.
+    ``"baseline_size"`` / ``"baseline_search"`` for the stored-baseline gate, whose
+    ``reference`` is the recorded value the ``limit`` was derived from.
     """
 
     budget: str
@@ -65,6 +246,16 @@ class BudgetCheck:
     @property
     def is_baseline(self) -> bool:
         return self.budget.startswith("baseline_")
+
+    def describe(self, metric: MetricKind, *, short: bool = False) -> str:
+        """``drop 2.9 pp > 2.0 pp``: the value, the comparison and the limit in words."""
+        budget = BUDGETS.get(self.budget)
+        if budget is None:
+            return f"{self.budget} {self.actual:g} vs limit {self.limit:g}"
+        label = budget.words(budget.short if short else budget.label, metric)
+        actual = budget.render(self.actual, metric, 0)
+        limit = budget.render(self.limit, metric, 0)
+        return f"{label} {actual} {'>' if budget.upper else '<'} {limit}"
 
 
 class BudgetExceeded(AssertionError):
@@ -93,30 +284,6 @@ def at_least(actual: float, limit: float) -> bool:
     return actual >= limit - EPSILON * max(1.0, abs(limit))
 
 
-def check_budgets(
-    budgets: Budgets,
-    *,
-    accuracy_drop: float,
-    relative_drop: float,
-    size_ratio: float,
-    compressed_size: int,
-    sparsity: float,
-) -> list[BudgetCheck]:
-    """One ``BudgetCheck`` per budget given, in ``BUDGET_NAMES`` order.
-
-    A NaN measurement breaks its budget (every comparison with NaN is false).
-    """
-    measured: dict[str, tuple[float, bool]] = {
-        # name: (measured value, True when the budget is an upper bound)
-        "max_accuracy_drop": (accuracy_drop, True),
-        "max_relative_drop": (relative_drop, True),
-        "max_size_ratio": (size_ratio, True),
-        "max_size": (compressed_size, True),
-        "min_sparsity": (sparsity, False),
-    }
-    checks = []
-    for name, limit in budgets.given().items():
-        actual, upper = measured[name]
-        ok = at_most(actual, limit) if upper else at_least(actual, limit)
-        checks.append(BudgetCheck(name, actual, limit, ok))
-    return checks
+def check_budgets(budgets: Budgets, **measured: float) -> list[BudgetCheck]:
+    """``budgets.check(measured)``, with the measurements as keywords."""
+    return budgets.check(measured)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ __all__ = ["float_tensors", "prune_specs", "quant_specs"]
 
 # bfloat16 has no numpy dtype: it is drawn as float32 within bfloat16-representable
 # bounds and rounded, which keeps every value within those bounds.
-_NUMPY_DTYPES = {
+_NUMPY_DTYPES: dict[torch.dtype, tuple[type[np.floating[Any]], Literal[16, 32, 64]]] = {
     torch.float16: (np.float16, 16),
     torch.float32: (np.float32, 32),
     torch.float64: (np.float64, 64),
@@ -158,8 +159,8 @@ def float_tensors(
         raise InvalidArgument(f"min_value={min_value!r} is greater than max_value={max_value!r}")
     bands = []
     for magnitude in _MAGNITUDES:
-        band = (lo, hi) if magnitude is None else (max(lo, -magnitude), min(hi, magnitude))
-        band = _representable_bounds(*band, dtype) if band[0] <= band[1] else None
+        span = (lo, hi) if magnitude is None else (max(lo, -magnitude), min(hi, magnitude))
+        band = _representable_bounds(*span, dtype) if span[0] <= span[1] else None
         if band is not None and band not in bands:
             bands.append(band)
     if not bands:

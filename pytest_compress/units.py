@@ -31,7 +31,7 @@ _SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*")
 _MAX_EXTRA_DIGITS = 6
 
 
-def parse_size(value: int | str) -> int:
+def parse_size(value: object) -> int:
     """Bytes from an int of bytes or a string such as ``"2 MB"``; ``ValueError`` otherwise.
 
     A fractional byte count (``"1.0005 kB"``) is rounded down: a size budget is a ceiling.

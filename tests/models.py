@@ -1,5 +1,6 @@
-"""Small models the tests share: the seed article's LeNet, an MLP, odd shapes, and models
-with a known weak spot (a cliff in sparsity, a layer fragile under quantization)."""
+"""Small models the tests share: the LeNet-5-style CNN of the classic PyTorch CIFAR-10
+tutorial, an MLP, odd shapes, and models with a known weak spot (a cliff in sparsity, a
+layer fragile under quantization)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 
 class Net(nn.Module):
-    """The seed article's LeNet for 3x32x32 images."""
+    """The LeNet-5-style CNN of the classic PyTorch CIFAR-10 tutorial for 3x32x32 images."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -23,6 +23,8 @@ from typing import Any, Protocol, TypeVar
 
 KEY_PREFIX = "pytest-compress/v1"
 T = TypeVar("T")
+# The entries the persistent cache stores.
+Entry = TypeVar("Entry", "ReferenceEntry", "CheckEntry")
 
 
 class IdentityMemo:
@@ -142,12 +144,12 @@ class ResultCache:
         self._written.add(key)
 
 
-def _read(value: Any, kind: type[T]) -> T | None:
+def _read(value: Any, kind: type[Entry]) -> Entry | None:
     """The entry, or None when ``value`` is not exactly its fields with numbers of their types."""
-    names = [f.name for f in fields(kind)]  # type: ignore[arg-type]
+    names = [f.name for f in fields(kind)]
     if not isinstance(value, dict) or sorted(value) != sorted(names):
         return None
-    for f in fields(kind):  # type: ignore[arg-type]
+    for f in fields(kind):
         item = value[f.name]
         if isinstance(item, bool):
             return None
@@ -159,9 +161,43 @@ def _read(value: Any, kind: type[T]) -> T | None:
         ):
             return None
     # JSON writes 1.0 as 1.0, but a hand-edited entry may say 1: keep the declared types
-    return kind(
-        **{
-            f.name: float(value[f.name]) if f.type == "float" else value[f.name]
-            for f in fields(kind)
-        }
-    )  # type: ignore[arg-type]
+    typed: dict[str, Any] = {
+        f.name: float(value[f.name]) if f.type == "float" else value[f.name] for f in fields(kind)
+    }
+    return kind(**typed)
+
+
+@dataclass(frozen=True)
+class CheckStore:
+    """One check's entries in a ``ResultCache``: its float reference and its own numbers."""
+
+    cache: ResultCache
+    keys: CheckKeys
+
+    def reference(self) -> ReferenceEntry | None:
+        return self.cache.reference(self.keys.reference)
+
+    def put_reference(self, entry: ReferenceEntry) -> None:
+        self.cache.put_reference(self.keys.reference, entry)
+
+    def check(self) -> CheckEntry | None:
+        return self.cache.check(self.keys.check)
+
+    def put_check(self, entry: CheckEntry) -> None:
+        self.cache.put_check(self.keys.check, entry)
+
+
+class NoStore:
+    """A check that is not cached: nothing is found, nothing is kept."""
+
+    def reference(self) -> ReferenceEntry | None:
+        return None
+
+    def put_reference(self, entry: ReferenceEntry) -> None:
+        pass
+
+    def check(self) -> CheckEntry | None:
+        return None
+
+    def put_check(self, entry: CheckEntry) -> None:
+        pass

@@ -32,6 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import __version__
+from ..engine.measure import ModelMetric
+
 DIGEST_BYTES = 16
 _MAX_DEPTH = 12
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
@@ -39,7 +42,13 @@ _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
 # forward hooks) or cannot change an output (backward and state_dict hooks, the flag
 # that evaluation overrides anyway).
 _MODULE_BASICS = frozenset(vars(nn.Module()))
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks")
+# A user's forward hooks change outputs, and torch has no public way to list them: these
+# dicts (and the flags that change how a hook is called) are read, never written. The
+# engine's own activation hooks are also recorded in the module's __dict__.
+_HOOK_DICTS = (
+    ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", None),
+    ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"),
+)
 _class_digests: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
 
 
@@ -64,7 +73,8 @@ class Hasher:
     def _item(self, tag: bytes, payload: bytes | memoryview | np.ndarray) -> None:
         size = payload.nbytes if isinstance(payload, (memoryview, np.ndarray)) else len(payload)
         self._hash.update(tag + size.to_bytes(8, "little"))
-        self._hash.update(payload)
+        # numpy types ndarray as a buffer (__buffer__) only for Python >= 3.12
+        self._hash.update(payload)  # type: ignore[arg-type]
 
     def text(self, text: str) -> None:
         self._item(b"s", text.encode("utf-8", "surrogatepass"))
@@ -112,7 +122,8 @@ class Hasher:
         if isinstance(value, types.FunctionType):
             self.function(value, depth)
         elif isinstance(value, types.MethodType):
-            self.function(value.__func__, depth)
+            # usually a function, but a method can wrap any callable (a builtin, a partial)
+            self._callable_or_object(value.__func__, depth)
             self.value(value.__self__, depth + 1)
         elif isinstance(value, functools.partial):
             self.text("partial")
@@ -194,9 +205,13 @@ class Hasher:
                     self.text("None")
                 else:
                     self.tensor(tensor)
-            for key in _HOOK_DICTS:
-                # the dict keys are handle ids, which differ between sessions
-                self.value(list(getattr(module, key).values()))
+            for hooks, with_kwargs, always in _HOOK_DICTS:
+                # the dict keys are handle ids, which differ between sessions: hash the
+                # hooks in order, each with how it is called
+                flags = [getattr(module, name, {}) for name in (with_kwargs, always) if name]
+                for hook_id, hook in getattr(module, hooks).items():
+                    self.value(hook)
+                    self.value([hook_id in flag for flag in flags])
             settings = {k: v for k, v in vars(module).items() if k not in _MODULE_BASICS}
             self.value(dict(sorted(settings.items())))
 
@@ -236,8 +251,6 @@ def model_fingerprint(model: nn.Module) -> str:
 
 def metric_fingerprint(metric: Any) -> str:
     """The digest of a metric: None (top-1 accuracy), a batch or a whole-model metric."""
-    from ..engine.measure import ModelMetric
-
     hasher = Hasher()
     if metric is None:
         hasher.text("top-1 accuracy")
@@ -290,8 +303,6 @@ def environment_fingerprint() -> str:
     The source is hashed too, so an editable install whose code changed (version
     unchanged) does not reuse numbers measured by the old code.
     """
-    from .. import __version__
-
     hasher = Hasher()
     hasher.text(f"python {sys.version_info[:3]} torch {torch.__version__} plugin {__version__}")
     package = Path(__file__).parent.parent

@@ -1,6 +1,6 @@
 """What a session's checks are measured on, prepared once: data read once, fingerprints, keys.
 
-``CheckInputs`` belongs to one session. For each data fixture it reads the batches once
+``PreparedInputs`` belongs to one session. For each data fixture it reads the batches once
 (``materialize``), and for each model and metric it computes the fingerprint once (per
 fixture and object, like the float measurements); from those it derives each check's
 persistent ``CheckKeys``. What the reports should say about it (data streamed, something
@@ -12,12 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..plugin.markers import CheckRequest
+from ..units import format_size
 from .cache import CheckKeys, IdentityMemo, check_keys
+from .fingerprint import (
+    Unfingerprintable,
+    environment_fingerprint,
+    metric_fingerprint,
+    model_fingerprint,
+)
 from .materialize import MEGABYTE, EvaluationData, materialize
+from .request import Recipe
 
 
-class CheckInputs:
+class PreparedInputs:
     """Materialised data and fingerprints, per fixture and object, for one session."""
 
     def __init__(
@@ -60,7 +67,7 @@ class CheckInputs:
 
     def keys(
         self,
-        check: CheckRequest,
+        recipe: Recipe,
         *,
         model: tuple[str, Any],
         data: EvaluationData,
@@ -71,21 +78,25 @@ class CheckInputs:
 
         ``model`` and ``metric`` are (fixture label, object) pairs.
         """
-        from .fingerprint import environment_fingerprint, metric_fingerprint, model_fingerprint
-
         model_print = self._fingerprint("model", *model, model_fingerprint)
         metric_print = self._fingerprint("metric", *metric, metric_fingerprint)
         # calibration data changes only the recipes that calibrate on it
-        calibration_print = calibration.fingerprint if calibrates(check) else "unused"
-        if None in (model_print, data.fingerprint, metric_print, calibration_print):
+        calibration_print = calibration.fingerprint if recipe.calibrates else "unused"
+        data_print = data.fingerprint
+        if (
+            model_print is None
+            or data_print is None
+            or metric_print is None
+            or calibration_print is None
+        ):
             return None
         return check_keys(
-            model=model_print,  # type: ignore[arg-type]
-            data=data.fingerprint,  # type: ignore[arg-type]
-            metric=metric_print,  # type: ignore[arg-type]
+            model=model_print,
+            data=data_print,
+            metric=metric_print,
             device=self.device,
             environment=environment_fingerprint(),
-            recipe=repr((check.quantize, check.prune)),
+            recipe=repr((recipe.quantize, recipe.prune)),
             calibration=calibration_print,
         )
 
@@ -93,7 +104,6 @@ class CheckInputs:
         self, kind: str, label: str, value: Any, compute: Callable[[Any], str]
     ) -> str | None:
         """A model's or metric's fingerprint, once per session per fixture and object."""
-        from .fingerprint import Unfingerprintable
 
         def fingerprint() -> str | None:
             try:
@@ -107,14 +117,7 @@ class CheckInputs:
         return self._prints.get((kind, label), (value,), fingerprint)[0]
 
 
-def calibrates(check: CheckRequest) -> bool:
-    """Whether the recipe observes activation ranges on calibration data."""
-    return check.quantize is not None and check.quantize.quantizes_activations
-
-
 def streamed_note(label: str, evaluation: EvaluationData, cache_mb: float) -> str:
-    from ..units import format_size
-
     size = format_size(evaluation.nbytes)
     size = size if evaluation.counted_all else f"more than {size}"
     return (

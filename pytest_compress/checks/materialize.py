@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..engine.batches import to_device
+from ..errors import DataError
 from .fingerprint import DataDigest
 
 MEGABYTE = 1 << 20
@@ -106,17 +107,17 @@ def tensor_bytes(value: Any) -> int:
 
 
 def require_reiterable(data: Any, what: str) -> None:
-    """``ValueError`` for an iterator: it can be read only once, and every check reads it.
+    """``DataError`` for an iterator: it can be read only once, and every check reads it.
 
     Checked by type, not by calling ``iter``: a DataLoader's ``iter`` starts its workers.
     """
     if not isinstance(data, Iterable):
-        raise ValueError(
+        raise DataError(
             f"the {what} must be an iterable of batches (a DataLoader or a list), "
             f"got {type(data).__name__}"
         )
     if isinstance(data, Iterator):
-        raise ValueError(
+        raise DataError(
             f"the {what} is an iterator ({type(data).__name__}), which can be read only once; "
             "give something that can be iterated again, such as a DataLoader or a list of batches"
         )

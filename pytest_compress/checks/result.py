@@ -1,6 +1,6 @@
 """``CompressionResult``: what one compression check measured, its verdict, and its text.
 
-``explain()`` renders the message a failing test shows (the format of DESIGN.md): the
+``explain()`` renders the message a failing test shows: the
 recipe in words, then one line per measurement with its budget, each line either
 ending in ``ok`` or stating both the value and the limit it broke.
 """
@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..budgets import BudgetCheck, Budgets
-from ..units import (
-    distinct,
-    format_drop,
-    format_fraction,
-    format_metric,
-    format_ratio,
-    format_size,
-)
+from ..budgets import BUDGETS, Budget, BudgetCheck, Budgets
+from ..engine.specs import PruneSpec, QuantSpec
+from ..metrics import DEFAULT_METRIC, MetricKind
+from ..tuning.grids import format_setting
+from ..units import distinct, format_fraction, format_ratio, format_size
 
-DEFAULT_METRIC = "accuracy"
+if TYPE_CHECKING:  # they import torch; the plugin imports this module when it loads
+    from ..tuning.keep_float import KeepFloatResult
+    from ..tuning.recovery import RecoveryResult
+    from ..tuning.search import SearchResult
+    from ..tuning.sensitivity import SensitivityResult
+
+# The budgets whose line in a failure message is the headline of its measurement
+# (``accuracy 97.2% -> 92.2%: drop 5.0 pp > 0.5 pp allowed``, ``size ... (ratio ...)``).
+_HEADLINE_BUDGETS = ("max_accuracy_drop", "max_size_ratio")
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,8 @@ class CompressionResult:
     size_ratio: float
     sparsity: float
     recipe: str
-    quantize: Any = None
-    prune: Any = None
+    quantize: QuantSpec | None = None
+    prune: PruneSpec | None = None
     budgets: Budgets = field(default_factory=Budgets)
     checks: tuple[BudgetCheck, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
@@ -57,13 +61,12 @@ class CompressionResult:
     # True when the numbers come from the persistent cache (an earlier run measured the
     # same weights, data, metric and recipe); the budgets were checked on them anew.
     cached: bool = False
-    # How the recipe was adjusted from evaluation, when it was (engine result objects,
-    # each with summary() and to_dict()): the search that chose the recipe, the layers
-    # kept float, the per-layer drops of a failing recipe, and the recovery.
-    search: Any = None
-    keep_float: Any = None
-    sensitivity: Any = None
-    recovery: Any = None
+    # How the recipe was adjusted from evaluation, when it was: the search that chose the
+    # recipe, the layers kept float, the per-layer drops of a failing recipe, the recovery.
+    search: SearchResult | None = None
+    keep_float: KeepFloatResult | None = None
+    sensitivity: SensitivityResult | None = None
+    recovery: RecoveryResult | None = None
 
     @property
     def violations(self) -> list[BudgetCheck]:
@@ -99,15 +102,13 @@ class CompressionResult:
         lines = [f"{head} {self.recipe}:"]
         by_budget = {check.budget: check for check in self.checks}
         lines.append(self._metric_line(by_budget.get("max_accuracy_drop")))
-        if "max_relative_drop" in by_budget:
-            lines.append(self._relative_line(by_budget["max_relative_drop"]))
+        lines.extend(self._budget_lines(by_budget, eased_by_compression=False))
         if self.sensitivity is not None:  # the blame sits under the metric it explains
             lines.append(self.sensitivity.summary())
         lines.append(self._size_line(by_budget.get("max_size_ratio")))
-        if "max_size" in by_budget:
-            lines.append(self._max_size_line(by_budget["max_size"]))
-        if "min_sparsity" in by_budget or self.prune is not None:
-            lines.append(self._sparsity_line(by_budget.get("min_sparsity")))
+        lines.extend(self._budget_lines(by_budget, eased_by_compression=True))
+        if "min_sparsity" not in by_budget and self.prune is not None:
+            lines.append(f"sparsity {format_fraction(self.sparsity)}")
         lines.extend(self._baseline_line(check) for check in self.checks if check.is_baseline)
         lines.extend(self._adjustment_lines())
         where = f"model {self.model}, data {self.data}, device {self.device}"
@@ -150,34 +151,24 @@ class CompressionResult:
     # --- the lines of explain() -----------------------------------------------------
 
     @property
-    def _percent(self) -> bool:
-        return self.metric == DEFAULT_METRIC
-
-    @property
-    def _drop_word(self) -> str:
-        return "drop" if self.higher_is_better else "increase"
+    def metric_kind(self) -> MetricKind:
+        """How this check's metric reads (percent or not, drop or increase)."""
+        return MetricKind.named(self.metric, self.higher_is_better)
 
     def _metric_line(self, check: BudgetCheck | None) -> str:
         before, after = distinct(
             self.float_metric,
             self.compressed_metric,
-            lambda v, d: format_metric(v, self._percent, d),
+            self.metric_kind.value,
         )
         head = f"{self.metric} {before} -> {after}"
         if check is None:
-            drop = format_drop(self.accuracy_drop, self._percent)
-            return f"{head} ({self._drop_word} {drop})"
-        drop, limit = distinct(
-            check.actual, check.limit, lambda v, d: format_drop(v, self._percent, d)
-        )
+            drop = self.metric_kind.difference(self.accuracy_drop)
+            return f"{head} ({self.metric_kind.drop_word} {drop})"
+        drop, limit = distinct(check.actual, check.limit, self.metric_kind.difference)
         if check.ok:
-            return f"{head} ({self._drop_word} {drop}, budget {limit}): ok"
-        return f"{head}: {self._drop_word} {drop} > {limit} allowed"
-
-    def _relative_line(self, check: BudgetCheck) -> str:
-        drop, limit = distinct(check.actual, check.limit, format_fraction)
-        head = f"{self.metric} relative {self._drop_word} {drop}"
-        return f"{head} (budget {limit}): ok" if check.ok else f"{head} > {limit} allowed"
+            return f"{head} ({self.metric_kind.drop_word} {drop}, budget {limit}): ok"
+        return f"{head}: {self.metric_kind.drop_word} {drop} > {limit} allowed"
 
     def _size_line(self, check: BudgetCheck | None) -> str:
         before, after = format_size(self.float_size), format_size(self.compressed_size)
@@ -189,19 +180,19 @@ class CompressionResult:
             return f"{head} (ratio {ratio}, budget {limit}): ok"
         return f"{head}: ratio {ratio} > {limit} allowed"
 
-    def _max_size_line(self, check: BudgetCheck) -> str:
-        size, limit = distinct(check.actual, check.limit, format_size)
-        if size == limit:  # differ below the shown precision: show the bytes
-            size, limit = f"{check.actual:,.0f} B", f"{check.limit:,.0f} B"
-        head = f"compressed size {size}"
-        return f"{head} (budget {limit}): ok" if check.ok else f"{head} > {limit} allowed"
-
-    def _sparsity_line(self, check: BudgetCheck | None) -> str:
-        if check is None:
-            return f"sparsity {format_fraction(self.sparsity)}"
-        sparsity, limit = distinct(check.actual, check.limit, format_fraction)
-        head = f"sparsity {sparsity}"
-        return f"{head} (budget {limit}): ok" if check.ok else f"{head} < {limit} required"
+    def _budget_lines(
+        self, by_budget: dict[str, BudgetCheck], *, eased_by_compression: bool
+    ) -> list[str]:
+        """A line per budget set that no headline shows, in registry order."""
+        lines = []
+        metric = self.metric_kind
+        for name, budget in BUDGETS.items():
+            check = by_budget.get(name)
+            if check is None or name in _HEADLINE_BUDGETS:
+                continue
+            if budget.eased_by_compression == eased_by_compression:
+                lines.append(_budget_line(budget, check, metric))
+        return lines
 
     def _baseline_search_line(self, check: BudgetCheck) -> str:
         kind = self.search.kind if self.search is not None else "setting"
@@ -230,22 +221,29 @@ class CompressionResult:
                 f"regressed vs baseline: compressed size {size} > baseline {recorded} "
                 f"+ 1% ({format_size(check.limit)})"
             )
-        value, recorded = distinct(
-            check.actual, reference, lambda v, d: format_metric(v, self._percent, d)
-        )
-        tolerance = format_drop(abs(reference - check.limit), self._percent)
+        value, recorded = distinct(check.actual, reference, self.metric_kind.value)
+        tolerance = self.metric_kind.difference(abs(reference - check.limit))
         if check.ok:
             return f"{self.metric} {value} vs baseline {recorded} (tolerance {tolerance}): ok"
-        worse = "<" if self.higher_is_better else ">"
+        worse = self.metric_kind.worse
         return (
             f"regressed vs baseline: {self.metric} {value} {worse} baseline {recorded} "
             f"by more than the tolerance {tolerance}"
         )
 
 
-def _search_line(check: BudgetCheck, kind: str) -> str:
-    from ..tuning.search import format_setting
+def _budget_line(budget: Budget, check: BudgetCheck, metric: MetricKind) -> str:
+    """``compressed size 7.7 kB (budget 10.0 kB): ok`` or ``sparsity 50.0% < 80.0% required``."""
+    actual, limit = distinct(check.actual, check.limit, lambda v, d: budget.render(v, metric, d))
+    if actual == limit:  # they differ below the shown precision: show the raw numbers
+        actual, limit = f"{check.actual:,}", f"{check.limit:,}"
+    head = f"{budget.words(budget.label, metric)} {actual}"
+    if check.ok:
+        return f"{head} (budget {limit}): ok"
+    return f"{head} > {limit} allowed" if budget.upper else f"{head} < {limit} required"
 
+
+def _search_line(check: BudgetCheck, kind: str) -> str:
     found = None if check.actual != check.actual else check.actual  # NaN: nothing found
     found_text = format_setting(kind, found) if found is not None else "nothing"
     recorded = format_setting(kind, check.reference)

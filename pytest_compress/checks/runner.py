@@ -1,11 +1,21 @@
-"""One compression check: compress a copy, evaluate, measure, and hold it against its budgets.
+"""The check runner: one object per session that compresses, measures and judges checks.
 
-The float model's metric and size do not depend on the recipe, so they are kept per
-(model, data, metric, device) in an ``IdentityMemo``: K checks of one model cost K + 1
-evaluations, not 2K. With a ``ResultCache`` and the check's ``CheckKeys`` the numbers
-also outlive the session: a check whose key is found is not compressed or evaluated at
-all, and its budgets are checked on the stored numbers. No pytest import: the plugin
-resolves fixtures and calls ``run_check``.
+``CheckRunner.run(check, inputs)`` is the whole pytest-free path from a parsed ``Check``
+and its resolved ``CheckInputs`` to a ``CompressionResult``. The runner owns what
+outlives one check: the float model's measurements per (model, data, metric, device),
+so K checks of one model cost K + 1 evaluations, not 2K; the data read once per fixture;
+the fingerprints; and the persistent ``ResultCache``, so a check measured by an earlier
+run with the same weights, data, metric, recipe and versions is neither compressed nor
+evaluated, and its budgets are checked on the stored numbers.
+
+The tuning loop runs here too, each of its evaluations an ordinary check:
+
+1. ``keep_float`` patterns are added to the ``exclude`` of the recipe;
+2. ``search``: the most compression of one knob at which every budget holds; the
+   result reported is the chosen trial's, or the closest one when no setting passes;
+3. when the result breaks a budget that more compression breaks (the metric's), each
+   layer is compressed alone and ranked (``layer_sensitivity``, capped);
+4. ``keep_float="auto"`` keeps the most sensitive layers float until every budget holds.
 """
 
 from __future__ import annotations
@@ -13,14 +23,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..budgets import check_budgets
-from ..plugin.markers import CheckRequest
-from .cache import CheckEntry, CheckKeys, IdentityMemo, ReferenceEntry, ResultCache
-from .result import DEFAULT_METRIC, CompressionResult
+import torch
+from torch import nn
+
+from ..budgets import BUDGETS
+from ..engine.apply import compress_model
+from ..engine.batches import model_device
+from ..engine.measure import evaluate, model_size, sparsity
+from ..fileformat.container import compressed_size
+from ..metrics import DEFAULT_METRIC, MetricKind
+from ..tuning.keep_float import KeepFloatResult, keep_float_auto, keep_float_specs
+from ..tuning.recovery import RecoveryResult, pruning_masks, recover_compressed
+from ..tuning.search import search
+from ..tuning.sensitivity import DEFAULT_LIMIT, SensitivityResult, layer_sensitivity
+from ..tuning.trial import Trial
+from .cache import CheckEntry, CheckStore, IdentityMemo, NoStore, ReferenceEntry, ResultCache
+from .inputs import PreparedInputs
+from .materialize import EvaluationData, resolve_device
+from .request import Check, CheckInputs, Recipe
+from .result import CompressionResult
 
 
 @dataclass(frozen=True)
@@ -32,252 +57,318 @@ class Reference:
     seconds: float
 
 
-@dataclass(frozen=True)
-class CheckContext:
-    """What the numbers of a check are labelled with in its result."""
+class CheckRunner:
+    """Runs the checks of one session; pytest-free.
 
-    metric_name: str = DEFAULT_METRIC
-    model_label: str | None = None
-    data_label: str | None = None
-    device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """A recovery step for the compressed copy: ``fn(model, data) -> model`` and its data.
-
-    ``data`` is the user's training batches (the ``recover_data`` fixture), never the
-    evaluation data: a model fine-tuned on what it is then measured on would look better
-    than it is.
+    - ``device``: where models are evaluated (``cpu``, ``cuda``, ``cuda:N``).
+    - ``cache_mb``: data up to this size is kept on the device; larger data streams.
+    - ``sensitivity_limit``: at most this many layers are measured alone when a check
+      breaks its metric budget; None measures none (unless ``keep_float="auto"``).
+    - ``results``: the persistent cache, or None to measure everything and store nothing.
+    - ``notes``: what the reports should say about data and the cache, by topic.
     """
 
-    fn: Any
-    data: Any
+    def __init__(
+        self,
+        *,
+        device: str,
+        cache_mb: float,
+        sensitivity_limit: int | None,
+        results: ResultCache | None,
+        notes: dict[str, str] | None = None,
+    ) -> None:
+        self.device = device
+        self.sensitivity_limit = sensitivity_limit
+        self.results = results
+        self.references = IdentityMemo()
+        self.inputs = PreparedInputs(
+            device=device, cache_mb=cache_mb, fingerprints=results is not None, notes=notes
+        )
+
+    def run(self, check: Check, inputs: CheckInputs) -> CompressionResult:
+        """Compress a copy of ``inputs.model`` as ``check`` says, measure, and judge it.
+
+        The model is never modified: the engine compresses a deep copy, and evaluation
+        restores the train/eval flags.
+        """
+        evaluation = self.inputs.data(inputs.data_label, inputs.data)
+        calibration = evaluation
+        # read only by recipes that calibrate: others need not pay for reading it (a search
+        # or keep_float never adds activation quantization to the fixed recipe)
+        if (
+            inputs.calibration is not None
+            and inputs.calibration is not inputs.data
+            and check.recipe.calibrates
+        ):
+            calibration = self.inputs.data(
+                inputs.calibration_label, inputs.calibration, "calibration data"
+            )
+        return _CheckRun(self, inputs, evaluation, calibration).adjusted(check)
 
 
-def run_check(
-    model: Any,
-    data: Iterable[Any],
-    request: CheckRequest,
-    *,
-    metric: Any = None,
-    metric_name: str = DEFAULT_METRIC,
-    calibration_data: Iterable[Any] | None = None,
-    device: str = "cpu",
-    cache: IdentityMemo | None = None,
-    cache_key: Hashable = None,
-    model_label: str | None = None,
-    data_label: str | None = None,
-    results: ResultCache | None = None,
-    keys: CheckKeys | None = None,
-    recovery: Recovery | None = None,
-) -> CompressionResult:
-    """Compress ``model`` as ``request`` says, measure both models, and give the verdict.
+def missing_device(device: str, index: int | None) -> str | None:
+    """Why CUDA device ``index`` of ``device`` cannot be used here, or None when it can."""
+    if index is None:
+        return None
+    if not torch.cuda.is_available():
+        return (
+            f"--compress-device={device}: CUDA is not available on this machine "
+            f"(torch {torch.__version__}); use --compress-device=cpu"
+        )
+    count = torch.cuda.device_count()
+    if index >= count:
+        return (
+            f"--compress-device={device}: this machine has {count} CUDA "
+            f"device(s), cuda:0 to cuda:{count - 1}"
+        )
+    return None
 
-    ``model`` is never modified: the engine compresses a deep copy, and evaluation
-    restores the train/eval flags. ``results`` and ``keys`` together turn on the
-    persistent cache: a stored check is returned as it was measured (``cached``).
-    """
-    from .materialize import require_reiterable
 
-    require_reiterable(data, "data")
-    if calibration_data is not None:
-        require_reiterable(calibration_data, "calibration data")
-    started = time.perf_counter()
-    context = CheckContext(
-        metric_name, model_label or request.model, data_label or request.data, device
-    )
-    persistent = results if keys is not None else None
-    if persistent is not None and keys is not None:
-        stored = persistent.check(keys.check)
+def metric_name(metric: Any, label: str) -> str:
+    """The metric's function name, or its label (fixture) for a lambda or callable object."""
+    if metric is None:
+        return DEFAULT_METRIC
+    name = getattr(metric, "__name__", "")
+    return label if not name or name.startswith("<") else name
+
+
+@dataclass(frozen=True)
+class _CheckRun:
+    """One check's inputs, read and bound: the runner, the data and the calibration data."""
+
+    runner: CheckRunner
+    inputs: CheckInputs
+    evaluation: EvaluationData
+    calibration: EvaluationData
+
+    @property
+    def batches(self) -> Iterable[Any]:
+        return self.evaluation.batches
+
+    def metric(self, check: Check) -> MetricKind:
+        name = metric_name(self.inputs.metric, self.inputs.metric_label)
+        return MetricKind.named(name, check.higher_is_better)
+
+    def evaluate(self, model: nn.Module) -> float:
+        return evaluate(model, self.batches, self.inputs.metric, device=self.runner.device)
+
+    # --- the tuning loop -----------------------------------------------------------
+
+    def adjusted(self, check: Check) -> CompressionResult:
+        """The check with its keep_float, search and sensitivity steps applied."""
+        adjustments = check.adjustments
+        recipe = check.recipe
+        if adjustments.kept_float and recipe != Recipe():
+            # the fixed part here; a search adds the patterns to the spec it chooses
+            model = None if adjustments.search else self.inputs.model
+            recipe = Recipe(
+                *keep_float_specs(
+                    recipe.quantize, recipe.prune, adjustments.kept_float, model=model
+                )
+            )
+        found = None
+        if adjustments.search is not None:
+            found = search(
+                adjustments.search,
+                lambda q, p: self.trial(check, Recipe(q, p)),
+                quantize=recipe.quantize,
+                prune=recipe.prune,
+                exclude=adjustments.kept_float,
+                metric_name=self.metric(check).name,
+            )
+            assert found.closest is not None  # every grid has a setting, so one was tried
+            result: CompressionResult = found.closest.result
+        else:
+            result = self.one(check.at(recipe))
+        sensitivity = None
+        limit = self.runner.sensitivity_limit
+        if Trial.from_result(result).damaged and (limit is not None or adjustments.auto_keep_float):
+            sensitivity = self.sensitivity(result, DEFAULT_LIMIT if limit is None else limit)
+        kept = None
+        if adjustments.auto_keep_float:
+            kept = self.keep_float_auto(check, result, sensitivity)
+            result = kept.final.result
+        return dataclasses.replace(result, search=found, keep_float=kept, sensitivity=sensitivity)
+
+    def trial(self, check: Check, recipe: Recipe) -> Trial:
+        return Trial.from_result(self.one(check.at(recipe)))
+
+    def sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
+        return layer_sensitivity(
+            self.inputs.model,
+            quantize=result.quantize,
+            prune=result.prune,
+            evaluate=self.evaluate,
+            float_metric=result.float_metric,
+            higher_is_better=result.higher_is_better,
+            limit=limit,
+            calibration_data=self.calibration.batches,
+            metric_name=result.metric,
+        )
+
+    def keep_float_auto(
+        self, check: Check, result: CompressionResult, sensitivity: SensitivityResult | None
+    ) -> KeepFloatResult:
+        # A passing recipe, or one that only misses a size or sparsity floor, has no
+        # ranking: nothing to keep float, and keep_float_auto says so without evaluating.
+        ranking = sensitivity.ranked if sensitivity is not None else ()
+        return keep_float_auto(
+            self.inputs.model,
+            ranking,
+            lambda q, p: self.trial(check, Recipe(q, p)),
+            quantize=result.quantize,
+            prune=result.prune,
+            initial=Trial.from_result(result),
+            metric_name=result.metric,
+        )
+
+    # --- one check of a concrete recipe --------------------------------------------
+
+    def one(self, check: Check) -> CompressionResult:
+        """Compress, measure and judge ``check``'s recipe (or serve it from the cache)."""
+        started = time.perf_counter()
+        store = self.store(check)
+        stored = store.check()
         if stored is not None:
             timings = {"total": time.perf_counter() - started}
-            return _verdict(request, stored, context, timings, cached=True)
+            return self.verdict(check, stored, timings, cached=True)
+        reference, remembered = self.reference(store)
+        measured, timings, recovered = self.measure_compressed(check.recipe)
+        entry = CheckEntry(reference.metric, reference.size, *measured)
+        store.put_check(entry)
+        timings = {
+            "float_evaluate": 0.0 if remembered else reference.seconds,
+            **timings,
+            "total": time.perf_counter() - started,
+        }
+        result = self.verdict(check, entry, timings, cached=False)
+        return result if recovered is None else dataclasses.replace(result, recovery=recovered)
 
-    def measure_float() -> Reference:
-        return _measure_float(model, data, metric, device, persistent, keys)
+    def store(self, check: Check) -> CheckStore | NoStore:
+        """Where the check's numbers are kept across sessions: nowhere without a cache, for a
+        recovered check (its numbers depend on the recovery and its data too, which no
+        fingerprint covers), or when something it depends on cannot be fingerprinted."""
+        results = self.runner.results
+        if results is None or self.inputs.recovery is not None:
+            return NoStore()
+        keys = self.runner.inputs.keys(
+            check.recipe,
+            model=(self.inputs.model_label, self.inputs.model),
+            data=self.evaluation,
+            metric=(self.inputs.metric_label, self.inputs.metric),
+            calibration=self.calibration,
+        )
+        return NoStore() if keys is None else CheckStore(results, keys)
 
-    if cache is None:
-        reference, remembered = measure_float(), False
-    else:
-        reference, remembered = cache.get((cache_key, device), (model, data, metric), measure_float)
-    measured, timings, recovered = _measure_compressed(
-        model, data, request, metric, calibration_data, device, recovery
-    )
-    entry = CheckEntry(reference.metric, reference.size, *measured)
-    # A recovered check's numbers depend on the recovery and its data too, which the keys
-    # do not cover: the caller passes no keys for one, and it is never stored.
-    if persistent is not None and keys is not None and recovery is None:
-        persistent.put_check(keys.check, entry)
-    timings = {
-        "float_evaluate": 0.0 if remembered else reference.seconds,
-        **timings,
-        "total": time.perf_counter() - started,
-    }
-    result = _verdict(request, entry, context, timings, cached=False)
-    return result if recovered is None else dataclasses.replace(result, recovery=recovered)
+    def reference(self, store: CheckStore | NoStore) -> tuple[Reference, bool]:
+        """The float model's measurements, and whether this session had them already."""
+        inputs = self.inputs
+        metric_label = None if inputs.metric is None else inputs.metric_label
+        key = ((inputs.model_label, inputs.data_label, metric_label), self.runner.device)
+        objects = (inputs.model, self.batches, inputs.metric)
+        return self.runner.references.get(key, objects, lambda: self.measure_float(store))
 
-
-def _measure_float(
-    model: Any,
-    data: Iterable[Any],
-    metric: Any,
-    device: str,
-    persistent: ResultCache | None,
-    keys: CheckKeys | None,
-) -> Reference:
-    """The float model's metric and size: from the persistent cache, else measured (and stored)."""
-    from ..engine.measure import evaluate, model_size
-
-    if persistent is not None and keys is not None:
-        stored = persistent.reference(keys.reference)
+    def measure_float(self, store: CheckStore | NoStore) -> Reference:
+        """From the persistent cache, else measured (and stored)."""
+        stored = store.reference()
         if stored is not None:
             return Reference(stored.metric, stored.size, 0.0)
-    begun = time.perf_counter()
-    reference = Reference(
-        evaluate(model, data, metric, device=device),
-        model_size(model),
-        time.perf_counter() - begun,
-    )
-    if persistent is not None and keys is not None:
-        persistent.put_reference(keys.reference, ReferenceEntry(reference.metric, reference.size))
-    return reference
-
-
-def _measure_compressed(
-    model: Any,
-    data: Iterable[Any],
-    request: CheckRequest,
-    metric: Any,
-    calibration_data: Iterable[Any] | None,
-    device: str,
-    recovery: Recovery | None = None,
-) -> tuple[tuple[float, int, float], dict[str, float], Any]:
-    """((compressed metric, compressed size, sparsity), seconds by phase, RecoveryResult or
-    None) of a fresh copy, recovered first when ``recovery`` is given."""
-    from ..engine.apply import compress_model
-    from ..engine.batches import model_device
-    from ..engine.measure import evaluate, sparsity
-    from ..fileformat.container import compressed_size
-    from .materialize import resolve_device
-
-    calibration = calibration_data if calibration_data is not None else data
-    begun = time.perf_counter()
-    compressed = compress_model(
-        model, quantize=request.quantize, prune=request.prune, calibration_data=calibration
-    )
-    compress_seconds = time.perf_counter() - begun
-    target = resolve_device(device)
-    if model_device(compressed) != target:
-        compressed.to(target)  # our own copy: move it, rather than let evaluate copy it again
-
-    recovered = None
-    recover_seconds = 0.0
-    if recovery is not None:
         begun = time.perf_counter()
-        compressed, recovered = _recover(
-            model, compressed, request, recovery, calibration, metric, data, target
+        metric = self.evaluate(self.inputs.model)
+        reference = Reference(metric, model_size(self.inputs.model), time.perf_counter() - begun)
+        store.put_reference(ReferenceEntry(reference.metric, reference.size))
+        return reference
+
+    def measure_compressed(
+        self, recipe: Recipe
+    ) -> tuple[tuple[float, int, float], dict[str, float], RecoveryResult | None]:
+        """((metric, compressed size, sparsity), seconds by phase, RecoveryResult or None)
+        of a fresh copy, recovered first when the inputs have a recovery."""
+        begun = time.perf_counter()
+        compressed = compress_model(
+            self.inputs.model,
+            quantize=recipe.quantize,
+            prune=recipe.prune,
+            calibration_data=self.calibration.batches,
         )
-        recover_seconds = time.perf_counter() - begun
+        timings = {"compress": time.perf_counter() - begun}
+        target = resolve_device(self.runner.device)
+        if model_device(compressed) != target:
+            compressed.to(target)  # our own copy: move it, rather than let evaluate copy it
+        recovered = None
+        if self.inputs.recovery is not None:
+            begun = time.perf_counter()
+            compressed, recovered = self.recover(compressed, recipe, target)
+            timings["recover"] = time.perf_counter() - begun
+        begun = time.perf_counter()
+        packed_size = compressed_size(compressed)  # the file the user would ship
+        zeros = sparsity(compressed).overall
+        timings["measure"] = time.perf_counter() - begun
+        begun = time.perf_counter()
+        metric = self.evaluate(compressed)
+        timings["evaluate"] = time.perf_counter() - begun
+        if recovered is not None:
+            assert recovered.metric_before is not None  # recover() measured it
+            recovered = recovered.with_metrics(recovered.metric_before, metric)
+        return (metric, packed_size, zeros), timings, recovered
 
-    begun = time.perf_counter()
-    packed_size = compressed_size(compressed)  # the file the user would ship, after recovery
-    zeros = sparsity(compressed).overall
-    measure_seconds = time.perf_counter() - begun
+    def recover(
+        self, compressed: nn.Module, recipe: Recipe, device: Any
+    ) -> tuple[nn.Module, RecoveryResult]:
+        """The recovered copy and its ``RecoveryResult`` (metric before recovery filled in).
 
-    begun = time.perf_counter()
-    compressed_metric = evaluate(compressed, data, metric, device=target)
-    evaluate_seconds = time.perf_counter() - begun
-    timings = {
-        "compress": compress_seconds,
-        "evaluate": evaluate_seconds,
-        "measure": measure_seconds,
-    }
-    if recovered is not None:
-        timings["recover"] = recover_seconds
-        recovered = recovered.with_metrics(recovered.metric_before, compressed_metric)
-    return (compressed_metric, packed_size, zeros), timings, recovered
+        The masks come from the float model, so exactly the weights the recipe pruned are
+        held at zero; the copy is re-quantized with the recipe after the recovery.
+        """
+        recovery = self.inputs.recovery
+        assert recovery is not None
+        masks = pruning_masks(self.inputs.model, recipe.prune)
+        before = self.evaluate(compressed)
+        result = recover_compressed(
+            compressed,
+            recovery.fn,
+            recovery.data,
+            quantize=recipe.quantize,
+            prune=recipe.prune,
+            masks={name: mask.to(device) for name, mask in masks.items()},
+            calibration_data=self.calibration.batches,
+        )
+        # metric_after is the check's own evaluation of the recovered copy, filled in later
+        return result.model, result.with_metrics(before, before)
 
+    # --- the verdict ---------------------------------------------------------------
 
-def _recover(
-    model: Any,
-    compressed: Any,
-    request: CheckRequest,
-    recovery: Recovery,
-    calibration: Iterable[Any],
-    metric: Any,
-    data: Iterable[Any],
-    device: Any,
-) -> tuple[Any, Any]:
-    """The recovered copy and its ``RecoveryResult`` (metric before recovery filled in).
-
-    The masks come from the float model, so exactly the weights the recipe pruned are
-    held at zero; the copy is re-quantized with the recipe after ``recovery.fn``.
-    """
-    from ..engine.measure import evaluate
-    from ..tuning.recovery import pruning_masks, recover_compressed
-
-    masks = pruning_masks(model, request.prune) if request.prune is not None else {}
-    before = evaluate(compressed, data, metric, device=device)
-    result = recover_compressed(
-        compressed,
-        recovery.fn,
-        recovery.data,
-        quantize=request.quantize,
-        prune=request.prune,
-        masks={name: mask.to(device) for name, mask in masks.items()},
-        calibration_data=calibration,
-    )
-    # metric_after is the check's own evaluation of the recovered copy, filled in after it
-    return result.model, result.with_metrics(before, before)
-
-
-def _verdict(
-    request: CheckRequest,
-    entry: CheckEntry,
-    context: CheckContext,
-    timings: dict[str, float],
-    *,
-    cached: bool,
-) -> CompressionResult:
-    """The result of measured (or stored) numbers: drops, ratio, and the budgets' checks."""
-    from ..engine.specs import describe_recipe
-
-    drop = entry.float_metric - entry.compressed_metric
-    if not request.higher_is_better:
-        drop = -drop  # for a loss or an error rate, the increase is the loss of quality
-    relative = _relative(drop, entry.float_metric)
-    ratio = entry.compressed_size / entry.float_size if entry.float_size else math.inf
-    checks = check_budgets(
-        request.budgets,
-        accuracy_drop=drop,
-        relative_drop=relative,
-        size_ratio=ratio,
-        compressed_size=entry.compressed_size,
-        sparsity=entry.sparsity,
-    )
-    return CompressionResult(
-        float_metric=entry.float_metric,
-        compressed_metric=entry.compressed_metric,
-        accuracy_drop=drop,
-        relative_drop=relative,
-        float_size=entry.float_size,
-        compressed_size=entry.compressed_size,
-        size_ratio=ratio,
-        sparsity=entry.sparsity,
-        recipe=describe_recipe(request.quantize, request.prune),
-        quantize=request.quantize,
-        prune=request.prune,
-        budgets=request.budgets,
-        checks=tuple(checks),
-        timings=timings,
-        metric=context.metric_name,
-        higher_is_better=request.higher_is_better,
-        model=context.model_label or request.model,
-        data=context.data_label or request.data,
-        device=context.device,
-        cached=cached,
-    )
+    def verdict(
+        self, check: Check, entry: CheckEntry, timings: dict[str, float], *, cached: bool
+    ) -> CompressionResult:
+        """The result of measured (or stored) numbers: drops, ratio, and the budgets' checks."""
+        metric = self.metric(check)
+        drop = metric.drop(entry.float_metric, entry.compressed_metric)
+        result = CompressionResult(
+            float_metric=entry.float_metric,
+            compressed_metric=entry.compressed_metric,
+            accuracy_drop=drop,
+            relative_drop=_relative(drop, entry.float_metric),
+            float_size=entry.float_size,
+            compressed_size=entry.compressed_size,
+            size_ratio=(entry.compressed_size / entry.float_size if entry.float_size else math.inf),
+            sparsity=entry.sparsity,
+            recipe=check.recipe.describe(),
+            quantize=check.recipe.quantize,
+            prune=check.recipe.prune,
+            budgets=check.budgets,
+            timings=timings,
+            metric=metric.name,
+            higher_is_better=check.higher_is_better,
+            model=self.inputs.model_label,
+            data=self.inputs.data_label,
+            device=self.runner.device,
+            cached=cached,
+        )
+        measured = {
+            budget.measures: getattr(result, budget.measures) for budget in BUDGETS.values()
+        }
+        return dataclasses.replace(result, checks=tuple(check.budgets.check(measured)))
 
 
 def _relative(drop: float, reference: float) -> float:

@@ -1,7 +1,15 @@
 """Run-time activation compression: forward hooks that fake-quantize or prune a layer's output.
 
 The hooks are small callable objects (not closures) so ``copy.deepcopy`` copies them
-with their module and ``save_compressed`` can find and store them.
+with their module. ``add_activation_hook`` registers one and records it on its module
+together with its ``RemovableHandle``: ``activation_hooks`` lists the hooks from that
+record (so ``save_compressed`` can store them) and ``remove_activation_hooks`` takes them
+off through their handles, never through torch's private hook dicts.
+
+A deep copy (or a pickle round trip) of a model keeps this working: ``RemovableHandle``
+pickles the hook dicts it refers to, so copying a module copies each handle with it, and
+the copy's handle refers to the copied module's dicts (``copy.deepcopy``'s memo maps
+them), removing the hook from the copy and never from the original.
 """
 
 from __future__ import annotations
@@ -11,11 +19,32 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .quant import QuantizedTensor, dequantize, quantize_with
 
+# The module attribute holding the engine's activation hooks on that module, in the order
+# they were registered (the order they run in). Set in the module's __dict__, as the
+# compression record is, so copy.deepcopy and pickling carry it along.
+_HOOKS_ATTR = "_pytest_compress_activation_hooks"
 
-class ActivationFakeQuantize:
+
+class ActivationHook:
+    """Base of the engine's activation hooks: a forward hook that knows its handle.
+
+    The handle lives in a slot, outside the instance ``__dict__``: a hook's ``vars`` (what
+    reprs and the checks' model fingerprint read) hold only its parameters, while
+    ``copy.deepcopy`` and pickling still carry the handle along.
+    """
+
+    __slots__ = ("__dict__", "_handle")
+    _handle: RemovableHandle
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ActivationFakeQuantize(ActivationHook):
     """Rounds a layer's output onto a per-tensor grid calibrated on data."""
 
     def __init__(self, scale: float, zero_point: int, bits: int, qmin: int, qmax: int) -> None:
@@ -41,7 +70,7 @@ class ActivationFakeQuantize:
         )
 
 
-class ActivationPrune:
+class ActivationPrune(ActivationHook):
     """Zeroes every output value with ``|a| < beta * max|a|`` (max over this forward's output)."""
 
     def __init__(self, beta: float) -> None:
@@ -85,11 +114,46 @@ def at_least(values: torch.Tensor, bound: float) -> torch.Tensor:
 ACTIVATION_HOOKS = (ActivationFakeQuantize, ActivationPrune)
 
 
+def _hooks_on(module: nn.Module) -> list[ActivationHook]:
+    return module.__dict__.get(_HOOKS_ATTR, [])
+
+
+def add_activation_hook(module: nn.Module, hook: ActivationHook) -> RemovableHandle:
+    """Register ``hook`` as a forward hook of ``module`` and record it with its handle.
+
+    A hook object belongs to one module: pass a fresh one for each.
+    """
+    if not isinstance(hook, ActivationHook):
+        raise TypeError(f"hook must be an ActivationHook, got {type(hook).__name__}")
+    handle = module.register_forward_hook(hook)
+    hook._handle = handle
+    module.__dict__[_HOOKS_ATTR] = [*_hooks_on(module), hook]
+    return handle
+
+
+def remove_activation_hooks(
+    model: nn.Module, kinds: tuple[type[ActivationHook], ...] = ACTIVATION_HOOKS
+) -> None:
+    """Take every recorded activation hook of one of ``kinds`` off ``model``'s modules."""
+    for module in model.modules():
+        hooks = _hooks_on(module)
+        if not hooks:
+            continue
+        for hook in hooks:
+            if isinstance(hook, kinds):
+                hook._handle.remove()
+        kept = [hook for hook in hooks if not isinstance(hook, kinds)]
+        if kept:
+            module.__dict__[_HOOKS_ATTR] = kept
+        else:
+            del module.__dict__[_HOOKS_ATTR]  # as if no hook had ever been added
+
+
 def activation_hooks(
     model: nn.Module,
 ) -> Iterator[tuple[str, ActivationFakeQuantize | ActivationPrune]]:
     """(module name, hook) for every activation hook of ours, in the order they run."""
     for name, module in model.named_modules():
-        for hook in module._forward_hooks.values():
+        for hook in _hooks_on(module):
             if isinstance(hook, ACTIVATION_HOOKS):
                 yield name, hook

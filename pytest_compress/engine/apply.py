@@ -15,24 +15,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CalibrationError, DataError, ModelError, SpecError
 from . import prune as masks
-from .activations import ActivationFakeQuantize, ActivationPrune
+from .activations import ActivationFakeQuantize, ActivationPrune, add_activation_hook
 from .batches import call_model, model_device, split_batch, to_device
 from .layers import Layer, compressible_layers, matches, require_layers
 from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
 from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+from .state import eval_mode
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model``, or a ``ValueError`` saying why it cannot be copied."""
+    """A deep copy of ``model``, or a ``ModelError`` saying why it cannot be copied."""
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     try:
         return copy.deepcopy(model)
     except Exception as error:  # any failure of a user's __deepcopy__ is reported the same way
-        raise ValueError(
+        raise ModelError(
             f"cannot copy the model with copy.deepcopy ({type(error).__name__}: {error}); "
             "pytest-compress compresses a copy so that your model is never modified"
         ) from error
@@ -81,7 +83,7 @@ def compress_model(
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
     if quant_spec is None and prune_spec is None:
-        raise ValueError(
+        raise SpecError(
             'compress_model needs quantize=... (e.g. "int8") and/or prune=... (e.g. 0.8)'
         )
     if quant_spec is not None:
@@ -96,13 +98,13 @@ def compress_model(
 
 def _required(spec: Any, argument: str) -> Any:
     if spec is None:
-        raise ValueError(f"{argument} must be given (a spec or a shorthand), got None")
+        raise SpecError(f"{argument} must be given (a spec or a shorthand), got None")
     return spec
 
 
 def _check_calibration(spec: QuantSpec, calibration_data: Iterable[Any] | None) -> None:
     if spec.quantizes_activations and calibration_data is None:
-        raise ValueError(
+        raise DataError(
             f"quantize={spec.describe()!r} quantizes activations, which needs "
             "calibration_data: batches of inputs (or (inputs, targets) pairs) to observe "
             "activation ranges on"
@@ -122,7 +124,7 @@ def _prune_in_place(model: nn.Module, spec: PruneSpec) -> None:
                 weight.masked_fill_(~keep, 0.0)
     if spec.activation_threshold is not None:
         for layer in layers:
-            layer.module.register_forward_hook(ActivationPrune(spec.activation_threshold))
+            add_activation_hook(layer.module, ActivationPrune(spec.activation_threshold))
 
 
 def _keep_masks(layers: list[Layer], spec: PruneSpec) -> list[torch.Tensor]:
@@ -215,14 +217,28 @@ def _calibrate_activations(
     model: nn.Module, layers: list[Layer], spec: QuantSpec, calibration_data: Iterable[Any]
 ) -> None:
     """Observe each selected layer's output range on the data, then round it at run time."""
+    observers = _observe(model, layers, spec, calibration_data)
+    _require_observed(observers, spec)
+    bits = spec.activation_bits
+    assert bits is not None
+    qmin, qmax = quant_range(bits, symmetric=False)
+    for layer in layers:
+        scale, zero_point = observers[layer.name].qparams(bits)
+        add_activation_hook(
+            layer.module, ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)
+        )
+
+
+def _observe(
+    model: nn.Module, layers: list[Layer], spec: QuantSpec, calibration_data: Iterable[Any]
+) -> dict[str, RangeObserver]:
+    """Each layer's observer, after a pass over the calibration data in eval mode."""
     observers = {layer.name: RangeObserver(spec.observer, spec.percentile) for layer in layers}
     handles = [layer.module.register_forward_hook(observers[layer.name]) for layer in layers]
     device = model_device(model)
     batches = 0
-    was_training = {module: module.training for module in model.modules()}
     try:
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for batch in calibration_data:
                 inputs, _ = split_batch(batch, need_targets=False)
                 call_model(model, to_device(inputs, device))
@@ -230,18 +246,36 @@ def _calibrate_activations(
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in was_training.items():
-            module.training = training
     if batches == 0:
-        raise ValueError("calibration_data yielded no batches; activation ranges need data")
-    bits = spec.activation_bits
-    assert bits is not None
-    qmin, qmax = quant_range(bits, symmetric=False)
-    for layer in layers:
-        observer = observers[layer.name]
-        if not observer.observed:
-            continue  # the layer did not run on the calibration data (or has no float output)
-        scale, zero_point = observer.qparams(bits)
-        layer.module.register_forward_hook(
-            ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)
-        )
+        raise DataError("calibration_data yielded no batches; activation ranges need data")
+    return observers
+
+
+def _require_observed(observers: dict[str, RangeObserver], spec: QuantSpec) -> None:
+    """``CalibrationError`` naming every layer whose output range the data did not show.
+
+    Skipping such a layer would leave its outputs in float while the recipe still says
+    they are quantized.
+    """
+    never_ran = [name for name, observer in observers.items() if observer.calls == 0]
+    no_values = [
+        name for name, observer in observers.items() if observer.calls and not observer.observed
+    ]
+    if not never_ran and not no_values:
+        return
+    problems = []
+    if never_ran:
+        problems.append(f"{_names(never_ran)} never ran on the calibration data")
+    if no_values:
+        problems.append(f"{_names(no_values)} produced no floating-point output values")
+    excluded = sorted({*spec.exclude, *never_ran, *no_values})
+    raise CalibrationError(
+        f"quantize={spec.describe()!r} cannot calibrate the activations of every selected "
+        f"layer: {'; '.join(problems)}. Pass calibration_data that runs them, or leave them "
+        f"out with QuantSpec(exclude={excluded!r}) (their weights then stay float too)"
+    )
+
+
+def _names(names: list[str]) -> str:
+    quoted = ", ".join(repr(name) for name in names)
+    return f"layer {quoted}" if len(names) == 1 else f"layers {quoted}"

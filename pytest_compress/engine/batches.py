@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import DataError
+
 
 def split_batch(batch: Any, *, need_targets: bool) -> tuple[Any, Any]:
     """(inputs, targets) of a batch; a bare tensor or mapping is inputs only."""
@@ -16,7 +18,7 @@ def split_batch(batch: Any, *, need_targets: bool) -> tuple[Any, Any]:
     if not need_targets and isinstance(batch, (torch.Tensor, Mapping)):
         return batch, None
     kind = type(batch).__name__
-    raise ValueError(
+    raise DataError(
         f"each batch must be an (inputs, targets) pair{'' if need_targets else ' or inputs'}, "
         f"got a {kind}{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}"
     )

@@ -5,8 +5,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from torch import nn
+
+from ..errors import ModelError
 
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (
@@ -21,12 +24,21 @@ COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (
 COMPRESSIBLE_NAMES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding, EmbeddingBag"
 
 
+class WeightedModule(nn.Module):
+    """A compressible layer's module as the type checker sees it: its weight is a Parameter.
+
+    Never instantiated: ``compressible_layers`` checks the weight, then casts to it.
+    """
+
+    weight: nn.Parameter
+
+
 @dataclass(frozen=True)
 class Layer:
     """A compressible layer: its qualified name, the module, and its weight's axes."""
 
     name: str
-    module: nn.Module
+    module: WeightedModule
 
     @property
     def weight_name(self) -> str:
@@ -66,18 +78,18 @@ def compressible_layers(
         if id(weight) in seen or not matches(name, include, exclude):
             continue
         seen.add(id(weight))
-        layers.append(Layer(name, module))
+        layers.append(Layer(name, cast(WeightedModule, module)))
     return layers
 
 
 def require_layers(layers: list[Layer], include: Sequence[str], exclude: Sequence[str]) -> None:
-    """Raise ``ValueError`` when nothing is left to compress."""
+    """Raise ``ModelError`` when nothing is left to compress."""
     if layers:
         return
     selection = ""
     if include or exclude:
         selection = f" matching include={list(include)} exclude={list(exclude)}"
-    raise ValueError(
+    raise ModelError(
         f"the model has no compressible layer{selection}; compressible layers are "
         f"{COMPRESSIBLE_NAMES}"
     )

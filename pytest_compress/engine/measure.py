@@ -10,9 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CompressError, DataError, ModelError
 from .apply import copy_model
 from .batches import call_model, model_device, split_batch, to_device
 from .layers import compressible_layers
+from .state import eval_mode
 
 BatchMetric = Callable[[Any, Any], tuple[Any, Any]]
 
@@ -38,7 +40,7 @@ def model_metric(fn: Callable[[nn.Module, Any], float]) -> ModelMetric:
     (sum, count)``; the two kinds are never guessed from a signature.
     """
     if not callable(fn):
-        raise ValueError(f"model_metric needs a callable fn(model, data) -> float, got {fn!r}")
+        raise CompressError(f"model_metric needs a callable fn(model, data) -> float, got {fn!r}")
     return ModelMetric(fn)
 
 
@@ -51,7 +53,7 @@ def top1_accuracy(outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, in
     outputs = getattr(outputs, "logits", outputs)
     if not isinstance(outputs, torch.Tensor) or outputs.dim() < 2:
         shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs)
-        raise ValueError(
+        raise ModelError(
             f"top-1 accuracy needs class scores of shape (batch, classes), got {shape}; "
             "pass a batch metric (outputs, targets) -> (sum, count) or model_metric(fn)"
         )
@@ -59,7 +61,7 @@ def top1_accuracy(outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, in
     targets = torch.as_tensor(targets, device=predictions.device)
     if predictions.shape != targets.shape:
         # Broadcasting would compare every prediction with every target and report nonsense.
-        raise ValueError(
+        raise DataError(
             f"top-1 accuracy needs targets of shape {tuple(predictions.shape)} (class indices "
             f"for scores of shape {tuple(outputs.shape)}), got {tuple(targets.shape)}; for "
             "one-hot or other targets pass a batch metric (outputs, targets) -> (sum, count)"
@@ -80,27 +82,21 @@ def evaluate(
     evaluated as a copy moved there, so the model itself is never moved.
     """
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = torch.device(device)
     if model_device(model) != device:
         model = copy_model(model).to(device)
-    flags = {module: module.training for module in model.modules()}
-    try:
-        model.eval()
-        with torch.inference_mode():
-            if isinstance(metric, ModelMetric):
-                return float(metric(model, data))
-            return _batch_metric(model, data, metric or top1_accuracy, device)
-    finally:
-        for module, training in flags.items():
-            module.training = training
+    with eval_mode(model), torch.inference_mode():
+        if isinstance(metric, ModelMetric):
+            return float(metric(model, data))
+        return _batch_metric(model, data, metric or top1_accuracy, device)
 
 
 def _batch_metric(
     model: nn.Module, data: Iterable[Any], metric: BatchMetric, device: torch.device
 ) -> float:
     if not callable(metric):
-        raise ValueError(
+        raise CompressError(
             f"metric must be a batch metric (outputs, targets) -> (sum, count) or "
             f"model_metric(fn), got {metric!r}"
         )
@@ -111,14 +107,14 @@ def _batch_metric(
         outputs = call_model(model, to_device(inputs, device))
         result = metric(outputs, to_device(targets, device))
         if not (isinstance(result, (tuple, list)) and len(result) == 2):
-            raise ValueError(
+            raise CompressError(
                 f"a batch metric must return (sum, count), got {type(result).__name__}; "
                 "wrap a whole-model metric with model_metric(fn)"
             )
         total += float(result[0])
         count += float(result[1])
     if count == 0:
-        raise ValueError("data yielded no samples: the metric of an empty data set is undefined")
+        raise DataError("data yielded no samples: the metric of an empty data set is undefined")
     return total / count
 
 

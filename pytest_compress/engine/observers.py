@@ -23,8 +23,10 @@ class RangeObserver:
         self.max_val: torch.Tensor | None = None
         self.samples: list[torch.Tensor] = []
         self.kept = 0
+        self.calls = 0  # forwards seen, whether or not their output could be observed
 
     def __call__(self, module: torch.nn.Module, inputs: tuple, output: object) -> None:
+        self.calls += 1
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             return
         values = output.detach().reshape(-1).to(torch.float32)

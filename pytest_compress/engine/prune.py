@@ -7,7 +7,7 @@ weight's shape on the weight's device; none modifies its input. They run under
 
 The rules, each vectorised over whole tensors:
 
-- ``threshold_mask``: the seed article's rule, ``|w| < alpha * max|w|`` is pruned.
+- ``threshold_mask``: magnitude threshold pruning, ``|w| < alpha * max|w|`` is pruned.
 - ``magnitude_mask`` / ``global_magnitude_masks``: exactly ``k = round(amount * numel)``
   of the smallest ``|w|`` are pruned (``k`` as ``torch.nn.utils.prune`` computes it), in
   one tensor or across several; ties at the cut go lowest flat index first.
@@ -15,7 +15,7 @@ The rules, each vectorised over whole tensors:
 - ``n_m_mask``: the ``n`` largest ``|w|`` of every ``m`` consecutive weights are kept.
 
 Weights must be finite: a NaN has no magnitude to rank, so every function raises
-``ValueError`` rather than return a mask that silently depends on where NaNs sort.
+``ModelError`` rather than return a mask that silently depends on where NaNs sort.
 
 Activation pruning (``|a| < beta * max|a|`` zeroed at run time) lives with the other
 forward hooks in ``activations.py``; ``prune_activations`` is re-exported here.
@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import ModelError, SpecError
 from .activations import at_least, prune_activations
 from .specs import NORMS, _fraction
 
@@ -43,7 +44,7 @@ __all__ = [
 
 @torch.no_grad()
 def threshold_mask(weight: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Keep-mask of the seed article's rule: prune every weight with ``|w| < alpha * max|w|``.
+    """Keep-mask of magnitude threshold pruning: prune every ``|w| < alpha * max|w|``.
 
     ``alpha`` is in [0, 1] and ``max|w|`` is taken over the whole tensor (one layer).
     The comparison is exact: ``alpha * max|w|`` is the float64 product, not rounded to
@@ -139,9 +140,9 @@ def channel_mask(
     each element is its own channel.
     """
     if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        raise SpecError(f"norm must be one of {NORMS}, got {norm!r}")
     if (amount is None) == (threshold is None):
-        raise ValueError(
+        raise SpecError(
             "channel_mask needs exactly one of amount (fraction of channels removed, "
             "0 < amount < 1) or threshold (alpha, 0 <= alpha <= 1)"
         )
@@ -165,6 +166,7 @@ def channel_mask(
     if amount is not None:
         keep_channels = _keep_all_but_smallest(norms, round(amount * norms.numel()))
     else:
+        assert threshold is not None  # exactly one of amount and threshold, checked above
         keep_channels = at_least(norms, threshold * float(norms.amax()))
     view = [1] * weight.ndim
     view[axis] = -1
@@ -187,9 +189,7 @@ def n_m_mask(weight: torch.Tensor, n: int, m: int, *, axis: int) -> torch.Tensor
         or not isinstance(m, int)
         or not 0 < n < m
     ):
-        raise ValueError(
-            f"n and m must be integers with 0 < n < m (e.g. 2:4), got n={n!r}, m={m!r}"
-        )
+        raise SpecError(f"n and m must be integers with 0 < n < m (e.g. 2:4), got n={n!r}, m={m!r}")
     _check_weight(weight)
     axis = _check_axis(weight, axis)
     if weight.numel() == 0:
@@ -216,14 +216,14 @@ def n_m_mask(weight: torch.Tensor, n: int, m: int, *, axis: int) -> torch.Tensor
 def _check_weight(weight: object, name: str = "weight") -> None:
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         got = f"dtype {weight.dtype}" if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise ValueError(f"{name} must be a floating-point torch.Tensor, got {got}")
+        raise ModelError(f"{name} must be a floating-point torch.Tensor, got {got}")
 
 
 def _check_axis(weight: torch.Tensor, axis: object) -> int:
     ndim = weight.ndim
     if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
         allowed = f"an integer in [{-ndim}, {ndim - 1}]" if ndim else "none (a 0-d tensor)"
-        raise ValueError(
+        raise SpecError(
             f"axis must be {allowed} for a weight of shape {tuple(weight.shape)}, got {axis!r}"
         )
     return axis % ndim
@@ -247,7 +247,7 @@ def _check_finite_max(largest: torch.Tensor, magnitude: torch.Tensor, name: str)
     # one reduction; the count is only computed for the error message.
     if not math.isfinite(float(largest)):
         bad = int((~torch.isfinite(magnitude)).sum())
-        raise ValueError(
+        raise ModelError(
             f"{name} has {bad} NaN or infinite value{'s' if bad != 1 else ''} "
             f"(of {magnitude.numel()}); pruning needs finite values"
         )

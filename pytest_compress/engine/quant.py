@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ModelError, SpecError
 from .specs import check_bits
 
 
@@ -53,13 +54,13 @@ def quant_range(bits: int, *, symmetric: bool) -> tuple[int, int]:
 
 
 def check_finite(x: torch.Tensor, name: str = "tensor") -> None:
-    """Raise ``ValueError`` naming ``name`` and the count of NaN/infinite values, if any."""
+    """Raise ``ModelError`` naming ``name`` and the count of NaN/infinite values, if any."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = f"dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a floating-point tensor, got {got}")
+        raise ModelError(f"{name} must be a floating-point tensor, got {got}")
     bad = int((~torch.isfinite(x)).sum())
     if bad:
-        raise ValueError(
+        raise ModelError(
             f"{name} has {bad} NaN or infinite value{'s' if bad != 1 else ''} "
             f"(of {x.numel()}); compression needs finite values"
         )
@@ -206,9 +207,9 @@ def _normalise_axis(x: torch.Tensor, axis: int | None) -> int | None:
     if axis is None:
         return None
     if isinstance(axis, bool) or not isinstance(axis, int):
-        raise ValueError(f"axis must be None or an int, got {axis!r}")
+        raise SpecError(f"axis must be None or an int, got {axis!r}")
     if x.dim() == 0 or not -x.dim() <= axis < x.dim():
-        raise ValueError(f"axis {axis} is out of range for a tensor of shape {tuple(x.shape)}")
+        raise SpecError(f"axis {axis} is out of range for a tensor of shape {tuple(x.shape)}")
     return axis % x.dim()
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from .quant import QuantizedTensor, dequantize, quantize_with
 
 _RECORD_ATTR = "_pytest_compress_record"
@@ -34,7 +35,7 @@ class QuantParams:
         return cls(q.scale, q.zero_point, q.bits, q.axis, q.qmin, q.qmax)
 
     def codes_of(self, values: torch.Tensor, name: str) -> QuantizedTensor:
-        """The codes behind fake-quantized ``values``; ``ValueError`` if they left the grid."""
+        """The codes behind fake-quantized ``values``; ``ModelError`` if they left the grid."""
         codes = quantize_with(
             values, self.scale, self.zero_point, qmin=self.qmin, qmax=self.qmax, axis=self.axis
         )
@@ -49,7 +50,7 @@ class QuantParams:
             values.dtype,
         )
         if not torch.equal(dequantize(q), values):
-            raise ValueError(
+            raise ModelError(
                 f"{name} is no longer on its {self.bits}-bit quantization grid (it changed "
                 "after quantize_model); quantize the model again before saving it"
             )

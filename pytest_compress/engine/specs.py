@@ -69,7 +69,7 @@ class QuantSpec:
       1-D parameters are always per tensor).
     - ``parameters``: ``"weights"`` (the weights of Linear, Conv*, ConvTranspose* and
       Embedding layers) or ``"all"`` (every floating-point parameter, biases and
-      normalisation layers included: the seed article's parameter quantization).
+      normalisation layers included: whole-model parameter quantization).
     - ``activation_bits``: also fake-quantize the outputs of the selected layers at run
       time, per tensor, with ranges calibrated on data by ``observer``.
     - ``observer``: ``"minmax"``, ``"percentile"`` (``percentile`` of the values, e.g.
@@ -129,7 +129,7 @@ class PruneSpec:
     Exactly one way to choose weights, unless ``activation_threshold`` alone is given:
 
     - ``threshold=alpha``: per layer, zero every weight with ``|w| < alpha * max|w|``
-      (the seed article's rule; with ``structure="channel"`` the rule applies to channel norms).
+      (magnitude threshold pruning; with ``structure="channel"`` it applies to channel norms).
     - ``amount``: the fraction of weights (or channels) removed by magnitude, per layer
       (``scope="layer"``) or across all selected layers (``scope="global"``).
     - ``structure="N:M"`` (e.g. ``"2:4"``): keep the N largest of every group of M

@@ -64,21 +64,23 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..engine.activations import (
-    ACTIVATION_HOOKS,
     ActivationFakeQuantize,
     ActivationPrune,
     activation_hooks,
+    add_activation_hook,
+    remove_activation_hooks,
 )
 from ..engine.quant import QuantizedTensor, dequantize
 from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
 from ..engine.specs import MAX_BITS, MIN_BITS
+from ..errors import FileFormatError, ModelError
 from ..files import write_atomically
 from .encoding import (
     LAYOUTS,
@@ -158,36 +160,36 @@ def _tensor_entry(key: str, t: torch.Tensor, layout: Layout, stored: int, nbytes
 
 
 def _checked_qparams(key: str, values: torch.Tensor, params: QuantParams) -> int | None:
-    """The record's axis, normalised; ``ValueError`` if the record cannot be stored."""
+    """The record's axis, normalised; ``ModelError`` if the record cannot be stored."""
     bits, qmin, qmax = params.bits, params.qmin, params.qmax
     if values.dtype not in _DTYPE_NAMES or not values.is_floating_point():
-        raise ValueError(f"{key} is quantized but has dtype {values.dtype}, not a float dtype")
+        raise ModelError(f"{key} is quantized but has dtype {values.dtype}, not a float dtype")
     if not (MIN_BITS <= bits <= MAX_BITS and qmin <= qmax and qmax - qmin < 1 << bits):
-        raise ValueError(f"{key}: codes [{qmin}, {qmax}] do not fit in {bits} bits")
+        raise ModelError(f"{key}: codes [{qmin}, {qmax}] do not fit in {bits} bits")
     axis = params.axis
     if axis is not None:
         if not -values.dim() <= axis < values.dim():
-            raise ValueError(f"{key}: axis {axis} is out of range for shape {tuple(values.shape)}")
+            raise ModelError(f"{key}: axis {axis} is out of range for shape {tuple(values.shape)}")
         axis %= values.dim()
     channels = 1 if axis is None else values.shape[axis]
     scale, zero_point = params.scale, params.zero_point
     if scale.numel() != channels or zero_point.shape != scale.shape:
-        raise ValueError(
+        raise ModelError(
             f"{key}: {channels} channel(s), but a scale of shape {tuple(scale.shape)} and a "
             f"zero point of shape {tuple(zero_point.shape)}"
         )
     if scale.dtype not in _DTYPE_NAMES or not scale.is_floating_point():
-        raise ValueError(f"{key}: scale dtype {scale.dtype} is not a supported float dtype")
+        raise ModelError(f"{key}: scale dtype {scale.dtype} is not a supported float dtype")
     if zero_point.numel() and (int(zero_point.min()) < qmin or int(zero_point.max()) > qmax):
-        raise ValueError(f"{key}: zero points outside [{qmin}, {qmax}]")
+        raise ModelError(f"{key}: zero points outside [{qmin}, {qmax}]")
     return axis
 
 
 def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tuple[dict, bytes]:
     """Scales, packed zero points, index and packed codes of a fake-quantized tensor."""
     axis = _checked_qparams(key, values, params)
-    codes = params.codes_of(values.detach().cpu(), key).codes  # ValueError if off the grid
-    codes = codes.reshape(-1).numpy().astype(np.int64)
+    quantized = params.codes_of(values.detach().cpu(), key)  # ModelError if off the grid
+    codes = quantized.codes.reshape(-1).numpy().astype(np.int64)
     zero_point = params.zero_point.detach().cpu()
     nonzero = codes != _zero_points_along(zero_point, axis, tuple(values.shape))
     layout = choose_layout(nonzero, params.bits)
@@ -217,13 +219,18 @@ def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tu
 def _encode_raw(key: str, t: torch.Tensor) -> tuple[dict, bytes]:
     """Index and raw element bytes of a tensor stored as it is."""
     if t.dtype not in _DTYPE_NAMES:
-        raise ValueError(
+        raise ModelError(
             f"{key} has dtype {t.dtype}, which the file format does not store "
             f"(supported: {', '.join(_DTYPES)})"
         )
     rows = _raw_bytes(t)
     # Floats compare by value so that -0.0 (from multiplying by a mask) counts as pruned.
-    nonzero = (t.detach().cpu() != 0).reshape(-1).numpy() if t.is_floating_point() else rows.any(1)
+    # any(1) of a 2-D array is an array (numpy's stubs also allow a scalar for any axis)
+    nonzero = (
+        (t.detach().cpu() != 0).reshape(-1).numpy()
+        if t.is_floating_point()
+        else cast(np.ndarray, rows.any(1))
+    )
     layout = choose_layout(nonzero, 8 * t.element_size())
     index, positions = encode_index(nonzero, layout)
     values = rows.tobytes() if layout.name == "dense" else rows[positions].tobytes()
@@ -251,15 +258,15 @@ def _encode_tensors(model: nn.Module) -> tuple[list[dict], list[bytes]]:
     quantized = get_record(model).quantized
     unknown = sorted(set(quantized) - set(state))
     if unknown:
-        raise ValueError(f"the compression record names keys not in the state_dict: {unknown}")
+        raise ModelError(f"the compression record names keys not in the state_dict: {unknown}")
     entries: list[dict] = []
     blobs: list[bytes] = []
     first_key: dict[tuple, str] = {}
     for key, t in state.items():
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"state_dict entry {key} is a {type(t).__name__}, not a tensor")
+            raise ModelError(f"state_dict entry {key} is a {type(t).__name__}, not a tensor")
         if t.layout != torch.strided:
-            raise ValueError(f"state_dict entry {key} has layout {t.layout}; only dense tensors")
+            raise ModelError(f"state_dict entry {key} has layout {t.layout}; only dense tensors")
         storage = _storage_id(t)
         source = first_key.get(storage) if storage is not None else None
         if source is not None:
@@ -311,7 +318,7 @@ def _encode(model: nn.Module, target: str) -> tuple[bytes, list[bytes]]:
             {"t": entries, "h": _hook_entries(model)}, separators=(",", ":"), allow_nan=False
         )
     except ValueError as err:  # a NaN or infinite activation scale
-        raise ValueError(f"cannot save {target}: {err}") from err
+        raise ModelError(f"cannot save {target}: {err}") from err
     return zlib.compress(text.encode("utf-8"), 9), blobs
 
 
@@ -346,7 +353,7 @@ def compressed_size(model: nn.Module) -> int:
 # --- reading -------------------------------------------------------------------------------
 
 
-class _BadFile(ValueError):
+class _BadFile(FileFormatError):
     """What is wrong with a file; ``load_compressed`` prefixes the file's name."""
 
 
@@ -355,7 +362,7 @@ def _check(condition: bool, message: str) -> None:
         raise _BadFile(message)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -368,8 +375,12 @@ def _int_in(value: object, low: int, high: int, what: str) -> int:
 
 
 def _finite_float(value: object, what: str, *, positive: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > 0 if positive else value >= 0)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
     _check(
         ok,
         f"{what} must be a finite {'positive' if positive else 'non-negative'} number, "
@@ -445,8 +456,9 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _parse_quant(value: object, key: str, shape: tuple[int, ...]) -> _Quant:
-    _check(isinstance(value, list) and len(value) == 6, f"{key}: malformed quantization {value!r}")
-    bits, axis, qmin, qmax, scale_dtype, scale_shape = value  # type: ignore[misc]
+    if not isinstance(value, list) or len(value) != 6:
+        raise _BadFile(f"{key}: malformed quantization {value!r}")
+    bits, axis, qmin, qmax, scale_dtype, scale_shape = value
     bits = _int_in(bits, MIN_BITS, MAX_BITS, f"{key}: bits")
     _check(
         axis is None or (_is_int(axis) and 0 <= axis < len(shape)),
@@ -491,7 +503,8 @@ def _parse_stored(entry: dict, key: str, target: torch.Tensor) -> _Stored:
             f"{key}: a quantized tensor must have a float dtype, not {dtype}",
         )
     nbytes = _int_in(entry.get("L"), 0, 1 << 62, f"{key}: blob length")
-    item = _Stored(key, dtype, shape, Layout(name, gap_bits), stored, nbytes, quant)
+    layout = Layout(cast(str, name), gap_bits)  # one of LAYOUTS, checked above
+    item = _Stored(key, dtype, shape, layout, stored, nbytes, quant)
     expected = sum(item.part_sizes())
     _check(
         nbytes == expected,
@@ -505,11 +518,12 @@ def _parse_tensors(
     value: object, target: dict[str, torch.Tensor]
 ) -> tuple[list[_Stored], dict[str, tuple[str, bool]]]:
     """Validated stored entries and aliases (key -> (source, shares record))."""
-    _check(isinstance(value, list), "header has no tensor list")
+    if not isinstance(value, list):
+        raise _BadFile("header has no tensor list")
     stored: list[_Stored] = []
     aliases: dict[str, tuple[str, bool]] = {}
     seen: dict[str, _Stored] = {}
-    for entry in value:  # type: ignore[union-attr]
+    for entry in value:
         _check(
             isinstance(entry, dict) and isinstance(entry.get("k"), str),
             f"malformed tensor entry {str(entry)[:80]}",
@@ -518,11 +532,12 @@ def _parse_tensors(
         _check(key not in seen and key not in aliases, f"{key} is stored twice")
         _check(key in target, f"{key} is in the file but not in the model's state_dict")
         if "a" in entry:
-            source = seen.get(entry["a"])
-            _check(
-                source is not None,
-                f"{key} aliases {entry['a']!r}, which is not an earlier stored tensor",
-            )
+            # a hand-made header may alias a list or a dict: unhashable, so no lookup
+            source = seen.get(entry["a"]) if isinstance(entry["a"], str) else None
+            if source is None:
+                raise _BadFile(
+                    f"{key} aliases {entry['a']!r}, which is not an earlier stored tensor"
+                )
             _check(
                 tuple(target[key].shape) == source.shape and target[key].dtype == source.dtype,
                 f"{key} is tied to {source.key} in the file, but the model's {key} has shape "
@@ -548,10 +563,11 @@ def _parse_tensors(
 def _parse_hooks(
     value: object, model: nn.Module
 ) -> list[tuple[str, ActivationFakeQuantize | ActivationPrune]]:
-    _check(isinstance(value, list), "header has no hook list")
+    if not isinstance(value, list):
+        raise _BadFile("header has no hook list")
     modules = dict(model.named_modules())
     hooks: list[tuple[str, ActivationFakeQuantize | ActivationPrune]] = []
-    for entry in value:  # type: ignore[union-attr]
+    for entry in value:
         _check(
             isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[0], str),
             f"malformed activation hook {str(entry)[:80]}",
@@ -775,14 +791,10 @@ def _check_model_ties(model: nn.Module, tensors: dict[str, torch.Tensor]) -> Non
 
 
 def _replace_activation_hooks(model: nn.Module, hooks: list) -> None:
-    for module in model.modules():
-        for hook_id, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, ACTIVATION_HOOKS):
-                del module._forward_hooks[hook_id]
-                for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
-                    getattr(module, extra, {}).pop(hook_id, None)
+    """The file's activation hooks in place of any the architecture model brought along."""
+    remove_activation_hooks(model)
     for name, hook in hooks:
-        model.get_submodule(name).register_forward_hook(hook)
+        add_activation_hook(model.get_submodule(name), hook)
 
 
 def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
@@ -791,8 +803,8 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     ``model`` gives the architecture (a freshly built float model will do) and is never
     modified. The copy gets the file's tensors, ties, compression record and activation
     hooks, so its outputs equal the saved model's exactly. A truncated, corrupted or
-    foreign file, or one saved from another architecture, raises ``ValueError`` naming
-    the file and the problem.
+    foreign file, or one saved from another architecture, raises ``FileFormatError`` (a
+    ``ValueError``) naming the file and the problem.
     """
     path = os.fspath(path)
     target = model.state_dict()
@@ -802,7 +814,7 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         _tie(loaded, aliases)
         _check_model_ties(loaded, tensors)
     except _BadFile as err:
-        raise ValueError(f"cannot load {path}: {err}") from None
+        raise FileFormatError(f"cannot load {path}: {err}") from None
     with torch.no_grad():
         loaded.load_state_dict(tensors, strict=True)
     _replace_activation_hooks(loaded, hooks)

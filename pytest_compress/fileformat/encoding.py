@@ -1,4 +1,4 @@
-"""Bit packing and sparse index layouts: the byte-level encodings of ``packing.py``.
+"""Bit packing and sparse index layouts: the byte-level encodings of ``container.py``.
 
 ``pack_bits`` stores each value in exactly ``bits`` bits; a sparse tensor is stored as
 an index of its nonzero elements in one of three layouts (``LAYOUTS``), whichever is
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import FileFormatError
 
 _CHUNK_CODES = 1 << 20  # codes per chunk in the generic bit packer (a multiple of 8)
 MAX_GAP_BITS = 16
@@ -57,19 +59,21 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
 def unpack_bits(data: bytes | memoryview, bits: int, count: int) -> np.ndarray:
     """The ``count`` unsigned ``bits``-bit integers packed in ``data``, as uint16.
 
-    ``ValueError`` if ``data`` is not exactly ``packed_size(count, bits)`` bytes or its
+    ``FileFormatError`` if ``data`` is not exactly ``packed_size(count, bits)`` bytes or its
     unused trailing bits are not zero.
     """
     if not 1 <= bits <= 16:
         raise ValueError(f"bits must be from 1 to 16, got {bits}")
     if len(data) != packed_size(count, bits):
-        raise ValueError(
+        raise FileFormatError(
             f"{count} values at {bits} bits take {packed_size(count, bits)} bytes, got {len(data)}"
         )
     raw = np.frombuffer(data, dtype=np.uint8)
     spare = raw.size * 8 - count * bits
     if spare and raw[-1] >> (8 - spare):
-        raise ValueError(f"the unused last {spare} bits of a {bits}-bit packed blob are not zero")
+        raise FileFormatError(
+            f"the unused last {spare} bits of a {bits}-bit packed blob are not zero"
+        )
     if bits == 8:
         return raw.astype(np.uint16)
     if bits == 16:
@@ -171,17 +175,19 @@ def decode_index(blob: bytes | memoryview, layout: Layout, total: int, stored: i
     """The flat positions an index blob stores (``stored`` of them, among ``total``)."""
     if layout.name == "dense":
         if len(blob) or stored != total:
-            raise ValueError("a dense tensor has no index and stores every element")
+            raise FileFormatError("a dense tensor has no index and stores every element")
         return np.arange(total, dtype=np.int64)
     if layout.name == "mask":
         positions = np.flatnonzero(unpack_bits(blob, 1, total))
         if positions.size != stored:
-            raise ValueError(f"the mask marks {positions.size} elements, the header says {stored}")
+            raise FileFormatError(
+                f"the mask marks {positions.size} elements, the header says {stored}"
+            )
         return positions
     if layout.name != "gaps":
-        raise ValueError(f"unknown layout {layout.name!r}; expected one of {LAYOUTS}")
+        raise FileFormatError(f"unknown layout {layout.name!r}; expected one of {LAYOUTS}")
     gaps = unpack_bits(blob, layout.gap_bits, stored).astype(np.int64)
     positions = np.cumsum(gaps + 1) - 1
     if positions.size and positions[-1] >= total:
-        raise ValueError(f"the gaps run to element {positions[-1]}, past the {total} elements")
+        raise FileFormatError(f"the gaps run to element {positions[-1]}, past the {total} elements")
     return positions

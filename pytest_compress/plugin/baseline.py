@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..budgets import BudgetCheck, at_least, at_most
+from ..checks.result import CompressionResult
 from ..files import write_text_atomically
+from ..tuning.grids import less_compression
 
 SCHEMA_VERSION = 1
-DEFAULT_TOLERANCE = 0.005
 SIZE_GROWTH = 0.01
 # What each entry stores: the gated numbers, and enough context for a reviewer.
 RECORDED_FIELDS = (
@@ -71,16 +72,16 @@ class Baseline:
         return cls(path, _validated(document, path))
 
     def compare(
-        self, check_id: str, entry: Mapping[str, Any], tolerance: float
+        self, check_id: str, result: CompressionResult, tolerance: float
     ) -> list[BudgetCheck] | None:
-        """The baseline gate for one check's result fields; None when the check is new."""
+        """The baseline gate for one check's result; None when the check is new."""
         recorded = self.checks.get(check_id)
         if recorded is None:
             return None
-        searched = _search_gate(entry, recorded, tolerance)
+        searched = _search_gate(result, recorded, tolerance)
         if searched is not None:
             return searched
-        return _ordinary_gate(entry, recorded, tolerance)
+        return _ordinary_gate(result, recorded, tolerance)
 
     def stale(self, produced: Iterable[str], expected: Callable[[str], bool]) -> list[str]:
         """Recorded check ids this run should have produced and did not, sorted.
@@ -105,17 +106,17 @@ class Baseline:
 
 
 def _ordinary_gate(
-    entry: Mapping[str, Any], recorded: Mapping[str, Any], tolerance: float
+    result: CompressionResult, recorded: Mapping[str, Any], tolerance: float
 ) -> list[BudgetCheck]:
     """The compressed metric within ``tolerance`` of the recorded one, the size within 1 %."""
-    metric, recorded_metric = entry["compressed_metric"], recorded["compressed_metric"]
-    if entry["higher_is_better"]:
+    metric, recorded_metric = result.compressed_metric, recorded["compressed_metric"]
+    if result.higher_is_better:
         metric_limit = recorded_metric - tolerance
         metric_ok = at_least(metric, metric_limit)
     else:
         metric_limit = recorded_metric + tolerance
         metric_ok = at_most(metric, metric_limit)
-    size, recorded_size = entry["compressed_size"], recorded["compressed_size"]
+    size, recorded_size = result.compressed_size, recorded["compressed_size"]
     size_limit = recorded_size * (1 + SIZE_GROWTH)
     return [
         BudgetCheck("baseline_metric", metric, metric_limit, metric_ok, recorded_metric),
@@ -124,7 +125,7 @@ def _ordinary_gate(
 
 
 def _search_gate(
-    entry: Mapping[str, Any], recorded: Mapping[str, Any], tolerance: float
+    result: CompressionResult, recorded: Mapping[str, Any], tolerance: float
 ) -> list[BudgetCheck] | None:
     """The gate of a search check: its chosen setting, then (same setting) metric and size.
 
@@ -133,21 +134,19 @@ def _search_gate(
     that finds less, beyond the search's tolerance in grid steps, regressed. None when
     the check is no search or was recorded without one (the ordinary gate applies).
     """
-    found, before = entry.get("search"), recorded.get("search")
-    if not isinstance(found, Mapping) or not isinstance(before, Mapping):
+    found, before = result.search, recorded.get("search")
+    if found is None or not isinstance(before, Mapping):
         return None
-    kind = found.get("search")
+    kind = found.kind
     if before.get("search") != kind:
         return None
-    from ..tuning.search import less_compression  # imports torch: only when a search is gated
-
-    chosen, recorded_setting = found.get("chosen"), before.get("chosen")
+    chosen, recorded_setting = found.chosen, before.get("chosen")
     less = less_compression(kind, chosen, recorded_setting)
     actual = math.nan if chosen is None else float(chosen)
     reference = math.nan if recorded_setting is None else float(recorded_setting)
     gate = [BudgetCheck("baseline_search", actual, reference, not less, reference)]
     if chosen == recorded_setting:
-        gate += _ordinary_gate(entry, recorded, tolerance)
+        gate += _ordinary_gate(result, recorded, tolerance)
     return gate
 
 

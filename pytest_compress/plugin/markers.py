@@ -1,26 +1,27 @@
-"""The ``compress`` marker's API, as a typed function, and the checking of its arguments.
+"""The ``compress`` marker's API, and the parsing of its arguments into a typed request.
 
-``compress`` below *is* the marker: its signature is the list of arguments
-``@pytest.mark.compress(...)`` accepts, and the ``markers`` ini line is generated from
-it (``MARKER_LINE``), so the documentation cannot drift from the code. Calling it
-validates the arguments and returns a ``CheckRequest``; every problem is a
-``MarkerError`` that names the argument and its valid forms. No pytest import here: the
-plugin turns a ``MarkerError`` into a ``pytest.UsageError`` naming the test.
+``MARKER_SIGNATURE`` *is* the marker: one table of parameters (the recipe, every budget
+of the registry in ``budgets.py``, the fixtures, the adjustments). The ``markers`` ini
+line is generated from it (``MARKER_LINE``), so the documentation cannot drift from the
+code, and a budget added to the registry appears here by itself. ``parse_marker`` and
+``call_request`` (the ``compress`` fixture's callable) turn arguments into a
+``CheckRequest`` once: a ``Check`` for the layers below, plus the fixture names, which
+stay in the plugin. Every problem is a ``MarkerError`` naming the argument and its
+valid forms; the plugin turns it into a ``pytest.UsageError`` naming the test.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-import math
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ..budgets import BUDGET_NAMES, Budgets
-from ..units import SIZE_FORMS, parse_size
-
-if TYPE_CHECKING:  # the specs import torch; the marker line must not
-    from ..engine.specs import PruneSpec, QuantSpec
+from ..checks.request import Adjustments, Check, Recipe, check_keep_float
+from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+from ..tuning.grids import check_search
 
 DEFAULT_MODEL_FIXTURE = "compress_model"
 DEFAULT_DATA_FIXTURE = "compress_data"
@@ -38,102 +39,74 @@ class MarkerError(ValueError):
 
 
 @dataclass(frozen=True)
-class CheckRequest:
-    """A validated compression check: the recipe, the budgets and where the model comes from."""
+class Fixtures:
+    """The fixtures a check reads its inputs from, by name."""
 
-    quantize: QuantSpec | None
-    prune: PruneSpec | None
-    budgets: Budgets
     model: str = DEFAULT_MODEL_FIXTURE
     data: str = DEFAULT_DATA_FIXTURE
-    higher_is_better: bool = True
     metric: str = DEFAULT_METRIC_FIXTURE
     calibration_data: str = DEFAULT_CALIBRATION_FIXTURE
-    # How the plugin adjusts the recipe from evaluation (issue 6): the knob to search,
-    # the layers kept float ("auto" or patterns), the recovery fixture and its data.
-    search: str | None = None
-    keep_float: str | tuple[str, ...] | None = None
     recover: str | None = None
     recover_data: str = DEFAULT_RECOVER_DATA_FIXTURE
 
-    def trial(self, quantize: QuantSpec | None, prune: PruneSpec | None) -> CheckRequest:
-        """This check with a concrete recipe, as one evaluation of a search or of keep_float."""
-        return replace(self, quantize=quantize, prune=prune, search=None, keep_float=None)
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """A validated marker or call: the ``Check`` and the fixtures it runs on."""
+
+    check: Check
+    fixtures: Fixtures = Fixtures()
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.check.recipe
+
+    @property
+    def budgets(self) -> Budgets:
+        return self.check.budgets
 
 
-def compress(
-    *,
-    quantize: QuantSpec | str | None = None,
-    prune: PruneSpec | float | str | None = None,
-    max_accuracy_drop: float | None = None,
-    max_relative_drop: float | None = None,
-    max_size_ratio: float | None = None,
-    max_size: int | str | None = None,
-    min_sparsity: float | None = None,
-    model: str = DEFAULT_MODEL_FIXTURE,
-    data: str = DEFAULT_DATA_FIXTURE,
-    higher_is_better: bool = True,
-    metric: str = DEFAULT_METRIC_FIXTURE,
-    calibration_data: str = DEFAULT_CALIBRATION_FIXTURE,
-    search: str | None = None,
-    keep_float: str | list[str] | tuple[str, ...] | None = None,
-    recover: str | None = None,
-    recover_data: str = DEFAULT_RECOVER_DATA_FIXTURE,
-) -> CheckRequest:
-    """Compress the model fixture and fail the test when a budget breaks.
-
-    ``metric`` and ``calibration_data`` name optional fixtures: the metric (top-1
-    accuracy when ``compress_metric`` is not defined) and the activation calibration
-    batches (``compress_calibration_data`` for the default data fixture, else the data).
-    ``search`` ("sparsity", "threshold" or "bits") finds the most compression of that
-    knob within the budgets; ``keep_float`` ("auto" or module-name patterns) leaves
-    layers uncompressed; ``recover`` names a fixture giving ``(model, data) -> model``,
-    run on the compressed copy with the batches of the ``recover_data`` fixture.
-    """
-    quant_spec, prune_spec = recipe(quantize, prune, searched=search is not None)
-    budgets = make_budgets(
-        max_accuracy_drop=max_accuracy_drop,
-        max_relative_drop=max_relative_drop,
-        max_size_ratio=max_size_ratio,
-        max_size=max_size,
-        min_sparsity=min_sparsity,
-    )
-    kind = search_kind(search, quant_spec, prune_spec, budgets)
-    if not budgets:
-        raise MarkerError(
-            "budget",
-            "none given, so the check cannot fail; give at least one of " + ", ".join(BUDGET_NAMES),
-        )
-    return CheckRequest(
-        quant_spec,
-        prune_spec,
-        budgets,
-        model=fixture_name(model, "model"),
-        data=fixture_name(data, "data"),
-        higher_is_better=flag(higher_is_better, "higher_is_better"),
-        metric=fixture_name(metric, "metric"),
-        calibration_data=fixture_name(calibration_data, "calibration_data"),
-        search=kind,
-        keep_float=keep_float_value(keep_float),
-        recover=None if recover is None else fixture_name(recover, "recover"),
-        recover_data=fixture_name(recover_data, "recover_data"),
-    )
+def _keyword(name: str, default: Any, annotation: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)  # fmt: skip
 
 
-ARGUMENTS = tuple(inspect.signature(compress).parameters)
+MARKER_SIGNATURE = inspect.Signature(
+    [
+        _keyword("quantize", None, "QuantSpec | str | None"),
+        _keyword("prune", None, "PruneSpec | float | str | None"),
+        *(_keyword(name, None, "float | int | str | None") for name in BUDGET_NAMES),
+        _keyword("model", DEFAULT_MODEL_FIXTURE, "str"),
+        _keyword("data", DEFAULT_DATA_FIXTURE, "str"),
+        _keyword("higher_is_better", True, "bool"),
+        _keyword("metric", DEFAULT_METRIC_FIXTURE, "str"),
+        _keyword("calibration_data", DEFAULT_CALIBRATION_FIXTURE, "str"),
+        _keyword("search", None, "str | None"),
+        _keyword("keep_float", None, "str | list[str] | tuple[str, ...] | None"),
+        _keyword("recover", None, "str | None"),
+        _keyword("recover_data", DEFAULT_RECOVER_DATA_FIXTURE, "str"),
+    ]
+)
+ARGUMENTS = tuple(MARKER_SIGNATURE.parameters)
 MARKER_LINE = (
     "compress("
-    + ", ".join(
-        f"{name}={parameter.default!r}"
-        for name, parameter in inspect.signature(compress).parameters.items()
-    )
+    + ", ".join(f"{name}={p.default!r}" for name, p in MARKER_SIGNATURE.parameters.items())
     + "): quantize and/or prune the model fixture, measure it on the data fixture "
     "and fail the test when a budget breaks (pytest-compress)"
 )
 
 
-def parse_marker(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CheckRequest:
-    """Validate a ``compress`` marker's arguments; ``MarkerError`` on the first problem."""
+def parse_marker(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> CheckRequest:
+    """Validate a ``compress`` marker's arguments; ``MarkerError`` on the first problem.
+
+    ``metric`` and ``calibration_data`` name optional fixtures: the metric (top-1
+    accuracy when ``compress_metric`` is not defined) and the activation calibration
+    batches (``compress_calibration_data`` for the default data fixture, else the data).
+    ``search`` finds the most compression of one knob within the budgets; ``keep_float``
+    ("auto" or module-name patterns) leaves layers uncompressed; ``recover`` names a
+    fixture giving ``(model, data) -> model``, run on the compressed copy with the
+    batches of the ``recover_data`` fixture.
+    """
     if args:
         raise MarkerError(
             "positional arguments",
@@ -147,7 +120,24 @@ def parse_marker(args: tuple[Any, ...], kwargs: dict[str, Any]) -> CheckRequest:
             raise MarkerError(
                 name, f"unknown argument{hint}; valid arguments: {', '.join(ARGUMENTS)}"
             )
-    return compress(**kwargs)
+    arguments = MARKER_SIGNATURE.bind(**kwargs)
+    arguments.apply_defaults()
+    values = arguments.arguments
+    check = parse_check(values)
+    if not check.budgets:
+        raise MarkerError(
+            "budget",
+            "none given, so the check cannot fail; give at least one of " + ", ".join(BUDGET_NAMES),
+        )
+    recover = values["recover"]
+    fixtures = Fixtures(
+        **{
+            name: fixture_name(values[name], name)
+            for name in ("model", "data", "metric", "calibration_data", "recover_data")
+        },
+        recover=None if recover is None else fixture_name(recover, "recover"),
+    )
+    return CheckRequest(check, fixtures)
 
 
 def call_request(
@@ -156,12 +146,10 @@ def call_request(
     quantize: Any,
     prune: Any,
     higher_is_better: Any,
-    budgets: dict[str, Any],
+    budgets: Mapping[str, Any],
     *,
     search: Any = None,
     keep_float: Any = None,
-    recover: Any = None,
-    recover_data: Any = DEFAULT_RECOVER_DATA_FIXTURE,
 ) -> CheckRequest:
     """Validate the arguments of the ``compress`` fixture's callable.
 
@@ -176,80 +164,45 @@ def call_request(
                 f"compress() got an unexpected keyword argument {name!r}; budgets are "
                 + ", ".join(BUDGET_NAMES)
             )
+    values = {
+        "quantize": quantize,
+        "prune": prune,
+        "higher_is_better": higher_is_better,
+        "search": search,
+        "keep_float": keep_float,
+        **budgets,
+    }
     try:
-        quant_spec, prune_spec = recipe(quantize, prune, searched=search is not None)
-        made = make_budgets(**budgets)
-        return CheckRequest(
-            quant_spec,
-            prune_spec,
-            made,
-            model=model if isinstance(model, str) else DEFAULT_MODEL_FIXTURE,
-            data=data if isinstance(data, str) else DEFAULT_DATA_FIXTURE,
-            higher_is_better=flag(higher_is_better, "higher_is_better"),
-            search=search_kind(search, quant_spec, prune_spec, made),
-            keep_float=keep_float_value(keep_float),
-            recover=None if recover is None else fixture_name(recover, "recover"),
-            recover_data=fixture_name(recover_data, "recover_data"),
-        )
+        check = parse_check(values)
     except MarkerError as error:
         raise ValueError(f"compress(): {error}") from None
+    fixtures = Fixtures(
+        model=model if isinstance(model, str) else DEFAULT_MODEL_FIXTURE,
+        data=data if isinstance(data, str) else DEFAULT_DATA_FIXTURE,
+    )
+    return CheckRequest(check, fixtures)
 
 
-def call_label(check: CheckRequest, model: Any, data: Any) -> str:
-    """The recipe in words, plus the model and data when the call named its own."""
-    from ..engine.specs import describe_recipe
-
-    label = describe_recipe(check.quantize, check.prune)
-    if check.search is not None:  # the fixed part, then the knob the search chooses
-        fixed = "" if check.quantize is None and check.prune is None else f"{label} + "
-        label = f"{fixed}search {check.search}"
-    if model is None and data is None:
-        return label
-
-    # a name stands for itself (None for the default fixture), an object for its type
-    def name(given: Any, default: str) -> str:
-        if given is None or isinstance(given, str):
-            return given or default
-        return type(given).__name__
-
-    model_label, data_label = name(model, check.model), name(data, check.data)
-    return f"{label} on {model_label}/{data_label}"
+def parse_check(values: Mapping[str, Any]) -> Check:
+    """The ``Check`` of marker-style ``values`` (missing names take their defaults)."""
+    search = values.get("search")
+    recipe = parse_recipe(values.get("quantize"), values.get("prune"), searched=search is not None)
+    budgets = parse_budgets({name: values.get(name) for name in BUDGET_NAMES})
+    return Check(
+        recipe,
+        budgets,
+        Adjustments(
+            search=_search(search, recipe, budgets),
+            keep_float=_keep_float(values.get("keep_float")),
+        ),
+        higher_is_better=flag(values.get("higher_is_better", True), "higher_is_better"),
+    )
 
 
-def search_kind(
-    search: Any, quantize: QuantSpec | None, prune: PruneSpec | None, budgets: Budgets
-) -> str | None:
-    """The search kind, validated against the fixed part of the recipe and the budgets."""
-    if search is None:
-        return None
-    from ..tuning.search import check_search
-
-    try:
-        return check_search(search, quantize=quantize, prune=prune, budgets=budgets)
-    except ValueError as error:
-        raise MarkerError("search", str(error)) from None
-
-
-def keep_float_value(value: Any) -> str | tuple[str, ...] | None:
-    if value is None:
-        return None
-    from ..tuning.keep_float import check_keep_float
-
-    try:
-        return check_keep_float(value)
-    except ValueError as error:
-        raise MarkerError("keep_float", str(error)) from None
-
-
-def recipe(
-    quantize: Any, prune: Any, *, searched: bool = False
-) -> tuple[QuantSpec | None, PruneSpec | None]:
-    """The quantization and pruning specs from specs or shorthands.
-
-    At least one is needed, unless a search chooses the recipe (``searched``).
-    """
-    from ..engine.specs import as_prune_spec, as_quant_spec
-
+def parse_recipe(quantize: Any, prune: Any, *, searched: bool = False) -> Recipe:
+    """The recipe from specs or shorthands; at least one, unless a search chooses it."""
+    quant_spec: QuantSpec | None
+    prune_spec: PruneSpec | None
     try:
         quant_spec = as_quant_spec(quantize)
     except ValueError as error:
@@ -264,33 +217,35 @@ def recipe(
             'nothing to compress; give quantize= (e.g. "int8") and/or prune= (e.g. 0.8), '
             'or search= (e.g. "sparsity")',
         )
-    return quant_spec, prune_spec
+    return Recipe(quant_spec, prune_spec)
 
 
-def make_budgets(
-    *,
-    max_accuracy_drop: Any = None,
-    max_relative_drop: Any = None,
-    max_size_ratio: Any = None,
-    max_size: Any = None,
-    min_sparsity: Any = None,
-) -> Budgets:
-    """``Budgets`` from raw values, each checked for type and range."""
-    return Budgets(
-        max_accuracy_drop=_non_negative(
-            max_accuracy_drop,
-            "max_accuracy_drop",
-            "in the metric's units, e.g. 0.01 = 1 percentage point of accuracy",
-        ),
-        max_relative_drop=_non_negative(
-            max_relative_drop, "max_relative_drop", "a fraction of the float metric, e.g. 0.02"
-        ),
-        max_size_ratio=_non_negative(
-            max_size_ratio, "max_size_ratio", "compressed bytes / float bytes, e.g. 0.3"
-        ),
-        max_size=_size(max_size),
-        min_sparsity=_sparsity(min_sparsity),
-    )
+def parse_budgets(values: Mapping[str, Any]) -> Budgets:
+    """``Budgets`` from raw values, each checked by its registry entry."""
+    try:
+        return Budgets(**values)
+    except ValueError as error:
+        name, _, message = str(error).partition(" ")
+        raise MarkerError(name, message) from None
+
+
+def _search(search: Any, recipe: Recipe, budgets: Budgets) -> str | None:
+    """The search kind, validated against the fixed part of the recipe and the budgets."""
+    if search is None:
+        return None
+    try:
+        return check_search(search, quantize=recipe.quantize, prune=recipe.prune, budgets=budgets)
+    except ValueError as error:
+        raise MarkerError("search", str(error)) from None
+
+
+def _keep_float(value: Any) -> str | tuple[str, ...] | None:
+    if value is None:
+        return None
+    try:
+        return check_keep_float(value)
+    except ValueError as error:
+        raise MarkerError("keep_float", str(error)) from None
 
 
 def fixture_name(value: Any, argument: str) -> str:
@@ -305,38 +260,21 @@ def flag(value: Any, argument: str) -> bool:
     return value
 
 
-def _number(value: Any, argument: str, forms: str) -> float | None:
-    if value is None:
-        return None
-    # bool is an int subclass, and True as a budget is a mistake, not 1.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise MarkerError(argument, f"must be a number ({forms}), got {value!r}")
-    if math.isinf(value):
-        raise MarkerError(argument, f"must be finite ({forms}), got {value!r}")
-    return float(value)
+def call_label(request: CheckRequest, model: Any, data: Any) -> str:
+    """The recipe in words, plus the model and data when the call named its own."""
+    label = request.recipe.describe()
+    search = request.check.adjustments.search
+    if search is not None:  # the fixed part, then the knob the search chooses
+        fixed = "" if request.recipe == Recipe() else f"{label} + "
+        label = f"{fixed}search {search}"
+    if model is None and data is None:
+        return label
 
+    # a name stands for itself (None for the default fixture), an object for its type
+    def name(given: Any, default: str) -> str:
+        if given is None or isinstance(given, str):
+            return given or default
+        return type(given).__name__
 
-def _non_negative(value: Any, argument: str, forms: str) -> float | None:
-    number = _number(value, argument, forms)
-    if number is not None and number < 0:
-        raise MarkerError(argument, f"must not be negative ({forms}), got {value!r}")
-    return number
-
-
-def _size(value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
-    except ValueError:
-        raise MarkerError(
-            "max_size", f"must be {SIZE_FORMS} and not negative, got {value!r}"
-        ) from None
-
-
-def _sparsity(value: Any) -> float | None:
-    forms = "a fraction of zero weights between 0 and 1, e.g. 0.8"
-    number = _number(value, "min_sparsity", forms)
-    if number is not None and not 0 <= number <= 1:
-        raise MarkerError("min_sparsity", f"must be {forms}, got {value!r}")
-    return number
+    fixtures = request.fixtures
+    return f"{label} on {name(model, fixtures.model)}/{name(data, fixtures.data)}"

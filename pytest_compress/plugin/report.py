@@ -14,19 +14,28 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..files import write_text_atomically
-from ..units import format_drop, format_fraction, format_metric, format_ratio, format_size
+from ..metrics import MetricKind
+from ..tables import text_table
+from ..tuning.grids import format_setting
+from ..units import format_fraction, format_ratio, format_size
 
 JSON_SCHEMA_VERSION = 1
 COLUMNS = ("test", "recipe", "metric", "drop", "size", "ratio", "sparsity", "verdict")
 
 Entry = Mapping[str, Any]
+E = TypeVar("E", bound=Entry)
 
 
-def sorted_entries(entries: Iterable[Entry]) -> list[Entry]:
+def sorted_entries(entries: Iterable[E]) -> list[E]:
     return sorted(entries, key=lambda entry: entry["check"])
+
+
+def metric_kind(entry: Entry) -> MetricKind:
+    """How the entry's metric reads."""
+    return MetricKind.named(entry["metric"], entry["higher_is_better"])
 
 
 def verdict(entry: Entry) -> str:
@@ -44,17 +53,14 @@ def verdict(entry: Entry) -> str:
 
 def row(entry: Entry) -> list[str]:
     """One table row: test, recipe, metric before -> after, drop, size before -> after, ..."""
-    percent = entry["metric"] == "accuracy"
-    metric = (
-        f"{format_metric(entry['float_metric'], percent)} -> "
-        f"{format_metric(entry['compressed_metric'], percent)}"
-    )
+    kind = metric_kind(entry)
+    metric = f"{kind.value(entry['float_metric'])} -> {kind.value(entry['compressed_metric'])}"
     size = f"{format_size(entry['float_size'])} -> {format_size(entry['compressed_size'])}"
     return [
         entry["check"],
         recipe_cell(entry),
         metric,
-        format_drop(entry["accuracy_drop"], percent),
+        kind.difference(entry["accuracy_drop"]),
         size,
         format_ratio(entry["size_ratio"]),
         format_fraction(entry["sparsity"]),
@@ -67,8 +73,6 @@ def recipe_cell(entry: Entry) -> str:
     notes = []
     search = entry.get("search")
     if search:
-        from ..tuning.search import format_setting  # imports torch: only when a search ran
-
         found = format_setting(search["search"], search["chosen"]) if search["passed"] else "none"
         notes.append(f"search {search['search']} {found}, {search['evaluations']} evals")
     kept = entry.get("keep_float")
@@ -78,22 +82,17 @@ def recipe_cell(entry: Entry) -> str:
         notes.append(f"float: {', '.join(kept['kept_float'])} ({sign}{cost})")
     recovery = entry.get("recovery")
     if recovery and recovery["metric_before"] is not None:
-        percent = entry["metric"] == "accuracy"
+        kind = metric_kind(entry)
         notes.append(
-            f"recovered {format_metric(recovery['metric_before'], percent)} -> "
-            f"{format_metric(recovery['metric_after'], percent)}"
+            f"recovered {kind.value(recovery['metric_before'])} -> "
+            f"{kind.value(recovery['metric_after'])}"
         )
     return f"{entry['recipe']} [{'; '.join(notes)}]" if notes else entry["recipe"]
 
 
 def terminal_table(entries: Iterable[Entry]) -> list[str]:
     """The table as aligned text lines, header first."""
-    rows = [list(COLUMNS), *(row(entry) for entry in sorted_entries(entries))]
-    widths = [max(len(cells[i]) for cells in rows) for i in range(len(COLUMNS))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
-        for cells in rows
-    ]
+    return text_table(COLUMNS, [row(entry) for entry in sorted_entries(entries)])
 
 
 def markdown_table(entries: Iterable[Entry], notes: Sequence[str] = ()) -> str:
@@ -211,8 +210,9 @@ def baseline_lines(
 def _version(distribution: str) -> str | None:
     # The imported module's own version first: torch's carries its build ("2.4.0+cu121").
     module = sys.modules.get(distribution.replace("-", "_"))
-    if getattr(module, "__version__", None):
-        return str(module.__version__)  # type: ignore[union-attr]
+    version = getattr(module, "__version__", None)
+    if version:
+        return str(version)
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:

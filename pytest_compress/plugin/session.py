@@ -1,38 +1,38 @@
 """The plugin's state for one pytest session, and the hooks that act on the whole session.
 
-``CompressSession`` is registered as a plugin object by ``plugin.pytest_configure``. It
-holds the options, the caches shared by every check (float measurements, materialised
-data and fingerprints, per fixture; the persistent result cache in ``config.cache``), the
-baseline, and the entries of every check run here. On an xdist worker the entries go to
-the controller through ``config.workeroutput``; the controller (or a serial run) writes
-the reports and the baseline once, at the end.
+``CompressSession`` is registered as a plugin object by ``pytest_configure``. It holds
+the options, the baseline, the entries of every check run here, and the session's
+``CheckRunner`` (pytest-free: the float measurements, the data read once, the
+fingerprints and the persistent cache). The runner imports torch, so it is made by the
+first check, through ``_checks()``: the one place the plugin imports lazily, so that
+``pytest --help`` does not pay for torch. On an xdist worker the entries go to the
+controller through ``config.workeroutput``; the controller (or a serial run) writes the
+reports and the baseline once, at the end.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..checks.adjust import run_adjusted
-from ..checks.cache import IdentityMemo, ResultCache
-from ..checks.result import DEFAULT_METRIC, CompressionResult
-from ..checks.runner import run_check
+from ..checks.cache import ResultCache
+from ..checks.request import CheckInputs, Recovery
+from ..checks.result import CompressionResult
 from .baseline import Baseline, BaselineError, baseline_entry, write_baseline
 from .markers import (
     DEFAULT_CALIBRATION_FIXTURE,
     DEFAULT_DATA_FIXTURE,
-    DEFAULT_METRIC_FIXTURE,
-    DEFAULT_MODEL_FIXTURE,
-    DEFAULT_RECOVER_DATA_FIXTURE,
     CheckRequest,
+    Fixtures,
 )
+from .options import Options, check_device
 from .report import (
     append_text,
     baseline_lines,
@@ -44,34 +44,20 @@ from .report import (
     write_text,
 )
 
+if TYPE_CHECKING:
+    from ..checks.runner import CheckRunner
+
 WORKEROUTPUT_KEY = "pytest_compress_entries"
-_DEFAULT_FIXTURES = {
-    "model": DEFAULT_MODEL_FIXTURE,
-    "data": DEFAULT_DATA_FIXTURE,
-    "metric": DEFAULT_METRIC_FIXTURE,
-    "calibration_data": DEFAULT_CALIBRATION_FIXTURE,
-    "recover": "none",
-    "recover_data": DEFAULT_RECOVER_DATA_FIXTURE,
-}
-_DEVICE_PATTERN = re.compile(r"cpu|cuda(?::(\d+))?")
+_DEFAULT_FIXTURES = Fixtures()
 
 
-@dataclass(frozen=True)
-class Options:
-    """The plugin's options after the command line and the ini file were merged."""
+def _checks() -> ModuleType:
+    """The check runner's module, imported on first use: it imports torch.
 
-    report: Path | None = None
-    markdown: Path | None = None
-    summary: bool = True
-    baseline: Path = Path(".compress-baseline.json")
-    tolerance: float = 0.005
-    update_baseline: bool = False
-    device: str = "cpu"
-    disable: bool = False
-    cache: bool = True
-    cache_mb: float = 1024.0
-    sensitivity: bool = True
-    sensitivity_layers: int = 20
+    Through ``sys.modules`` rather than the package's attribute, which an earlier
+    in-process pytest run (pytester) may have left pointing at a discarded copy.
+    """
+    return importlib.import_module("pytest_compress.checks.runner")
 
 
 class CompressSession:
@@ -80,12 +66,8 @@ class CompressSession:
     def __init__(self, config: pytest.Config, options: Options) -> None:
         self.config = config
         self.options = options
-        # Within the session, per fixture and object: the float measurements here, the
-        # materialised data and fingerprints in `inputs` (made by the first check, which
-        # imports torch). Across sessions: the result cache (set at session start).
-        self.references = IdentityMemo()
-        self._inputs: Any = None
-        self.results: ResultCache | None = None
+        self.results: ResultCache | None = None  # set at session start
+        self._runner: CheckRunner | None = None
         self.entries: list[dict[str, Any]] = []
         self.baseline: Baseline | None = None
         self.notes: list[str] = []
@@ -113,75 +95,13 @@ class CompressSession:
         ``model`` / ``data`` are objects given to the ``compress`` callable; None means
         "the fixtures the request names".
         """
-        from ..checks.inputs import calibrates  # here: it imports torch, which a check needs anyway
-
-        model_object, model_label = _resolve(request, model, check.model, "model")
-        data_object, data_label = _resolve(request, data, check.data, "data")
-        metric = _named_or_optional(request, check.metric, "metric")
-        calibration = None
-        # The default calibration fixture belongs to the default data fixture; a check on
-        # other data calibrates on that data unless it names its own calibration fixture.
-        if (
-            check.calibration_data != DEFAULT_CALIBRATION_FIXTURE
-            or data_label == DEFAULT_DATA_FIXTURE
-        ):
-            calibration = _named_or_optional(request, check.calibration_data, "calibration_data")
-        metric_name = DEFAULT_METRIC if metric is None else _metric_name(metric, check.metric)
+        inputs = resolve_inputs(request, check.fixtures, model, data)
         started = time.time()
-        inputs = self.inputs
-        evaluation = inputs.data(data_label, data_object)
-        calibration_data = evaluation
-        # read only by recipes that calibrate: others need not pay for reading it
-        if calibration is not None and calibration is not data_object and calibrates(check):
-            calibration_data = inputs.data(check.calibration_data, calibration, "calibration data")
-        recovery = self._recovery(request, check)
-        persistent = self.results if recovery is None else None  # see run_check
-
-        def run_one(trial: CheckRequest) -> CompressionResult:
-            keys = None
-            if persistent is not None:
-                keys = inputs.keys(
-                    trial,
-                    model=(model_label, model_object),
-                    data=evaluation,
-                    metric=(check.metric, metric),
-                    calibration=calibration_data,
-                )
-            return run_check(
-                model_object,
-                evaluation.batches,
-                trial,
-                metric=metric,
-                metric_name=metric_name,
-                calibration_data=calibration_data.batches,
-                device=self.options.device,
-                cache=self.references,
-                cache_key=(model_label, data_label, None if metric is None else check.metric),
-                model_label=model_label,
-                data_label=data_label,
-                results=persistent,
-                keys=keys,
-                recovery=recovery,
-            )
-
-        def evaluate_model(compressed: Any) -> float:
-            from ..engine.measure import evaluate
-
-            return evaluate(compressed, evaluation.batches, metric, device=self.options.device)
-
-        result = run_adjusted(
-            check,
-            run_one,
-            model=model_object,
-            evaluate=evaluate_model,
-            calibration_data=calibration_data.batches,
-            sensitivity_limit=self.options.sensitivity_layers if self.options.sensitivity else None,
-            metric_name=metric_name,
-        )
+        result = self.runner.run(check.check, inputs)
         finished = time.time()
         status = None
         if self.baseline is not None and not self.options.update_baseline:
-            gate = self.baseline.compare(check_id, result.to_dict(), self.options.tolerance)
+            gate = self.baseline.compare(check_id, result, self.options.tolerance)
             if gate is None:
                 status = "new"
             else:
@@ -195,42 +115,30 @@ class CompressSession:
         request.node.user_properties.extend(junit_properties(check_id, result))
         return result
 
-    def _recovery(self, request: pytest.FixtureRequest, check: CheckRequest) -> Any:
-        """The check's ``Recovery`` (its fixture's callable and training data), or None."""
-        if check.recover is None:
-            return None
-        from ..checks.runner import Recovery
-
-        recover_fn = _resolve(request, None, check.recover, "recover")[0]
-        if not callable(recover_fn):
-            pytest.fail(
-                f"pytest-compress: the recover fixture {check.recover!r} must return a "
-                f"callable (model, data) -> model, got {type(recover_fn).__name__}",
-                pytrace=False,
-            )
-        train = _resolve(request, None, check.recover_data, "recover_data")[0]
-        return Recovery(recover_fn, train)
-
     @property
-    def inputs(self) -> Any:
-        """The session's ``CheckInputs``: data read once, fingerprints and cache keys."""
-        if self._inputs is None:
-            from ..checks.inputs import CheckInputs
-
-            self._inputs = CheckInputs(
-                device=self.options.device,
-                cache_mb=self.options.cache_mb,
-                fingerprints=self.results is not None,
-                notes=self.input_notes,  # written here, sent to the controller by workers
+    def runner(self) -> CheckRunner:
+        """The session's ``CheckRunner``, made by the first check."""
+        if self._runner is None:
+            options = self.options
+            self._runner = _checks().CheckRunner(
+                device=options.device,
+                cache_mb=options.cache_mb,
+                sensitivity_limit=options.sensitivity_layers if options.sensitivity else None,
+                results=self.results,
+                notes=self.input_notes,  # written there, sent to the controller by workers
             )
-        return self._inputs
+        return self._runner
 
     # --- session hooks -------------------------------------------------------------
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # Here rather than in pytest_configure, so that `pytest --help` works whatever
         # the options say.
-        check_device(self.options.device)
+        index = check_device(self.options.device)
+        if index is not None:  # a CUDA device: whether it exists here needs torch
+            problem = _checks().missing_device(self.options.device, index)
+            if problem is not None:
+                raise pytest.UsageError(problem)
         store = getattr(self.config, "cache", None)  # None under -p no:cacheprovider
         if store is not None:
             # --compress-no-cache measures everything, and stores the fresh numbers
@@ -266,6 +174,7 @@ class CompressSession:
                 "deselected": sorted(self.deselected),
                 "notes": self.input_notes,
             }
+            # workeroutput: set on a worker's config by xdist, unknown to pytest's types
             self.config.workeroutput[WORKEROUTPUT_KEY] = json.dumps(sent)  # type: ignore[attr-defined]
             return
         # One entry per check id (a rerun plugin may run a test twice): the last one counts.
@@ -345,30 +254,6 @@ class CompressSession:
         return test.split("::", 1)[0] in {node.split("::", 1)[0] for node in self.reported}
 
 
-def check_device(device: str) -> None:
-    """``pytest.UsageError`` unless ``device`` is cpu, or a CUDA device that exists here."""
-    match = _DEVICE_PATTERN.fullmatch(device)
-    if match is None:
-        raise pytest.UsageError(
-            f"--compress-device={device!r}: expected cpu, cuda or cuda:N (e.g. cuda:0)"
-        )
-    if device == "cpu":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise pytest.UsageError(
-            f"--compress-device={device}: CUDA is not available on this machine "
-            f"(torch {torch.__version__}); use --compress-device=cpu"
-        )
-    index = int(match[1] or 0)
-    if index >= torch.cuda.device_count():
-        raise pytest.UsageError(
-            f"--compress-device={device}: this machine has {torch.cuda.device_count()} CUDA "
-            f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-        )
-
-
 def junit_properties(check_id: str, result: CompressionResult) -> list[tuple[str, object]]:
     """The key figures of a check as JUnit XML ``<property>`` elements."""
     return [
@@ -385,6 +270,48 @@ def junit_properties(check_id: str, result: CompressionResult) -> list[tuple[str
     ]
 
 
+def resolve_inputs(
+    request: pytest.FixtureRequest, fixtures: Fixtures, model: Any = None, data: Any = None
+) -> CheckInputs:
+    """The check's inputs: its fixtures' values, or the objects a ``compress`` call gave."""
+    model_object, model_label = _resolve(request, model, fixtures.model, "model")
+    data_object, data_label = _resolve(request, data, fixtures.data, "data")
+    calibration = None
+    # The default calibration fixture belongs to the default data fixture; a check on
+    # other data calibrates on that data unless it names its own calibration fixture.
+    if (
+        fixtures.calibration_data != DEFAULT_CALIBRATION_FIXTURE
+        or data_label == DEFAULT_DATA_FIXTURE
+    ):
+        calibration = _named_or_optional(request, fixtures.calibration_data, "calibration_data")
+    return CheckInputs(
+        model=model_object,
+        data=data_object,
+        model_label=model_label,
+        data_label=data_label,
+        metric=_named_or_optional(request, fixtures.metric, "metric"),
+        metric_label=fixtures.metric,
+        calibration=calibration,
+        calibration_label=fixtures.calibration_data,
+        recovery=_recovery(request, fixtures),
+    )
+
+
+def _recovery(request: pytest.FixtureRequest, fixtures: Fixtures) -> Recovery | None:
+    """The check's ``Recovery`` (its fixture's callable and training data), or None."""
+    if fixtures.recover is None:
+        return None
+    recover_fn = _resolve(request, None, fixtures.recover, "recover")[0]
+    if not callable(recover_fn):
+        pytest.fail(
+            f"pytest-compress: the recover fixture {fixtures.recover!r} must return a "
+            f"callable (model, data) -> model, got {type(recover_fn).__name__}",
+            pytrace=False,
+        )
+    train = _resolve(request, None, fixtures.recover_data, "recover_data")[0]
+    return Recovery(recover_fn, train)
+
+
 def _resolve(
     request: pytest.FixtureRequest, given: Any, default_name: str, what: str
 ) -> tuple[Any, str]:
@@ -398,7 +325,7 @@ def _resolve(
         if error.argname != name:
             raise
     # outside the except block, so the report does not chain pytest's lookup error
-    default = _DEFAULT_FIXTURES[what]
+    default = getattr(_DEFAULT_FIXTURES, what)
     pytest.fail(
         f"pytest-compress: no fixture named {name!r} for the {what}; define it "
         f'(e.g. in conftest.py) or name another one with {what}="..." '
@@ -409,7 +336,7 @@ def _resolve(
 
 def _named_or_optional(request: pytest.FixtureRequest, name: str, what: str) -> Any:
     """A fixture the marker named (it must exist), or the default one if the project has it."""
-    if name != _DEFAULT_FIXTURES[what]:
+    if name != getattr(_DEFAULT_FIXTURES, what):
         return _resolve(request, None, name, what)[0]
     return _optional_fixture(request, name)
 
@@ -429,9 +356,3 @@ def _shown(path: Path, root: Path) -> Path:
         return path.relative_to(root)
     except ValueError:
         return path
-
-
-def _metric_name(metric: Any, fixture: str) -> str:
-    """The metric's function name, or its fixture's name for a lambda or a callable object."""
-    name = getattr(metric, "__name__", "")
-    return fixture if not name or name.startswith("<") else name

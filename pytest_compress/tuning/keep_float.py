@@ -28,37 +28,19 @@ from torch import nn
 from ..engine.specs import (
     PruneSpec,
     QuantSpec,
-    _patterns,
-    as_prune_spec,
-    as_quant_spec,
     describe_recipe,
 )
+from ..errors import SpecError
 from ..units import format_size
 from .sensitivity import literal_pattern, touched_layers
-from .trial import FLOOR_BUDGETS, Trial
-
-KEEP_FLOAT_AUTO = "auto"
-KEEP_FLOAT_FORMS = '"auto" or module-name patterns such as ["fc1", "features.*"]'
+from .trial import FLOOR_BUDGETS, Trial, checked_trial
 
 TrialFn = Callable[[QuantSpec | None, PruneSpec | None], Trial]
 
 
-def check_keep_float(value: object) -> str | tuple[str, ...]:
-    """``"auto"`` or a tuple of patterns; ``ValueError`` naming ``keep_float`` otherwise."""
-    if isinstance(value, str) and value:
-        return KEEP_FLOAT_AUTO if value == KEEP_FLOAT_AUTO else (value,)
-    if (
-        isinstance(value, (list, tuple))
-        and value
-        and all(isinstance(pattern, str) and pattern for pattern in value)
-    ):
-        return tuple(value)
-    raise ValueError(f"keep_float must be {KEEP_FLOAT_FORMS}; got {value!r}")
-
-
 def keep_float_specs(
-    quantize: QuantSpec | str | None,
-    prune: PruneSpec | float | str | None,
+    quantize: QuantSpec | None,
+    prune: PruneSpec | None,
     patterns: Sequence[str],
     *,
     model: nn.Module | None = None,
@@ -68,9 +50,8 @@ def keep_float_specs(
     With ``model``, a spec that would then select no compressible layer is dropped
     (None), and keeping every layer float is a ``ValueError``: nothing would be compressed.
     """
-    kept = _patterns(tuple(patterns), "keep_float")
-    quant_spec = as_quant_spec(quantize)
-    prune_spec = as_prune_spec(prune)
+    kept = tuple(patterns)
+    quant_spec, prune_spec = quantize, prune
     if quant_spec is not None:
         quant_spec = replace(quant_spec, exclude=(*quant_spec.exclude, *kept))
     if prune_spec is not None:
@@ -82,11 +63,36 @@ def keep_float_specs(
     if prune_spec is not None and not touched_layers(model, None, prune_spec):
         prune_spec = None
     if quant_spec is None and prune_spec is None:
-        raise ValueError(
+        raise SpecError(
             f"keep_float={list(kept)} keeps every compressed layer float: nothing is left "
             "to compress"
         )
     return quant_spec, prune_spec
+
+
+def _check_ranking(
+    model: nn.Module,
+    names: tuple[Any, ...],
+    ranking: object,
+    max_layers: object,
+    quantize: QuantSpec | None,
+    prune: PruneSpec | None,
+) -> set[str]:
+    """The names of the layers the recipe compresses; ``ValueError`` for a bad ranking or cap."""
+    if any(not isinstance(name, str) for name in names):
+        raise SpecError(f"ranking must be a SensitivityResult or layer names, got {ranking!r}")
+    if max_layers is not None and (
+        isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1
+    ):
+        raise SpecError(f"max_layers must be an int >= 1 or None, got {max_layers!r}")
+    compressed = {layer.name for layer in touched_layers(model, quantize, prune)}
+    unknown = [name for name in names if name not in compressed]
+    if unknown:
+        raise SpecError(
+            f"ranking names layers the recipe does not compress: {unknown}; "
+            f"compressed layers are {sorted(compressed)}"
+        )
+    return compressed
 
 
 def keep_float_auto(
@@ -94,8 +100,8 @@ def keep_float_auto(
     ranking: Sequence[str] | Any,
     trial: TrialFn,
     *,
-    quantize: QuantSpec | str | None = None,
-    prune: PruneSpec | float | str | None = None,
+    quantize: QuantSpec | None = None,
+    prune: PruneSpec | None = None,
     initial: Trial | None = None,
     max_layers: int | None = None,
     metric_name: str = "accuracy",
@@ -108,30 +114,11 @@ def keep_float_auto(
     ranking's length).
     """
     names = tuple(getattr(ranking, "ranked", ranking))
-    if any(not isinstance(name, str) for name in names):
-        raise ValueError(f"ranking must be a SensitivityResult or layer names, got {ranking!r}")
-    if max_layers is not None and (
-        isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1
-    ):
-        raise ValueError(f"max_layers must be an int >= 1 or None, got {max_layers!r}")
-    quant_spec = as_quant_spec(quantize)
-    prune_spec = as_prune_spec(prune)
-    compressed = {layer.name for layer in touched_layers(model, quant_spec, prune_spec)}
-    unknown = [name for name in names if name not in compressed]
-    if unknown:
-        raise ValueError(
-            f"ranking names layers the recipe does not compress: {unknown}; "
-            f"compressed layers are {sorted(compressed)}"
-        )
+    quant_spec, prune_spec = quantize, prune
+    compressed = _check_ranking(model, names, ranking, max_layers, quant_spec, prune_spec)
 
     def run(q: QuantSpec | None, p: PruneSpec | None, setting: Any) -> Trial:
-        outcome = trial(q, p)
-        if not isinstance(outcome, Trial):
-            raise TypeError(
-                f"the trial callback must return a pytest_compress.tuning.trial.Trial, "
-                f"got {type(outcome).__name__}"
-            )
-        return replace(outcome, setting=setting)
+        return checked_trial(trial(q, p), setting)
 
     trail: list[Trial] = []
     if initial is None:

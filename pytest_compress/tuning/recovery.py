@@ -40,13 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.activations import ActivationFakeQuantize
+from ..engine.activations import ActivationFakeQuantize, remove_activation_hooks
 from ..engine.apply import copy_model, prune_model, quantize_model
 from ..engine.batches import call_model, model_device, split_batch, to_device
 from ..engine.layers import compressible_layers
 from ..engine.record import get_record
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
-from ..units import format_drop, format_metric
+from ..engine.state import preserved_modes, train_mode
+from ..errors import DataError, ModelError, SpecError
+from ..metrics import MetricKind
 
 ON_UNZEROED = ("rezero", "raise")
 OPTIMIZERS = ("sgd", "adam")
@@ -54,26 +56,24 @@ OPTIMIZERS = ("sgd", "adam")
 RecoveryFn = Callable[[nn.Module, Any], nn.Module]
 
 
-def pruning_masks(model: nn.Module, prune: PruneSpec | float | str) -> dict[str, torch.Tensor]:
+def pruning_masks(model: nn.Module, prune: PruneSpec | None) -> dict[str, torch.Tensor]:
     """Per weight name, True where ``prune`` leaves the weight zero (exact: from the float model).
 
     Activation pruning has no weight mask; a spec that prunes no weights gives ``{}``.
     """
-    prune_spec = as_prune_spec(prune)
-    if prune_spec is None or not prune_spec.prunes_weights:
+    if prune is None or not prune.prunes_weights:
         return {}
-    pruned = prune_model(model, replace(prune_spec, activation_threshold=None))
-    return zero_masks(pruned, prune_spec)
+    pruned = prune_model(model, replace(prune, activation_threshold=None))
+    return zero_masks(pruned, prune)
 
 
-def zero_masks(model: nn.Module, prune: PruneSpec | float | str) -> dict[str, torch.Tensor]:
+def zero_masks(model: nn.Module, prune: PruneSpec | None) -> dict[str, torch.Tensor]:
     """Per weight name, True where a weight of a layer ``prune`` selects is exactly zero."""
-    prune_spec = as_prune_spec(prune)
-    if prune_spec is None or not prune_spec.prunes_weights:
+    if prune is None or not prune.prunes_weights:
         return {}
     return {
         layer.weight_name: layer.module.weight.detach() == 0
-        for layer in compressible_layers(model, prune_spec.include, prune_spec.exclude)
+        for layer in compressible_layers(model, prune.include, prune.exclude)
     }
 
 
@@ -82,13 +82,13 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[st
     checked = {}
     for name, mask in masks.items():
         if name not in params:
-            raise ValueError(
+            raise SpecError(
                 f"masks names {name!r}, which is not a parameter of the compressed model"
             )
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            raise ValueError(f"masks[{name!r}] must be a bool tensor (True = pruned)")
+            raise SpecError(f"masks[{name!r}] must be a bool tensor (True = pruned)")
         if mask.shape != params[name].shape:
-            raise ValueError(
+            raise SpecError(
                 f"masks[{name!r}] has shape {tuple(mask.shape)}, the parameter "
                 f"{tuple(params[name].shape)}"
             )
@@ -96,19 +96,9 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[st
     return checked
 
 
-def _strip_activation_quantization(model: nn.Module) -> None:
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, ActivationFakeQuantize):
-                # What RemovableHandle.remove() does: the hook and its per-hook flags.
-                del module._forward_hooks[key]
-                module._forward_hooks_with_kwargs.pop(key, None)
-                module._forward_hooks_always_called.pop(key, None)
-
-
 def _check_same_shape(before: nn.Module, after: object) -> nn.Module:
     if not isinstance(after, nn.Module):
-        raise ValueError(
+        raise ModelError(
             f"recovery_fn must return the recovered model (a torch.nn.Module), "
             f"got {type(after).__name__}"
         )
@@ -116,7 +106,7 @@ def _check_same_shape(before: nn.Module, after: object) -> nn.Module:
     new = {key: tuple(value.shape) for key, value in after.state_dict().items()}
     if old != new:
         changed = sorted(set(old) ^ set(new)) or sorted(k for k in old if old[k] != new[k])
-        raise ValueError(
+        raise ModelError(
             "recovery_fn must return a model with the compressed model's parameters and "
             f"shapes; these differ: {changed[:5]}"
         )
@@ -145,20 +135,12 @@ def recover_compressed(
     With ``evaluate(model) -> float`` the metric is measured before and after recovery.
     ``compressed`` is never modified.
     """
-    if not isinstance(compressed, nn.Module):
-        raise ValueError(f"compressed must be a torch.nn.Module, got {type(compressed).__name__}")
-    if not callable(recovery_fn):
-        raise ValueError(
-            f"recovery_fn must be a callable (model, data) -> model, got {recovery_fn!r}"
-        )
-    if on_unzeroed not in ON_UNZEROED:
-        raise ValueError(f"on_unzeroed must be one of {ON_UNZEROED}, got {on_unzeroed!r}")
-    if evaluate is not None and not callable(evaluate):
-        raise ValueError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+    _check_arguments(compressed, recovery_fn, on_unzeroed, evaluate)
+    # an exported function: shorthands are parsed here, where a user hands them in
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
     if quant_spec is None and get_record(compressed).quantized:
-        raise ValueError(
+        raise SpecError(
             "quantize must be given: the compressed model is quantized, and recovery "
             "re-quantizes it with the same spec after recovery_fn"
         )
@@ -167,28 +149,8 @@ def recover_compressed(
     masks = _check_masks(compressed, masks)
 
     before = float(evaluate(compressed)) if evaluate is not None else None
-    work = copy_model(compressed)
-    _strip_activation_quantization(work)
-    flags = {name: module.training for name, module in work.named_modules()}
-    recovered = _check_same_shape(work, recovery_fn(work, data))
-    for name, module in recovered.named_modules():
-        module.training = flags.get(name, module.training)
-
-    unzeroed = {}
-    with torch.no_grad():
-        for name, mask in masks.items():
-            param = recovered.get_parameter(name)
-            moved = int((param[mask.to(param.device)] != 0).sum())
-            if moved:
-                unzeroed[name] = moved
-            param.masked_fill_(mask.to(param.device), 0.0)
-    if unzeroed and on_unzeroed == "raise":
-        total = sum(unzeroed.values())
-        raise ValueError(
-            f"recovery_fn moved {total:,} pruned weights off zero ({_per_parameter(unzeroed)}); "
-            "keep pruned weights at zero (mask their gradients) or pass on_unzeroed='rezero'"
-        )
-
+    recovered = _run_recovery(compressed, recovery_fn, data)
+    unzeroed = _rezero(recovered, masks, on_unzeroed)
     final = recovered
     if quant_spec is not None:
         final = quantize_model(
@@ -210,6 +172,52 @@ def recover_compressed(
         metric_name=metric_name,
         higher_is_better=higher_is_better,
     )
+
+
+def _check_arguments(
+    compressed: object, recovery_fn: object, on_unzeroed: str, evaluate: object
+) -> None:
+    if not isinstance(compressed, nn.Module):
+        raise SpecError(f"compressed must be a torch.nn.Module, got {type(compressed).__name__}")
+    if not callable(recovery_fn):
+        raise SpecError(
+            f"recovery_fn must be a callable (model, data) -> model, got {recovery_fn!r}"
+        )
+    if on_unzeroed not in ON_UNZEROED:
+        raise SpecError(f"on_unzeroed must be one of {ON_UNZEROED}, got {on_unzeroed!r}")
+    if evaluate is not None and not callable(evaluate):
+        raise SpecError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+
+
+def _run_recovery(compressed: nn.Module, recovery_fn: RecoveryFn, data: Any) -> nn.Module:
+    """``recovery_fn`` on a copy without rounding hooks; every module keeps its train/eval flag."""
+    work = copy_model(compressed)
+    remove_activation_hooks(work, (ActivationFakeQuantize,))  # pruning hooks stay
+    with preserved_modes(work) as modes:
+        recovered = _check_same_shape(work, recovery_fn(work, data))
+    modes.apply_by_name(recovered)  # also when recovery_fn returned another model
+    return recovered
+
+
+def _rezero(
+    recovered: nn.Module, masks: Mapping[str, torch.Tensor], on_unzeroed: str
+) -> dict[str, int]:
+    """Set every pruned weight back to zero; per parameter, how many had moved off it."""
+    unzeroed = {}
+    with torch.no_grad():
+        for name, mask in masks.items():
+            param = recovered.get_parameter(name)
+            moved = int((param[mask.to(param.device)] != 0).sum())
+            if moved:
+                unzeroed[name] = moved
+            param.masked_fill_(mask.to(param.device), 0.0)
+    if unzeroed and on_unzeroed == "raise":
+        total = sum(unzeroed.values())
+        raise ModelError(
+            f"recovery_fn moved {total:,} pruned weights off zero ({_per_parameter(unzeroed)}); "
+            "keep pruned weights at zero (mask their gradients) or pass on_unzeroed='rezero'"
+        )
+    return unzeroed
 
 
 def _per_parameter(counts: Mapping[str, int]) -> str:
@@ -250,14 +258,14 @@ class RecoveryResult:
 
     def summary(self) -> str:
         """``recovery: accuracy 61.0% -> 96.5% (+35.5 pp)``, and any re-zeroing."""
-        percent = self.metric_name == "accuracy"
+        metric = MetricKind.named(self.metric_name)
         if self.metric_before is not None and self.metric_after is not None:
             change = self.metric_after - self.metric_before
             sign = "-" if change < 0 else "+"
             text = (
-                f"recovery: {self.metric_name} {format_metric(self.metric_before, percent)} -> "
-                f"{format_metric(self.metric_after, percent)} "
-                f"({sign}{format_drop(abs(change), percent)})"
+                f"recovery: {self.metric_name} {metric.value(self.metric_before)} -> "
+                f"{metric.value(self.metric_after)} "
+                f"({sign}{metric.difference(abs(change))})"
             )
         else:
             text = "recovery: applied"
@@ -299,7 +307,7 @@ class FineTune:
 
     def __post_init__(self) -> None:
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {self.epochs!r}")
+            raise SpecError(f"epochs must be an int >= 1, got {self.epochs!r}")
         for name in ("lr", "momentum", "weight_decay"):
             value = getattr(self, name)
             low_ok = value > 0 if name == "lr" else value >= 0
@@ -309,11 +317,11 @@ class FineTune:
                 or not (math.isfinite(value) and low_ok)
             ):
                 bound = "> 0" if name == "lr" else ">= 0"
-                raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+                raise SpecError(f"{name} must be a finite number {bound}, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise SpecError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+            raise SpecError(f"seed must be an int, got {self.seed!r}")
 
     def __call__(self, model: nn.Module, data: Iterable[Any]) -> nn.Module:
         frozen = {
@@ -322,7 +330,7 @@ class FineTune:
         }
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("finetune: the model has no parameter with requires_grad=True")
+            raise ModelError("finetune: the model has no parameter with requires_grad=True")
         if self.optimizer == "sgd":
             optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
@@ -330,22 +338,16 @@ class FineTune:
         else:
             optimizer = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         device = model_device(model)
-        flags = {module: module.training for module in model.modules()}
         cuda = [device.index or 0] if device.type == "cuda" else []
-        try:
-            model.train()
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(self.seed)
-                for _ in range(self.epochs):
-                    batches = 0
-                    for batch in data:
-                        self._step(model, optimizer, frozen, batch, device)
-                        batches += 1
-                    if batches == 0:
-                        raise ValueError("finetune: data yielded no batches")
-        finally:
-            for module, training in flags.items():
-                module.training = training
+        with train_mode(model), torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.seed)
+            for _ in range(self.epochs):
+                batches = 0
+                for batch in data:
+                    self._step(model, optimizer, frozen, batch, device)
+                    batches += 1
+                if batches == 0:
+                    raise DataError("finetune: data yielded no batches")
         return model
 
     @staticmethod

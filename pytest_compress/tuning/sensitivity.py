@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 import torch
 from torch import nn
@@ -31,7 +31,9 @@ from torch import nn
 from ..engine.apply import compress_model, copy_model, prune_model
 from ..engine.layers import Layer, compressible_layers, matches
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec, describe_recipe
-from ..units import format_drop, format_metric
+from ..errors import SpecError
+from ..metrics import MetricKind
+from ..tables import text_table
 
 DEFAULT_LIMIT = 20
 SHOWN_IN_MESSAGE = 3
@@ -42,7 +44,10 @@ def literal_pattern(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def _applies(spec: QuantSpec | PruneSpec | None, layer: Layer) -> bool:
+_Spec = TypeVar("_Spec", QuantSpec, PruneSpec)
+
+
+def _applies(spec: _Spec | None, layer: Layer) -> TypeGuard[_Spec]:
     return spec is not None and matches(layer.name, spec.include, spec.exclude)
 
 
@@ -61,9 +66,7 @@ def _check_limit(limit: object) -> int | None:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(
-            f"limit must be an int >= 1 (layers measured) or None (all), got {limit!r}"
-        )
+        raise SpecError(f"limit must be an int >= 1 (layers measured) or None (all), got {limit!r}")
     return limit
 
 
@@ -86,12 +89,13 @@ def layer_sensitivity(
     ``model`` is never modified. At most ``limit`` evaluations (None: every layer).
     ``calibration_data`` is needed when ``quantize`` quantizes activations (``"w8a8"``).
     """
+    # an exported function: shorthands are parsed here, where a user hands them in
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
     if quant_spec is None and prune_spec is None:
-        raise ValueError("layer_sensitivity needs quantize=... and/or prune=...: a recipe to blame")
+        raise SpecError("layer_sensitivity needs quantize=... and/or prune=...: a recipe to blame")
     if not callable(evaluate):
-        raise ValueError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+        raise SpecError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
     cap = _check_limit(limit)
     layers = touched_layers(model, quant_spec, prune_spec)
     # Largest first; sorted() is stable, so equal sizes keep model order.
@@ -142,9 +146,9 @@ def _compress_alone(
         assert prune is not None
         if global_reference is not None:
             base = copy_model(model)
-            source = global_reference.get_submodule(layer.name).weight
+            source = global_reference.get_parameter(layer.weight_name)
             with torch.no_grad():
-                base.get_submodule(layer.name).weight.copy_(source)
+                base.get_parameter(layer.weight_name).copy_(source)
             if prune.activation_threshold is not None:
                 layer_prune = PruneSpec(
                     activation_threshold=prune.activation_threshold, include=only
@@ -196,7 +200,7 @@ class SensitivityResult:
         # Show the metric's own movement: accuracy falls (-2.1 pp), a loss rises (+0.05).
         change = -entry.drop if self.higher_is_better else entry.drop
         sign = "-" if change < 0 else "+"
-        return f"{sign}{format_drop(abs(change), self.metric_name == 'accuracy')}"
+        return f"{sign}{MetricKind.named(self.metric_name).difference(abs(change))}"
 
     def summary(self, top: int = SHOWN_IN_MESSAGE) -> str:
         """``most sensitive layers: fc1 (-2.1 pp alone), conv2 (-0.6 pp alone)``.
@@ -216,17 +220,13 @@ class SensitivityResult:
 
     def table(self) -> str:
         """Every measured layer, most harmful first: name, weights, metric, change."""
-        percent = self.metric_name == "accuracy"
-        rows = [("layer", "weights", self.metric_name, "change")]
-        rows.extend(
-            (e.layer, f"{e.parameters:,}", format_metric(e.metric, percent), self._change(e))
+        metric = MetricKind.named(self.metric_name)
+        header = ("layer", "weights", self.metric_name, "change")
+        rows = [
+            (e.layer, f"{e.parameters:,}", metric.value(e.metric), self._change(e))
             for e in self.layers
-        )
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        return "\n".join(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3]
-            for row in rows
-        )
+        ]
+        return "\n".join(text_table(header, rows))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: every measured layer (ranked) and the skipped ones."""

@@ -19,14 +19,19 @@ More compression can only cure a floor violation and only cause a damage violati
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..units import format_drop, format_fraction, format_metric, format_ratio, format_size
+from ..budgets import BUDGETS, BudgetCheck
+from ..metrics import MetricKind
+from ..units import format_size
 
-# Budgets that more compression helps meet; every other broken budget counts as damage.
-FLOOR_BUDGETS = ("max_size_ratio", "max_size", "min_sparsity", "baseline_size")
-DAMAGE_BUDGETS = ("max_accuracy_drop", "max_relative_drop")
+# Budgets that more compression helps meet (and the baseline's size gate); every other
+# broken budget counts as damage.
+FLOOR_BUDGETS = (
+    *(name for name, budget in BUDGETS.items() if budget.eased_by_compression),
+    "baseline_size",
+)
 
 
 @dataclass(frozen=True)
@@ -86,38 +91,36 @@ class Trial:
         objects), ``metric`` (the metric's name: accuracy renders in percent) and
         ``higher_is_better``; keeps ``result`` itself as the payload.
         """
-        percent = getattr(result, "metric", "accuracy") == "accuracy"
-        higher_is_better = getattr(result, "higher_is_better", True)
+        metric = MetricKind.named(
+            getattr(result, "metric", "accuracy"), getattr(result, "higher_is_better", True)
+        )
         checks = list(result.violations)
         return cls(
             metric=float(result.compressed_metric),
             size=int(result.compressed_size),
             broken=tuple(check.budget for check in checks),
-            violations=tuple(
-                describe_violation(check, percent=percent, higher_is_better=higher_is_better)
-                for check in checks
-            ),
+            violations=tuple(describe_violation(check, metric) for check in checks),
             setting=setting,
             result=result,
         )
 
 
-def describe_violation(check: Any, *, percent: bool = True, higher_is_better: bool = True) -> str:
+def checked_trial(outcome: object, setting: Any) -> Trial:
+    """A trial callback's ``outcome`` with ``setting`` filled in; ``TypeError`` for a non-Trial."""
+    if not isinstance(outcome, Trial):
+        raise TypeError(
+            "the trial callback must return a pytest_compress.tuning.trial.Trial, "
+            f"got {type(outcome).__name__}"
+        )
+    return replace(outcome, setting=setting)
+
+
+def describe_violation(check: BudgetCheck, metric: MetricKind | None = None) -> str:
     """A broken ``BudgetCheck`` in a few words: ``drop 2.9 pp > 2.0 pp``, ``ratio 0.31 > 0.30``."""
-    name, actual, limit = check.budget, check.actual, check.limit
-    word = "drop" if higher_is_better else "increase"
-    if name == "max_accuracy_drop":
-        return f"{word} {format_drop(actual, percent)} > {format_drop(limit, percent)}"
-    if name == "max_relative_drop":
-        return f"relative {word} {format_fraction(actual)} > {format_fraction(limit)}"
-    if name == "max_size_ratio":
-        return f"ratio {format_ratio(actual)} > {format_ratio(limit)}"
-    if name in ("max_size", "baseline_size"):
-        return f"size {format_size(actual)} > {format_size(limit)}"
-    if name == "min_sparsity":
-        return f"sparsity {format_fraction(actual)} < {format_fraction(limit)}"
-    if name == "baseline_metric":
-        worse = "<" if higher_is_better else ">"
-        shown = format_metric(actual, percent)
-        return f"metric {shown} {worse} baseline limit {format_metric(limit, percent)}"
-    return f"{name} {actual:g} vs limit {limit:g}"
+    metric = MetricKind() if metric is None else metric
+    if check.budget == "baseline_size":
+        return f"size {format_size(check.actual)} > {format_size(check.limit)}"
+    if check.budget == "baseline_metric":
+        shown = metric.value(check.actual)
+        return f"metric {shown} {metric.worse} baseline limit {metric.value(check.limit)}"
+    return check.describe(metric, short=True)

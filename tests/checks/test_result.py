@@ -4,37 +4,10 @@ from __future__ import annotations
 
 import json
 
-from pytest_compress.budgets import BudgetCheck, Budgets, check_budgets
-from pytest_compress.checks.result import CompressionResult
-from pytest_compress.engine.specs import PruneSpec
+from pytest_compress.budgets import BudgetCheck, Budgets
+from tests.results import make_result
 
 # --- the failure text -------------------------------------------------------------------
-
-
-def make_result(**changes) -> CompressionResult:
-    fields = dict(
-        float_metric=0.978,
-        compressed_metric=0.949,
-        accuracy_drop=0.978 - 0.949,
-        relative_drop=(0.978 - 0.949) / 0.978,
-        float_size=246_100,
-        compressed_size=17_200,
-        size_ratio=17_200 / 246_100,
-        sparsity=0.8,
-        recipe="int4 per-channel + prune 80% (global, magnitude)",
-        prune=PruneSpec(amount=0.8, scope="global"),
-        budgets=Budgets(max_accuracy_drop=0.02, max_size_ratio=0.1),
-    )
-    fields.update(changes)
-    measured = check_budgets(
-        fields["budgets"],
-        accuracy_drop=fields["accuracy_drop"],
-        relative_drop=fields["relative_drop"],
-        size_ratio=fields["size_ratio"],
-        compressed_size=fields["compressed_size"],
-        sparsity=fields["sparsity"],
-    )
-    return CompressionResult(checks=tuple(measured), **fields)
 
 
 def test_explain_reads_like_the_design():

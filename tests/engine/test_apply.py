@@ -19,6 +19,7 @@ from pytest_compress.engine.measure import evaluate, model_size, sparsity
 from pytest_compress.engine.quant import fake_quantize, quantize
 from pytest_compress.engine.record import get_record
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.errors import CalibrationError, DataError, ModelError, SpecError
 from pytest_compress.fileformat.container import compressed_size, load_compressed, save_compressed
 from tests.models import ConvTransposeModel, Net, TiedEmbeddingModel, mlp, seeded
 
@@ -366,20 +367,20 @@ def test_nan_weights_name_the_parameter_and_count() -> None:
     with torch.no_grad():
         model.fc2.weight[0, :3] = float("nan")
         model.fc2.weight[1, 0] = float("inf")
-    with pytest.raises(ValueError, match=r"fc2\.weight has 4 NaN or infinite values"):
+    with pytest.raises(ModelError, match=r"fc2\.weight has 4 NaN or infinite values"):
         quantize_model(model, "int8")
 
 
 def test_model_without_compressible_layers() -> None:
     model = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3))
     for call in (lambda: quantize_model(model, "int8"), lambda: prune_model(model, 0.5)):
-        with pytest.raises(ValueError, match=r"no compressible layer.*Linear, Conv1d"):
+        with pytest.raises(ModelError, match=r"no compressible layer.*Linear, Conv1d"):
             call()
 
 
 def test_include_that_matches_nothing_says_so() -> None:
     with pytest.raises(
-        ValueError, match=r"no compressible layer matching include=\['decoder\.\*'\]"
+        ModelError, match=r"no compressible layer matching include=\['decoder\.\*'\]"
     ):
         quantize_model(lenet(), QuantSpec(include=("decoder.*",)))
 
@@ -397,29 +398,29 @@ def test_unknown_prune_shorthand_lists_valid_forms(shorthand) -> None:
 
 
 def test_activation_quantization_without_data() -> None:
-    with pytest.raises(ValueError, match=r"needs calibration_data"):
+    with pytest.raises(DataError, match=r"needs calibration_data"):
         quantize_model(lenet(), "w8a8")
-    with pytest.raises(ValueError, match=r"needs calibration_data"):
+    with pytest.raises(DataError, match=r"needs calibration_data"):
         compress_model(lenet(), quantize="w4a8", prune=0.5)
 
 
 def test_empty_calibration_iterable() -> None:
-    with pytest.raises(ValueError, match=r"calibration_data yielded no batches"):
+    with pytest.raises(DataError, match=r"calibration_data yielded no batches"):
         quantize_model(lenet(), "w8a8", calibration_data=[])
 
 
 def test_compress_without_any_recipe() -> None:
-    with pytest.raises(ValueError, match=r"quantize=.*prune="):
+    with pytest.raises(SpecError, match=r"quantize=.*prune="):
         compress_model(lenet())
 
 
 def test_not_a_module() -> None:
-    with pytest.raises(ValueError, match=r"must be a torch.nn.Module"):
+    with pytest.raises(ModelError, match=r"must be a torch.nn.Module"):
         quantize_model({"weight": torch.ones(2)}, "int8")
 
 
 def test_quantize_reports_tensor_name_for_plain_tensors() -> None:
-    with pytest.raises(ValueError, match=r"my\.tensor has 1 NaN"):
+    with pytest.raises(ModelError, match=r"my\.tensor has 1 NaN"):
         quantize(torch.tensor([1.0, float("nan")]), name="my.tensor")
 
 
@@ -444,5 +445,41 @@ def test_nan_weights_are_named_when_pruning_too() -> None:
     with torch.no_grad():
         model.conv2.weight[0, 0, 0, 0] = float("nan")
     for spec in (PruneSpec(amount=0.5, scope="global"), PruneSpec(threshold=0.1), "2:4"):
-        with pytest.raises(ValueError, match=r"conv2\.weight has 1 NaN or infinite value "):
+        with pytest.raises(ModelError, match=r"conv2\.weight has 1 NaN or infinite value "):
             prune_model(model, spec)
+
+
+class SkipsALayer(nn.Module):
+    """A model whose forward never runs ``unused``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_a_layer_the_calibration_data_never_runs_is_an_error_not_a_silent_float() -> None:
+    model, data = seeded(SkipsALayer()), [torch.randn(3, 4)]
+    with pytest.raises(
+        CalibrationError,
+        match=r"layer 'unused' never ran on the calibration data\. Pass calibration_data that "
+        r"runs them, or leave them out with QuantSpec\(exclude=\['unused'\]\)",
+    ):
+        quantize_model(model, "w8a8", data)
+    with pytest.raises(CalibrationError, match=r"exclude=\['head\*', 'unused'\]"):
+        compress_model(
+            model, quantize=QuantSpec(activation_bits=8, exclude=("head*",)), calibration_data=data
+        )
+    compressed = quantize_model(model, QuantSpec(activation_bits=8, exclude=("unused",)), data)
+    assert [name for name, _ in activation_hooks(compressed)] == ["body", "head"]
+
+
+def test_a_layer_that_ran_without_output_values_is_named_too() -> None:
+    model = seeded(nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 2)))
+    empty = torch.zeros(0, dtype=torch.long)
+    with pytest.raises(CalibrationError, match=r"layers '0', '1' produced no floating-point"):
+        quantize_model(model, "w8a8", [empty])

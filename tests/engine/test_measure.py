@@ -17,6 +17,7 @@ from pytest_compress.engine.measure import (
     top1_accuracy,
 )
 from pytest_compress.engine.specs import PruneSpec
+from pytest_compress.errors import DataError, ModelError
 from tests.models import Net, TiedEmbeddingModel, classification_batches, mlp, seeded
 
 
@@ -107,7 +108,7 @@ def test_inputs_as_tuples_and_dicts() -> None:
     ],
 )
 def test_bad_data_is_explained(data, message) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message):
         evaluate(seeded(nn.Linear(5, 3)), data)
 
 
@@ -118,7 +119,7 @@ def test_a_batch_metric_must_return_a_pair() -> None:
 
 
 def test_top1_needs_class_scores() -> None:
-    with pytest.raises(ValueError, match=r"class scores of shape \(batch, classes\)"):
+    with pytest.raises(ModelError, match=r"class scores of shape \(batch, classes\)"):
         top1_accuracy(torch.randn(4), torch.zeros(4))
 
 
@@ -188,5 +189,5 @@ def test_top1_reads_logits_of_a_model_output_object() -> None:
 
 def test_top1_refuses_targets_that_would_broadcast() -> None:
     one_hot = torch.eye(3)
-    with pytest.raises(ValueError, match=r"targets of shape \(3,\).*got \(3, 3\)"):
+    with pytest.raises(DataError, match=r"targets of shape \(3,\).*got \(3, 3\)"):
         top1_accuracy(torch.randn(3, 3), one_hot)

@@ -100,7 +100,7 @@ def test_in_range_values_are_within_half_a_step(case):
     s = per_element(q.scale, x, q.axis)
     xd = x.to(torch.float64)
 
-    # On the float64 grid the seed's bound holds up to the scale's own rounding.
+    # On the float64 grid the half-step bound holds up to the scale's own rounding.
     grid_error = (xd - grid_values(q)).abs()
     grid_bound = s / 2 + grid_slack(q, x)
     worst = int((grid_error - grid_bound).argmax()) if x.numel() else 0

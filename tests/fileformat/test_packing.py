@@ -1,5 +1,5 @@
 """save_compressed / load_compressed: bit packing, sparse layouts, round trips, honest sizes,
-and a loader that turns every bad file into a ValueError."""
+and a loader that turns every bad file into a FileFormatError (a ValueError)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ from pytest_compress.engine.activations import (
     ActivationFakeQuantize,
     ActivationPrune,
     activation_hooks,
+    add_activation_hook,
 )
 from pytest_compress.engine.apply import compress_model
 from pytest_compress.engine.quant import dequantize, quantize
 from pytest_compress.engine.record import CompressionRecord, QuantParams, get_record, set_record
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.errors import FileFormatError, ModelError
 from pytest_compress.fileformat import container as packing
 from pytest_compress.fileformat import encoding
 from pytest_compress.fileformat.container import MAGIC, load_compressed, save_compressed
@@ -105,9 +107,9 @@ def test_packing_rejects_values_that_do_not_fit() -> None:
 
 
 def test_unpacking_rejects_a_wrong_length_or_stray_padding_bits() -> None:
-    with pytest.raises(ValueError, match="take 2 bytes, got 3"):
+    with pytest.raises(FileFormatError, match="take 2 bytes, got 3"):
         unpack_bits(b"\x00\x00\x00", 4, 3)
-    with pytest.raises(ValueError, match="unused"):
+    with pytest.raises(FileFormatError, match="unused"):
         unpack_bits(b"\x00\xf0", 4, 3)  # the 4th nibble is padding and must be zero
 
 
@@ -197,7 +199,7 @@ def test_a_very_sparse_tensor_is_stored_as_gaps_a_half_empty_one_as_a_mask() -> 
     ],
 )
 def test_decoding_a_bad_index_raises(layout: Layout, blob: bytes, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(FileFormatError, match=message):
         decode_index(blob, layout, 8, 2)
 
 
@@ -508,7 +510,7 @@ def rewrite(
 
 
 def load_fails(path: Path, match: str, model: nn.Module | None = None) -> None:
-    with pytest.raises(ValueError, match=match) as info:
+    with pytest.raises(FileFormatError, match=match) as info:
         load_compressed(path, model if model is not None else build_mlp())
     assert str(path) in str(info.value)
 
@@ -643,6 +645,8 @@ def _huge_shape(doc: dict) -> None:
         (_drop("2.running_mean"), r"lacks 1 state_dict entries.*2.running_mean"),
         (_add_extra, "ghost.weight is in the file but not in the model"),
         (_set("3.weight", "a", "nowhere"), "not an earlier stored tensor"),
+        (_set("3.weight", "a", ["0.weight"]), "not an earlier stored tensor"),
+        (_set("3.weight", "a", {"k": 1}), "not an earlier stored tensor"),
         (_set_quant(0, 1), r"bits must be an integer in \[2, 16\]"),
         (_set_quant(1, 5), "axis 5 is out of range"),
         (_set_quant(3, 300), r"qmax must be an integer in \[0, 15\]"),
@@ -751,14 +755,14 @@ def test_a_saved_file_gets_the_usual_permissions(tmp_path: Path) -> None:
 
 def test_unsavable_models_raise_before_writing(tmp_path: Path) -> None:
     model = build_mlp()
-    model[0].register_forward_hook(ActivationFakeQuantize(float("nan"), 0, 8, 0, 255))
-    with pytest.raises(ValueError, match="cannot save"):
+    add_activation_hook(model[0], ActivationFakeQuantize(float("nan"), 0, 8, 0, 255))
+    with pytest.raises(ModelError, match="cannot save"):
         save_compressed(model, tmp_path / "nan.ptcz")
 
     stray = build_mlp()
     q = quantize(stray[0].weight.detach(), bits=4, axis=0)
     set_record(stray, CompressionRecord({"missing.weight": QuantParams.of(q)}))
-    with pytest.raises(ValueError, match="missing.weight"):
+    with pytest.raises(ModelError, match="missing.weight"):
         save_compressed(stray, tmp_path / "stray.ptcz")
     assert list(tmp_path.iterdir()) == []
 
@@ -770,6 +774,6 @@ def test_a_hand_made_record_round_trips(tmp_path: Path) -> None:
     with torch.no_grad():
         model.fc2.weight.copy_(dequantize(q))
     set_record(model, CompressionRecord({"fc2.weight": QuantParams.of(q)}))
-    model.conv2.register_forward_hook(ActivationPrune(0.1))
+    add_activation_hook(model.conv2, ActivationPrune(0.1))
     check_round_trip(model, lenet(), LENET_INPUT, tmp_path)
     assert entry(header(tmp_path / "first.ptcz"), "fc2.weight")["q"][:4] == [3, None, 0, 7]

@@ -10,7 +10,7 @@ import pytest
 from pytest_compress.engine.apply import compress_model
 from pytest_compress.engine.measure import evaluate
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
-from pytest_compress.tuning.search import GRIDS, max_evaluations
+from pytest_compress.tuning.grids import GRIDS, max_evaluations
 from tests.plugin_projects import CONFTEST, make_project, read_json
 
 

@@ -382,13 +382,12 @@ def test_the_options_are_ini_keys_too(pytester):
 
 
 def test_a_model_is_fingerprinted_once_per_session(pytester, monkeypatch):
-    # sys.modules' copy, the one the plugin imports (an earlier in-process run may have
-    # left an older one as the package's attribute)
-    fingerprint = importlib.import_module("pytest_compress.checks.fingerprint")
+    # sys.modules' copy of the module that calls it, the one the plugin imports
+    inputs = importlib.import_module("pytest_compress.checks.inputs")
     calls = []
-    original = fingerprint.model_fingerprint
+    original = inputs.model_fingerprint
     monkeypatch.setattr(
-        fingerprint, "model_fingerprint", lambda model: calls.append(model) or original(model)
+        inputs, "model_fingerprint", lambda model: calls.append(model) or original(model)
     )
     make(pytester)
     run(pytester)

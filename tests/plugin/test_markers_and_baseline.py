@@ -12,26 +12,24 @@ from pathlib import Path
 
 import pytest
 
-import pytest_compress
 from pytest_compress import files as files_module
 from pytest_compress.budgets import Budgets
+from pytest_compress.checks.request import Recipe
+from pytest_compress.checks.result import CompressionResult
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
 from pytest_compress.plugin.baseline import Baseline, BaselineError, render, write_baseline
 from pytest_compress.plugin.markers import MarkerError, parse_marker
+from tests.results import make_result
 
 # --- the marker's API -------------------------------------------------------------------
 
 
 def test_parse_marker_turns_shorthands_into_specs_and_budgets():
-    check = parse_marker((), {"quantize": "int4", "prune": 0.8, "max_size": "2 MB"})
-    assert check.quantize == QuantSpec(bits=4)
-    assert check.prune == PruneSpec(amount=0.8)
-    assert check.budgets == Budgets(max_size=2_000_000)
-    assert (check.model, check.data, check.higher_is_better) == (
-        "compress_model",
-        "compress_data",
-        True,
-    )
+    request = parse_marker((), {"quantize": "int4", "prune": 0.8, "max_size": "2 MB"})
+    assert request.check.recipe == Recipe(QuantSpec(bits=4), PruneSpec(amount=0.8))
+    assert request.check.budgets == Budgets(max_size=2_000_000)
+    assert request.check.higher_is_better is True
+    assert (request.fixtures.model, request.fixtures.data) == ("compress_model", "compress_data")
 
 
 @pytest.mark.parametrize(
@@ -126,15 +124,18 @@ def test_invalid_baseline_names_the_file_and_the_problem(tmp_path, text, words):
 
 def test_baseline_compare_allows_the_tolerance_and_one_percent_of_size():
     stored = Baseline(Path("b.json"), {"t": {"compressed_metric": 0.9, "compressed_size": 1000}})
-    entry = {"compressed_metric": 0.895, "compressed_size": 1010, "higher_is_better": True}
-    assert all(check.ok for check in stored.compare("t", entry, 0.005))
-    worse = {"compressed_metric": 0.894, "compressed_size": 1011, "higher_is_better": True}
-    assert [check.ok for check in stored.compare("t", worse, 0.005)] == [False, False]
-    lower = {"compressed_metric": 0.905, "compressed_size": 1000, "higher_is_better": False}
-    assert stored.compare("t", lower, 0.005)[0].ok
-    lower_worse = {"compressed_metric": 0.906, "compressed_size": 1000, "higher_is_better": False}
-    assert not stored.compare("t", lower_worse, 0.005)[0].ok
-    assert stored.compare("other", entry, 0.005) is None
+
+    def result(metric: float, size: int, higher_is_better: bool = True) -> CompressionResult:
+        return make_result(
+            compressed_metric=metric, compressed_size=size, higher_is_better=higher_is_better
+        )
+
+    assert all(check.ok for check in stored.compare("t", result(0.895, 1010), 0.005))
+    worse = stored.compare("t", result(0.894, 1011), 0.005)
+    assert [check.ok for check in worse] == [False, False]
+    assert stored.compare("t", result(0.905, 1000, higher_is_better=False), 0.005)[0].ok
+    assert not stored.compare("t", result(0.906, 1000, higher_is_better=False), 0.005)[0].ok
+    assert stored.compare("other", result(0.895, 1010), 0.005) is None
 
 
 def test_stale_checks_are_those_the_run_should_have_produced():
@@ -160,21 +161,21 @@ def test_stale_checks_are_those_the_run_should_have_produced():
     }
 
 
-def test_the_plugin_modules_do_not_import_torch():
-    # `pytest --help` must stay fast: the glue imports torch only when a check runs. The
-    # package's own __init__ is bypassed, so this holds the plugin's modules to it alone.
+def test_pytest_help_loads_the_plugin_without_importing_torch(tmp_path):
+    # `pytest --help` (every pytest start) loads the plugin through its entry point; torch
+    # is imported only when a check runs. Run where no ini file turns the plugin off.
     script = textwrap.dedent(
-        f"""
-        import sys, types
-        package = types.ModuleType("pytest_compress")
-        package.__path__ = [{str(Path(pytest_compress.__file__).parent)!r}]
-        sys.modules["pytest_compress"] = package
-        import pytest_compress.plugin
-        assert sys.modules["pytest_compress"] is package
-        print(sorted(name for name in sys.modules if name.split(".")[0] == "torch"))
+        """
+        import contextlib, io, sys
+        import pytest
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = pytest.main(["--help"])
+        loaded = "pytest_compress.plugin" in sys.modules
+        torch = sorted(name for name in sys.modules if name.split(".")[0] == "torch")
+        print(code, loaded, torch)
         """
     )
     output = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout
-    assert output.strip() == "[]"
+    assert output.strip() == "0 True []"

@@ -9,7 +9,7 @@ import pytest
 from pytest_compress.budgets import Budgets
 from pytest_compress.engine.apply import compress_model
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
-from pytest_compress.tuning.search import (
+from pytest_compress.tuning.grids import (
     BITS_GRID,
     MAX_EVALUATIONS,
     SPARSITY_GRID,
@@ -18,9 +18,8 @@ from pytest_compress.tuning.search import (
     grid_position,
     less_compression,
     max_evaluations,
-    recipe_at,
-    search,
 )
+from pytest_compress.tuning.search import recipe_at, search
 from pytest_compress.tuning.trial import Trial
 from tests.models import CLIFF_ALPHA, CLIFF_SPARSITY, cliff_model, labelled_data, small_model
 from tests.tuning.callbacks import AccuracyTrial, fake_trial, setting_of, top1
@@ -164,7 +163,9 @@ def test_to_dict_is_json_with_the_trail() -> None:
 def test_sparsity_search_keeps_a_fixed_quantization() -> None:
     calls: list = []
     result = search(
-        "sparsity", fake_trial("sparsity", damage_above=0.7, calls=calls), quantize="int8"
+        "sparsity",
+        fake_trial("sparsity", damage_above=0.7, calls=calls),
+        quantize=QuantSpec(bits=8),
     )
     assert all(q == QuantSpec(bits=8) for q, _ in calls)
     assert all(p.scope == "global" and p.structure == "unstructured" for _, p in calls)
@@ -175,7 +176,7 @@ def test_sparsity_search_keeps_a_fixed_quantization() -> None:
 
 def test_bits_search_keeps_a_fixed_prune() -> None:
     calls: list = []
-    search("bits", fake_trial("bits", damage_above=4, calls=calls), prune=0.5)
+    search("bits", fake_trial("bits", damage_above=4, calls=calls), prune=PruneSpec(amount=0.5))
     assert all(p == PruneSpec(amount=0.5) for _, p in calls)
 
 
@@ -203,10 +204,10 @@ def test_unknown_search_kind_names_the_argument_and_the_kinds(kind) -> None:
 @pytest.mark.parametrize(
     ("kind", "fixed", "argument"),
     [
-        ("sparsity", {"prune": 0.5}, "prune="),
+        ("sparsity", {"prune": PruneSpec(amount=0.5)}, "prune="),
         ("sparsity", {"prune": PruneSpec(threshold=0.1)}, "prune="),
-        ("threshold", {"prune": "2:4"}, "prune="),
-        ("bits", {"quantize": "int8"}, "quantize="),
+        ("threshold", {"prune": PruneSpec(structure="2:4")}, "prune="),
+        ("bits", {"quantize": QuantSpec(bits=8)}, "quantize="),
         ("bits", {"quantize": QuantSpec(bits=4, symmetric=True)}, "quantize="),
     ],
 )
@@ -217,7 +218,7 @@ def test_a_fixed_part_the_search_would_overwrite_is_refused(kind, fixed, argumen
 
 def test_an_activation_only_prune_may_stay_fixed() -> None:
     assert check_search("sparsity", prune=PruneSpec(activation_threshold=0.1)) == "sparsity"
-    assert check_search("sparsity", quantize="int4") == "sparsity"
+    assert check_search("sparsity", quantize=QuantSpec(bits=4)) == "sparsity"
 
 
 @pytest.mark.parametrize(
@@ -279,19 +280,23 @@ def real():
     return model, labelled_data(model)
 
 
-def specs_at(kind: str, setting: float, quantize: str | None) -> tuple:
+def specs_at(kind: str, setting: float, quantize: QuantSpec | None) -> tuple:
     """The recipe a search of ``kind`` means at ``setting``, written out by hand."""
-    fixed = QuantSpec(bits=8) if quantize == "int8" else None
     if kind == "bits":
         return QuantSpec(bits=int(setting)), None
     if kind == "sparsity":
-        return fixed, PruneSpec(amount=setting, scope="global")
-    return fixed, PruneSpec(threshold=setting, scope="layer")
+        return quantize, PruneSpec(amount=setting, scope="global")
+    return quantize, PruneSpec(threshold=setting, scope="layer")
 
 
 @pytest.mark.parametrize(
     ("kind", "fixed"),
-    [("sparsity", {}), ("sparsity", {"quantize": "int8"}), ("threshold", {}), ("bits", {})],
+    [
+        ("sparsity", {}),
+        ("sparsity", {"quantize": QuantSpec(bits=8)}),
+        ("threshold", {}),
+        ("bits", {}),
+    ],
 )
 def test_search_on_a_real_model_stops_at_an_evaluated_boundary(real, kind, fixed) -> None:
     model, data = real
@@ -316,7 +321,7 @@ def test_search_on_a_real_model_stops_at_an_evaluated_boundary(real, kind, fixed
     assert top1(compress_model(model, quantize=more_q, prune=more_p), data) < 0.95
 
 
-@pytest.mark.parametrize("fixed", [{}, {"quantize": "int8"}])
+@pytest.mark.parametrize("fixed", [{}, {"quantize": QuantSpec(bits=8)}])
 def test_sparsity_search_finds_a_real_models_known_cliff(fixed) -> None:
     model, data = cliff_model()
     result = search("sparsity", AccuracyTrial(model, data, max_drop=0.02), **fixed)

@@ -1,0 +1,124 @@
+"""The plugin's fixtures: ``compression`` (the marker's result) and ``compress`` (a callable).
+
+Thin: each resolves what the test asked for and hands it to the session's runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ..budgets import BudgetExceeded
+from ..checks.result import CompressionResult
+from ..errors import CompressError
+from .markers import CheckRequest, call_label, call_request
+from .session import CompressSession
+from .stash import CALLS_KEY, REQUEST_KEY, RESULT_KEY, SESSION_KEY
+
+DISABLED_REASON = "compression checks disabled by --compress-disable"
+
+
+@pytest.fixture
+def compression(request: pytest.FixtureRequest) -> CompressionResult:
+    """The ``CompressionResult`` of the test's ``@pytest.mark.compress`` check.
+
+    Example::
+
+        @pytest.mark.compress(prune=0.8, quantize="int4", max_accuracy_drop=0.02)
+        def test_deep_compression(compression):
+            assert compression.sparsity >= 0.8, compression.explain()
+    """
+    check = request.node.stash.get(REQUEST_KEY, None)
+    if check is None:
+        pytest.fail(
+            "the compression fixture is the result of @pytest.mark.compress(...), and "
+            f"{request.node.nodeid} has no such marker; use the compress fixture to run a "
+            "check from the test body",
+            pytrace=False,
+        )
+    state = request.config.stash[SESSION_KEY]
+    result = _run(state, request, check, check_id=request.node.nodeid)
+    request.node.stash[RESULT_KEY] = result
+    return result
+
+
+@pytest.fixture
+def compress(request: pytest.FixtureRequest) -> Callable[..., CompressionResult]:
+    """A callable that runs a compression check from the test body.
+
+    ``compress(model=None, data=None, *, quantize=None, prune=None, higher_is_better=True,
+    search=None, keep_float=None, **budgets)``: ``model`` and ``data`` are fixture names or
+    objects (default: the ``compress_model`` and ``compress_data`` fixtures). Returns the
+    ``CompressionResult``; with budgets, raises ``BudgetExceeded`` (an ``AssertionError``)
+    when one breaks.
+
+    Example::
+
+        def test_sweep(compress):
+            for bits in (8, 6, 4):
+                r = compress(quantize=f"int{bits}")
+                assert r.accuracy_drop <= 0.01, r.explain()
+    """
+    state = request.config.stash[SESSION_KEY]
+    if state.options.disable:
+        pytest.skip(DISABLED_REASON)
+
+    def compress(
+        model: Any = None,
+        data: Any = None,
+        *,
+        quantize: Any = None,
+        prune: Any = None,
+        higher_is_better: bool = True,
+        search: str | None = None,
+        keep_float: Any = None,
+        **budgets: Any,
+    ) -> CompressionResult:
+        __tracebackhide__ = True
+        check = call_request(
+            model,
+            data,
+            quantize,
+            prune,
+            higher_is_better,
+            budgets,
+            search=search,
+            keep_float=keep_float,
+        )
+        result = state.run(
+            request,
+            check,
+            check_id=_call_id(request, check, model, data),
+            model=model,
+            data=data,
+        )
+        if not result.passed:
+            raise BudgetExceeded(result.explain(), result)
+        return result
+
+    return compress
+
+
+def _run(
+    state: CompressSession, request: pytest.FixtureRequest, check: CheckRequest, check_id: str
+) -> CompressionResult:
+    try:
+        return state.run(request, check, check_id=check_id)
+    except CompressError as error:  # the engine's errors name the culprit and the fix
+        pytest.fail(
+            f"pytest-compress could not run the check of {check_id}: {error}", pytrace=False
+        )
+
+
+def _call_id(request: pytest.FixtureRequest, check: CheckRequest, model: Any, data: Any) -> str:
+    """A stable id for a check run by the callable: the test's node id and what it checked.
+
+    The same label twice in one test gets ``#2``, ``#3``... so each call has its own entry.
+    """
+    label = call_label(check, model, data)
+    calls = request.node.stash.setdefault(CALLS_KEY, {})
+    calls[label] = calls.get(label, 0) + 1
+    suffix = f" #{calls[label]}" if calls[label] > 1 else ""
+    return f"{request.node.nodeid} [{label}{suffix}]"

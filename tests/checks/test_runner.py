@@ -1,0 +1,80 @@
+"""The check runner, pytest-free: one object per session, typed checks in, results out."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from pytest_compress.budgets import Budgets
+from pytest_compress.checks.request import Adjustments, Check, CheckInputs, Recipe
+from pytest_compress.checks.runner import CheckRunner
+from pytest_compress.engine.apply import compress_model
+from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.fileformat.container import compressed_size
+from tests.models import classification_batches, mlp, seeded
+
+
+class Counting(nn.Module):
+    """Counts forward passes of the model it wraps (copies count separately)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+GENERATOR = torch.Generator().manual_seed(0)
+
+
+def runner() -> CheckRunner:
+    return CheckRunner(device="cpu", cache_mb=64, sensitivity_limit=None, results=None)
+
+
+def top1(model: nn.Module, batches: list) -> float:
+    """Top-1 accuracy in plain torch, independent of the engine's evaluate."""
+    model.eval()
+    with torch.no_grad():
+        right = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
+    return right / sum(len(y) for _, y in batches)
+
+
+def test_a_check_measures_what_plain_torch_measures_and_leaves_the_model_alone() -> None:
+    model = seeded(mlp())
+    data = classification_batches(model, torch.randn(256, 16, generator=GENERATOR))
+    before = copy.deepcopy(model.state_dict())
+    check = Check(Recipe(QuantSpec(bits=4)), Budgets(max_accuracy_drop=1.0))
+    result = runner().run(check, CheckInputs(model, data, "m", "d"))
+    expected = compress_model(model, quantize=QuantSpec(bits=4))
+    assert result.float_metric == top1(model, data)
+    assert result.compressed_metric == top1(expected, data)
+    assert result.compressed_size == compressed_size(expected)
+    assert result.passed and result.recipe == "int4 per-channel"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_k_checks_of_one_model_cost_k_plus_one_evaluations() -> None:
+    model = Counting(seeded(mlp()))
+    data = classification_batches(model, torch.randn(256, 16, generator=GENERATOR))
+    model.calls = 0  # labelling the data ran it once
+    session = runner()
+    inputs = CheckInputs(model, data, "m", "d")
+    for bits in (8, 6, 4):
+        session.run(Check(Recipe(QuantSpec(bits=bits)), Budgets(max_size_ratio=1.0)), inputs)
+    # the float model is evaluated once; each compressed copy counts on its own
+    assert model.calls == len(data)
+
+
+def test_a_search_is_a_series_of_ordinary_checks_and_reports_its_choice() -> None:
+    model = seeded(mlp())
+    data = classification_batches(model, torch.randn(256, 16, generator=GENERATOR))
+    check = Check(Recipe(), Budgets(max_accuracy_drop=0.05), Adjustments(search="sparsity"))
+    result = runner().run(check, CheckInputs(model, data, "m", "d"))
+    assert result.search is not None and result.search.passed
+    assert result.prune == PruneSpec(amount=result.search.chosen, scope="global")
+    assert result.accuracy_drop <= 0.05
