@@ -1,4 +1,4 @@
-"""Sizes and metric values as people write and read them: ``"2 MB"``, ``97.8%``, ``2.9 pp``.
+"""Sizes, fractions and ratios as people write and read them: ``"2 MB"``, ``80.0%``, ``0.27``.
 
 Parsing is exact (``Decimal``), so ``"1.1 kB"`` is 1100 bytes and not 1100.0000000000002.
 Formatting widens the precision of two numbers shown side by side until they differ,
@@ -62,20 +62,6 @@ def format_size(size: float, extra_digits: int = 0) -> str:
         if size < 1000 or unit == "GB":
             break
     return f"{size:.{1 + extra_digits}f} {unit}"
-
-
-def format_metric(value: float, percent: bool, extra_digits: int = 0) -> str:
-    """A metric value: ``97.8%`` for accuracy, four significant digits otherwise."""
-    if percent and math.isfinite(value):
-        return f"{value * 100:.{1 + extra_digits}f}%"
-    return f"{value:.{4 + extra_digits}g}"
-
-
-def format_drop(value: float, percent: bool, extra_digits: int = 0) -> str:
-    """A metric difference: ``2.9 pp`` (percentage points) for accuracy, a number otherwise."""
-    if percent and math.isfinite(value):
-        return f"{value * 100:.{1 + extra_digits}f} pp"
-    return f"{value:.{4 + extra_digits}g}"
 
 
 def format_fraction(value: float, extra_digits: int = 0) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_compress.budgets import Budgets, check_budgets
+from pytest_compress.budgets import Budgets
 from pytest_compress.checks.result import CompressionResult
 from pytest_compress.engine.specs import PruneSpec
 
@@ -22,12 +22,4 @@ def make_result(**changes) -> CompressionResult:
         budgets=Budgets(max_accuracy_drop=0.02, max_size_ratio=0.1),
     )
     fields.update(changes)
-    measured = check_budgets(
-        fields["budgets"],
-        accuracy_drop=fields["accuracy_drop"],
-        relative_drop=fields["relative_drop"],
-        size_ratio=fields["size_ratio"],
-        compressed_size=fields["compressed_size"],
-        sparsity=fields["sparsity"],
-    )
-    return CompressionResult(checks=tuple(measured), **fields)
+    return CompressionResult(**fields).judged()

@@ -7,7 +7,10 @@ import math
 import pytest
 
 from pytest_compress.budgets import Budgets, at_least, at_most, check_budgets
-from pytest_compress.units import distinct, format_drop, format_size, parse_size
+from pytest_compress.metrics import MetricKind
+from pytest_compress.tuning.trial import Trial
+from pytest_compress.units import distinct, format_size, parse_size
+from tests.results import make_result
 
 # --- sizes ------------------------------------------------------------------------------
 
@@ -46,9 +49,9 @@ def test_format_size_uses_decimal_units():
 
 
 def test_distinct_widens_precision_until_the_numbers_differ():
-    assert distinct(0.0201, 0.02, lambda v, d: format_drop(v, True, d)) == ("2.01 pp", "2.00 pp")
-    assert distinct(0.02, 0.02, lambda v, d: format_drop(v, True, d)) == ("2.0 pp", "2.0 pp")
-    assert distinct(0.029, 0.02, lambda v, d: format_drop(v, True, d)) == ("2.9 pp", "2.0 pp")
+    assert distinct(0.0201, 0.02, MetricKind().difference) == ("2.01 pp", "2.00 pp")
+    assert distinct(0.02, 0.02, MetricKind().difference) == ("2.0 pp", "2.0 pp")
+    assert distinct(0.029, 0.02, MetricKind().difference) == ("2.9 pp", "2.0 pp")
 
 
 # --- budgets ----------------------------------------------------------------------------
@@ -101,3 +104,43 @@ def test_a_nan_measurement_breaks_its_budget():
         sparsity=0.0,
     )
     assert not check.ok
+
+
+def test_metric_kinds_read_in_percent_only_for_accuracy() -> None:
+    accuracy = MetricKind.named("accuracy")
+    loss = MetricKind.named("mse", higher_is_better=False)
+    assert (accuracy.value(0.978), accuracy.difference(0.029)) == ("97.8%", "2.9 pp")
+    assert (loss.value(0.123456), loss.difference(0.01)) == ("0.1235", "0.01")
+    assert (accuracy.drop_word, loss.drop_word) == ("drop", "increase")
+    assert (accuracy.drop(0.9, 0.8), loss.drop(0.1, 0.3)) == pytest.approx((0.1, 0.2))
+    assert accuracy.value(math.nan) == "nan"
+
+
+def test_a_budget_added_to_the_registry_is_parsed_checked_and_explained(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # what a new budget needs: one registry entry naming the result field it limits
+    from pytest_compress import budgets
+    from pytest_compress.units import format_size as size_words
+
+    entry = budgets.Budget(
+        "max_float_size",
+        "float_size",
+        upper=True,
+        eased_by_compression=False,
+        label="float size",
+        short="float size",
+        render=lambda v, m, d: size_words(v, d),
+        parse=budgets.size,
+    )
+    monkeypatch.setitem(budgets.BUDGETS, entry.name, entry)
+    limits = Budgets(max_float_size="100 kB", max_size_ratio=0.5)
+    assert limits.max_float_size == 100_000
+    with pytest.raises(ValueError, match="max_float_size must be an int of bytes"):
+        Budgets(max_float_size=-1)
+    result = make_result(budgets=limits)
+    broken = [check for check in result.checks if not check.ok]
+    assert [check.budget for check in broken] == ["max_float_size"]
+    assert "float size 246.1 kB > 100.0 kB allowed" in result.explain()
+    assert Trial.from_result(result).violations == ("float size 246.1 kB > 100.0 kB",)
+    assert Trial.from_result(result).damaged  # not eased by compression: a search stops

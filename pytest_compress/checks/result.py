@@ -86,6 +86,12 @@ class CompressionResult:
     def seconds(self) -> float:
         return self.timings.get("total", 0.0)
 
+    def judged(self) -> CompressionResult:
+        """This result with its budgets checked: each against the field its registry entry
+        names (``Budget.measures``)."""
+        measured = {budget.measures: getattr(self, budget.measures) for budget in BUDGETS.values()}
+        return dataclasses.replace(self, checks=tuple(self.budgets.check(measured)))
+
     def with_checks(self, extra: list[BudgetCheck]) -> CompressionResult:
         return dataclasses.replace(self, checks=(*self.checks, *extra))
 

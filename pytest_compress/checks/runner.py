@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..budgets import BUDGETS
 from ..engine.apply import compress_model
 from ..engine.batches import model_device
 from ..engine.measure import evaluate, model_size, sparsity
@@ -365,10 +364,7 @@ class _CheckRun:
             device=self.runner.device,
             cached=cached,
         )
-        measured = {
-            budget.measures: getattr(result, budget.measures) for budget in BUDGETS.values()
-        }
-        return dataclasses.replace(result, checks=tuple(check.budgets.check(measured)))
+        return result.judged()
 
 
 def _relative(drop: float, reference: float) -> float:
