@@ -282,8 +282,3 @@ def at_least(actual: float, limit: float) -> bool:
     if isinstance(actual, int) and isinstance(limit, int):
         return actual >= limit
     return actual >= limit - EPSILON * max(1.0, abs(limit))
-
-
-def check_budgets(budgets: Budgets, **measured: float) -> list[BudgetCheck]:
-    """``budgets.check(measured)``, with the measurements as keywords."""
-    return budgets.check(measured)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pytest_compress.budgets import Budgets, at_least, at_most, check_budgets
+from pytest_compress.budgets import Budgets, at_least, at_most
 from pytest_compress.metrics import MetricKind
 from pytest_compress.tuning.trial import Trial
 from pytest_compress.units import distinct, format_size, parse_size
@@ -69,7 +69,7 @@ def test_a_value_exactly_at_its_budget_passes_in_both_directions():
     assert not at_most(1001, 1000)
 
 
-def test_check_budgets_lists_every_broken_budget_in_order():
+def test_budgets_check_lists_every_broken_budget_in_order():
     budgets = Budgets(
         max_accuracy_drop=0.01,
         max_relative_drop=0.5,
@@ -77,13 +77,14 @@ def test_check_budgets_lists_every_broken_budget_in_order():
         max_size=100,
         min_sparsity=0.9,
     )
-    checks = check_budgets(
-        budgets,
-        accuracy_drop=0.02,
-        relative_drop=0.02,
-        size_ratio=0.2,
-        compressed_size=100,
-        sparsity=0.5,
+    checks = budgets.check(
+        {
+            "accuracy_drop": 0.02,
+            "relative_drop": 0.02,
+            "size_ratio": 0.2,
+            "compressed_size": 100,
+            "sparsity": 0.5,
+        }
     )
     assert [(c.budget, c.ok) for c in checks] == [
         ("max_accuracy_drop", False),
@@ -95,14 +96,7 @@ def test_check_budgets_lists_every_broken_budget_in_order():
 
 
 def test_a_nan_measurement_breaks_its_budget():
-    (check,) = check_budgets(
-        Budgets(max_accuracy_drop=1.0),
-        accuracy_drop=math.nan,
-        relative_drop=math.nan,
-        size_ratio=0.1,
-        compressed_size=1,
-        sparsity=0.0,
-    )
+    (check,) = Budgets(max_accuracy_drop=1.0).check({"accuracy_drop": math.nan})
     assert not check.ok
 
 
