@@ -20,6 +20,8 @@ def make_result(**changes) -> CompressionResult:
         recipe="int4 per-channel + prune 80% (global, magnitude)",
         prune=PruneSpec(amount=0.8, scope="global"),
         budgets=Budgets(max_accuracy_drop=0.02, max_size_ratio=0.1),
+        model="compress_model",
+        data="compress_data",
     )
     fields.update(changes)
     return CompressionResult(**fields).judged()

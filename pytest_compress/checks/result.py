@@ -55,8 +55,8 @@ class CompressionResult:
     timings: dict[str, float] = field(default_factory=dict)
     metric: str = DEFAULT_METRIC
     higher_is_better: bool = True
-    model: str = "compress_model"
-    data: str = "compress_data"
+    model: str = "model"
+    data: str = "data"
     device: str = "cpu"
     # True when the numbers come from the persistent cache (an earlier run measured the
     # same weights, data, metric and recipe); the budgets were checked on them anew.
