@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 import pytest
 
+from ..tuning.grids import DEFAULT_SENSITIVITY_LAYERS
+
 DEFAULT_BASELINE = ".compress-baseline.json"
 DEFAULT_TOLERANCE = 0.005
 DEFAULT_DEVICE = "cpu"
 DEFAULT_CACHE_MB = 1024.0
-DEFAULT_SENSITIVITY_LAYERS = 20
 _DEVICE_PATTERN = re.compile(r"cpu|cuda(?::(\d+))?")
 
 

@@ -42,6 +42,8 @@ GRIDS: dict[str, tuple[float, ...] | tuple[int, ...]] = {
 # the baseline gate calls it a regression: one step absorbs float noise across machines
 # for the fine grids; a bit width is never noise.
 DEFAULT_TOLERANCE_STEPS = {"sparsity": 1, "threshold": 1, "bits": 0}
+# How many layers a failing check compresses alone (the largest first) to rank them.
+DEFAULT_SENSITIVITY_LAYERS = 20
 # The budgets more compression can break: a search needs one, or it would always answer
 # the end of its grid.
 DAMAGE_BUDGETS = tuple(name for name, b in BUDGETS.items() if not b.eased_by_compression)

@@ -34,8 +34,9 @@ from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec, d
 from ..errors import SpecError
 from ..metrics import MetricKind
 from ..tables import text_table
+from .grids import DEFAULT_SENSITIVITY_LAYERS
 
-DEFAULT_LIMIT = 20
+DEFAULT_LIMIT = DEFAULT_SENSITIVITY_LAYERS
 SHOWN_IN_MESSAGE = 3
 
 
