@@ -30,12 +30,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.apply import compress_model
+from ..engine.apply import compress_model, copy_model
 from ..engine.batches import model_device
+from ..engine.layers import computed_weights
 from ..engine.measure import evaluate, model_size, sparsity
 from ..fileformat.container import compressed_size
 from ..metrics import DEFAULT_METRIC, MetricKind
-from ..tuning.keep_float import KeepFloatResult, keep_float_auto, keep_float_specs
+from ..tuning.keep_float import (
+    KeepFloatResult,
+    keep_float_auto,
+    keep_float_specs,
+    require_matches,
+)
 from ..tuning.recovery import RecoveryResult, pruning_masks, recover_compressed
 from ..tuning.search import search
 from ..tuning.sensitivity import DEFAULT_LIMIT, SensitivityResult, layer_sensitivity
@@ -80,6 +86,7 @@ class CheckRunner:
         self.sensitivity_limit = sensitivity_limit
         self.results = results
         self.references = IdentityMemo()
+        self.folded = IdentityMemo()  # models with torch.nn.utils.prune weights, folded once
         self.inputs = PreparedInputs(
             device=device, cache_mb=cache_mb, fingerprints=results is not None, notes=notes
         )
@@ -148,6 +155,17 @@ class _CheckRun:
         name = metric_name(self.inputs.metric, self.inputs.metric_label)
         return MetricKind.named(name, check.higher_is_better)
 
+    @property
+    def layered_model(self) -> nn.Module:
+        """The model whose layers the tuning loop lists and compresses one by one: the
+        user's, or once per session a copy with its torch.nn.utils.prune weights folded."""
+        model = self.inputs.model
+        if not computed_weights(model):
+            return model
+        return self.runner.folded.get(self.inputs.model_label, (model,), lambda: copy_model(model))[
+            0
+        ]
+
     def evaluate(self, model: nn.Module) -> float:
         return evaluate(model, self.batches, self.inputs.metric, device=self.runner.device)
 
@@ -157,9 +175,10 @@ class _CheckRun:
         """The check with its keep_float, search and sensitivity steps applied."""
         adjustments = check.adjustments
         recipe = check.recipe
+        require_matches(self.layered_model, adjustments.kept_float)
         if adjustments.kept_float and recipe != Recipe():
             # the fixed part here; a search adds the patterns to the spec it chooses
-            model = None if adjustments.search else self.inputs.model
+            model = None if adjustments.search else self.layered_model
             recipe = Recipe(
                 *keep_float_specs(
                     recipe.quantize, recipe.prune, adjustments.kept_float, model=model
@@ -194,7 +213,7 @@ class _CheckRun:
 
     def sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
         return layer_sensitivity(
-            self.inputs.model,
+            self.layered_model,
             quantize=result.quantize,
             prune=result.prune,
             evaluate=self.evaluate,
@@ -212,7 +231,7 @@ class _CheckRun:
         # ranking: nothing to keep float, and keep_float_auto says so without evaluating.
         ranking = sensitivity.ranked if sensitivity is not None else ()
         return keep_float_auto(
-            self.inputs.model,
+            self.layered_model,
             ranking,
             lambda q, p: self.trial(check, Recipe(q, p)),
             quantize=result.quantize,

@@ -19,7 +19,7 @@ from ..errors import CalibrationError, DataError, ModelError, SpecError
 from . import prune as masks
 from .activations import ActivationFakeQuantize, ActivationPrune, add_activation_hook
 from .batches import call_model, model_device, split_batch, to_device
-from .layers import Layer, compressible_layers, matches, require_layers
+from .layers import Layer, compressible_layers, fold_torch_pruning, matches, require_layers
 from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
@@ -28,16 +28,30 @@ from .state import eval_mode
 
 
 def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model``, or a ``ModelError`` saying why it cannot be copied."""
+    """A deep copy of ``model``, or a ``ModelError`` saying why it cannot be copied.
+
+    Weights pruned with ``torch.nn.utils.prune`` become plain parameters holding their
+    masked values in the copy (same outputs), so every recipe sees and counts them.
+    """
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    # A weight that torch.nn.utils.prune computes (weight_orig * weight_mask) is a tensor
+    # with a history, which deepcopy refuses: the copy gets its value, and is then folded.
+    computed = {
+        id(value): value.detach().clone()
+        for module in model.modules()
+        for value in vars(module).values()
+        if isinstance(value, torch.Tensor) and value.grad_fn is not None
+    }
     try:
-        return copy.deepcopy(model)
+        copied = copy.deepcopy(model, computed)
     except Exception as error:  # any failure of a user's __deepcopy__ is reported the same way
         raise ModelError(
             f"cannot copy the model with copy.deepcopy ({type(error).__name__}: {error}); "
             "pytest-compress compresses a copy so that your model is never modified"
         ) from error
+    fold_torch_pruning(copied)
+    return copied
 
 
 def prune_model(model: nn.Module, spec: PruneSpec | float | str) -> nn.Module:

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from ..errors import ModelError
 
@@ -69,6 +71,7 @@ def compressible_layers(
     model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[Layer]:
     """The selected compressible layers, each weight once even when tied between layers."""
+    refuse_reparametrized(model)
     seen: set[int] = set()
     layers = []
     for name, module in model.named_modules():
@@ -93,3 +96,57 @@ def require_layers(layers: list[Layer], include: Sequence[str], exclude: Sequenc
         f"the model has no compressible layer{selection}; compressible layers are "
         f"{COMPRESSIBLE_NAMES}"
     )
+
+
+def pruned_by_torch(module: nn.Module) -> list[str]:
+    """The tensors of ``module`` that ``torch.nn.utils.prune`` re-parametrised (``x_orig``
+    plus the buffer ``x_mask``), by name."""
+    names = [name[: -len("_orig")] for name, _ in module.named_parameters(recurse=False)]
+    return [
+        name
+        for name in names
+        if isinstance(getattr(module, f"{name}_mask", None), torch.Tensor)
+        and f"{name}_orig" in dict(module.named_parameters(recurse=False))
+    ]
+
+
+def fold_torch_pruning(model: nn.Module) -> list[str]:
+    """Make every ``torch.nn.utils.prune`` re-parametrisation of ``model`` (a copy) a plain
+    parameter holding its effective, masked value; the folded names, qualified."""
+    folded = []
+    for module_name, module in model.named_modules():
+        for name in pruned_by_torch(module):
+            prune.remove(module, name)
+            folded.append(f"{module_name}.{name}" if module_name else name)
+    return folded
+
+
+def computed_weights(model: nn.Module) -> list[str]:
+    """The compressible layers whose weight is a tensor but not a parameter: computed at run
+    time from other tensors (``torch.nn.utils.parametrize``, ``torch.nn.utils.prune``,
+    weight norm), by name."""
+    return [
+        name or "(the model)"
+        for name, module in model.named_modules()
+        if isinstance(module, COMPRESSIBLE_TYPES)
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+        and not isinstance(getattr(module, "weight", None), nn.Parameter)
+    ]
+
+
+def refuse_reparametrized(model: nn.Module) -> None:
+    """``ModelError`` naming the compressible layers whose weight is computed at run time.
+
+    Compressing or counting such a layer without its weight would leave it out in silence,
+    and sparsity and size would claim layers the recipe skipped.
+    """
+    found = computed_weights(model)
+    if found:
+        raise ModelError(
+            f"layers {found} compute their weight at run time (torch.nn.utils.parametrize, "
+            "torch.nn.utils.prune or weight norm), so it cannot be compressed or counted as "
+            "it stands. Layers pruned with torch.nn.utils.prune are folded in the copy every "
+            "recipe compresses; fold any other re-parametrisation into the model you give "
+            "(e.g. torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', "
+            "leave_parametrized=True) on a copy), or exclude those layers"
+        )

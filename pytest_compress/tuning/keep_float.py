@@ -19,12 +19,14 @@ Rules of ``"auto"``:
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from torch import nn
 
+from ..engine.layers import compressible_layers
 from ..engine.specs import (
     PruneSpec,
     QuantSpec,
@@ -36,6 +38,18 @@ from .sensitivity import literal_pattern, touched_layers
 from .trial import FLOOR_BUDGETS, Trial, checked_trial
 
 TrialFn = Callable[[QuantSpec | None, PruneSpec | None], Trial]
+
+
+def require_matches(model: nn.Module, patterns: Sequence[str]) -> None:
+    """``SpecError`` naming every ``keep_float`` pattern that matches no compressible layer:
+    a misspelt name would otherwise keep nothing float, in silence."""
+    names = [layer.name for layer in compressible_layers(model)]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise SpecError(
+            f"keep_float patterns {unmatched} match no compressible layer; the model's "
+            f"compressible layers are {names}"
+        )
 
 
 def keep_float_specs(
