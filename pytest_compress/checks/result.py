@@ -61,6 +61,8 @@ class CompressionResult:
     # True when the numbers come from the persistent cache (an earlier run measured the
     # same weights, data, metric and recipe); the budgets were checked on them anew.
     cached: bool = False
+    # Modules with a weight matrix that the recipe did not compress, and why (by name).
+    skipped_layers: dict[str, str] = field(default_factory=dict)
     # How the recipe was adjusted from evaluation, when it was: the search that chose the
     # recipe, the layers kept float, the per-layer drops of a failing recipe, the recovery.
     search: SearchResult | None = None
@@ -148,6 +150,7 @@ class CompressionResult:
             "seconds": self.seconds,
             "timings": dict(self.timings),
             "cached": self.cached,
+            "skipped_layers": dict(self.skipped_layers),
             "search": None if self.search is None else self.search.to_dict(),
             "keep_float": None if self.keep_float is None else self.keep_float.to_dict(),
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..engine.apply import compress_model, copy_model
 from ..engine.batches import model_device
-from ..engine.layers import computed_weights
+from ..engine.layers import computed_weights, skipped_layers
 from ..engine.measure import evaluate, model_size, sparsity
 from ..fileformat.container import compressed_size
 from ..metrics import DEFAULT_METRIC, MetricKind
@@ -44,7 +44,12 @@ from ..tuning.keep_float import (
 )
 from ..tuning.recovery import RecoveryResult, pruning_masks, recover_compressed
 from ..tuning.search import search
-from ..tuning.sensitivity import DEFAULT_LIMIT, SensitivityResult, layer_sensitivity
+from ..tuning.sensitivity import (
+    DEFAULT_LIMIT,
+    SensitivityResult,
+    layer_sensitivity,
+    touched_layers,
+)
 from ..tuning.trial import Trial
 from .cache import CheckEntry, CheckStore, IdentityMemo, NoStore, ReferenceEntry, ResultCache
 from .inputs import PreparedInputs
@@ -165,6 +170,12 @@ class _CheckRun:
         return self.runner.folded.get(self.inputs.model_label, (model,), lambda: copy_model(model))[
             0
         ]
+
+    def skipped(self, recipe: Recipe) -> dict[str, str]:
+        """The modules with a weight matrix that ``recipe`` leaves uncompressed, and why."""
+        model = self.layered_model
+        selected = {layer.name for layer in touched_layers(model, recipe.quantize, recipe.prune)}
+        return skipped_layers(model, selected)
 
     def evaluate(self, model: nn.Module) -> float:
         return evaluate(model, self.batches, self.inputs.metric, device=self.runner.device)
@@ -382,6 +393,7 @@ class _CheckRun:
             data=self.inputs.data_label,
             device=self.runner.device,
             cached=cached,
+            skipped_layers=self.skipped(check.recipe),
         )
         return result.judged()
 

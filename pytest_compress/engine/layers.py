@@ -98,6 +98,24 @@ def require_layers(layers: list[Layer], include: Sequence[str], exclude: Sequenc
     )
 
 
+def skipped_layers(model: nn.Module, selected: set[str]) -> dict[str, str]:
+    """Every module with a weight matrix (or kernel) that is not among ``selected``, by name,
+    with why: a type the engine does not compress, or the recipe's own selection."""
+    skipped = {}
+    seen = {id(getattr(model.get_submodule(name), "weight", None)) for name in selected}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if name in selected or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+            continue
+        if not weight.is_floating_point() or id(weight) in seen:
+            continue  # integer tables, and weights tied to a compressed layer
+        if not isinstance(module, COMPRESSIBLE_TYPES):
+            skipped[name] = f"{type(module).__name__} is not a compressible layer type"
+        else:
+            skipped[name] = "left out by the recipe's include/exclude (or keep_float)"
+    return skipped
+
+
 def pruned_by_torch(module: nn.Module) -> list[str]:
     """The tensors of ``module`` that ``torch.nn.utils.prune`` re-parametrised (``x_orig``
     plus the buffer ``x_mask``), by name."""

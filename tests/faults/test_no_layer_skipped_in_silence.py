@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -147,3 +148,53 @@ def test_a_keep_float_pattern_that_matches_no_layer_is_an_error(pytester: pytest
         ],
         consecutive=False,
     )
+
+
+def test_every_layer_a_recipe_leaves_out_is_in_the_json_report_with_why(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        textwrap.dedent(
+            """
+            import pytest, torch
+            from torch import nn
+
+            torch.set_num_threads(1)
+
+            class Scaled(nn.Module):  # holds a weight matrix, but is no layer type we know
+                def __init__(self):
+                    super().__init__()
+                    self.weight = nn.Parameter(torch.randn(16, 16) * 0.1)
+
+                def forward(self, x):
+                    return x @ self.weight
+
+            @pytest.fixture(scope="session")
+            def compress_model():
+                torch.manual_seed(0)
+                return nn.Sequential(nn.Linear(8, 16), Scaled(), nn.ReLU(), nn.Linear(16, 2))
+
+            @pytest.fixture(scope="session")
+            def compress_data():
+                torch.manual_seed(1)
+                return [(torch.randn(32, 8), torch.randint(0, 2, (32,)))]
+            """
+        )
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_compress import QuantSpec
+
+        @pytest.mark.compress(quantize=QuantSpec(bits=8, exclude=["3"]), max_accuracy_drop=0.5)
+        def test_int8():
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--compress-report=report.json")
+    result.assert_outcomes(passed=1)
+    (check,) = json.loads((pytester.path / "report.json").read_text())["checks"]
+    assert check["skipped_layers"] == {
+        "1": "Scaled is not a compressible layer type",
+        "3": "left out by the recipe's include/exclude (or keep_float)",
+    }
