@@ -157,6 +157,8 @@ def _outputs(model: nn.Module, inputs: Any, index: int) -> Any:
     """``model(inputs)``; a batch that does not fit the model is a ``DataError`` naming it."""
     try:
         return call_model(model, inputs)
+    except torch.cuda.OutOfMemoryError:  # says "max_split_size_mb": not a misfit
+        raise
     except RuntimeError as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         if not _MISFIT.search(message):
