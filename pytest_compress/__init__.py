@@ -57,6 +57,8 @@ EXPORTS: dict[str, str] = {
     "DataError": "errors",
     "CalibrationError": "errors",
     "FileFormatError": "errors",
+    "BudgetError": "errors",
+    "MetricError": "errors",
 }
 
 __all__ = ["__version__", *EXPORTS]
@@ -76,10 +78,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs; a test holds this list to EXPOR
     from .engine.quant import QuantizedTensor, dequantize, fake_quantize, quantize
     from .engine.specs import PruneSpec, QuantSpec
     from .errors import (
+        BudgetError,
         CalibrationError,
         CompressError,
         DataError,
         FileFormatError,
+        MetricError,
         ModelError,
         SpecError,
     )

@@ -35,28 +35,63 @@ def _number(value: object, forms: str) -> float:
     return float(value)
 
 
-def non_negative(forms: str) -> Callable[[object], float]:
-    """A parser of finite numbers >= 0; ``forms`` says what the number means."""
+def non_negative(
+    forms: str, *, most: float | None = None, beyond: str = ""
+) -> Callable[[object], float]:
+    """A parser of finite numbers >= 0; ``forms`` says what the number means.
+
+    With ``most``, a larger number is refused too; ``beyond`` says why.
+    """
 
     def parse(value: object) -> float:
         number = _number(value, forms)
         if number < 0:
             raise ValueError(f"must not be negative ({forms}), got {value!r}")
+        if most is not None and number > most:
+            raise ValueError(f"must be at most {most:g} ({forms}): {beyond}; got {value!r}")
         return number
 
     return parse
 
 
-def fraction(forms: str) -> Callable[[object], float]:
-    """A parser of numbers from 0 to 1; ``forms`` says what the fraction means."""
+def fraction(forms: str, *, zero: str = "") -> Callable[[object], float]:
+    """A parser of numbers from 0 to 1; ``forms`` says what the fraction means.
+
+    With ``zero``, 0 is refused too; ``zero`` says why.
+    """
 
     def parse(value: object) -> float:
         number = _number(value, forms)
         if not 0 <= number <= 1:
             raise ValueError(f"must be {forms}, got {value!r}")
+        if zero and number == 0:
+            raise ValueError(f"must be more than 0: {zero}; got {value!r}")
         return number
 
     return parse
+
+
+def _never(limit: float, metric: MetricKind) -> str | None:
+    return None
+
+
+def _fraction_drop(limit: float, metric: MetricKind) -> str | None:
+    if metric.percent and limit >= 1:
+        return (
+            f"{metric.name} is a fraction of 1, so it never {metric.drop_word}s by 1 (100 pp) "
+            "or more; give a limit below 1, e.g. 0.01"
+        )
+    return None
+
+
+def _relative_drop(limit: float, metric: MetricKind) -> str | None:
+    if metric.higher_is_better and limit >= 1:
+        return (
+            "a relative drop of 1 (100 %) is a higher-is-better metric falling to 0, which only "
+            "a metric that can be negative goes below; give a limit below 1, e.g. 0.02 "
+            "(for a signed metric, use max_accuracy_drop)"
+        )
+    return None
 
 
 def size(value: object) -> int:
@@ -80,7 +115,13 @@ class Budget:
       ``short``: in a search trail (``size``). ``{drop}`` stands for the metric's
       ``drop`` / ``increase``, ``{metric}`` for its name.
     - ``render``: how a value reads, given the metric and extra digits.
-    - ``parse``: checks a raw value and returns it; ``ValueError`` says what is wrong.
+    - ``parse``: checks a raw value and returns it; ``ValueError`` says what is wrong. A
+      limit that no measurement can break is refused here when that does not depend on
+      the metric (``min_sparsity=0``, a ``max_size_ratio`` above 1).
+    - ``cannot_fail``: why a parsed limit cannot fail for a metric of this kind (None
+      when it can): ``max_accuracy_drop=1`` for a fraction such as top-1 accuracy.
+      The plugin asks at collection with what the marker says of the metric, and the
+      runner again when the metric is known.
     """
 
     name: str
@@ -91,6 +132,7 @@ class Budget:
     short: str
     render: Callable[[float, MetricKind, int], str]
     parse: Callable[[object], float | int]
+    cannot_fail: Callable[[float, MetricKind], str | None] = _never
 
     def holds(self, actual: float, limit: float) -> bool:
         return at_most(actual, limit) if self.upper else at_least(actual, limit)
@@ -111,6 +153,7 @@ BUDGETS: dict[str, Budget] = {
             short="{drop}",
             render=lambda v, m, d: m.difference(v, d),
             parse=non_negative("in the metric's units, e.g. 0.01 = 1 percentage point of accuracy"),
+            cannot_fail=_fraction_drop,
         ),
         Budget(
             "max_relative_drop",
@@ -121,6 +164,7 @@ BUDGETS: dict[str, Budget] = {
             short="relative {drop}",
             render=lambda v, m, d: format_fraction(v, d),
             parse=non_negative("a fraction of the float metric, e.g. 0.02"),
+            cannot_fail=_relative_drop,
         ),
         Budget(
             "max_size_ratio",
@@ -130,7 +174,15 @@ BUDGETS: dict[str, Budget] = {
             label="ratio",
             short="ratio",
             render=lambda v, m, d: format_ratio(v, d),
-            parse=non_negative("compressed bytes / float bytes, e.g. 0.3"),
+            # Every recipe stores the weights in at most 32 bits plus a scale per channel,
+            # and the float size counts torch.save's own overhead: only a model of about
+            # one weight per channel compresses to more than its float size. A limit
+            # above 1 lets a "compressed" model grow, and one such as 1e300 cannot fail.
+            parse=non_negative(
+                "compressed bytes / float bytes, e.g. 0.3",
+                most=1,
+                beyond="a larger limit lets the compressed model be bigger than the float one",
+            ),
         ),
         Budget(
             "max_size",
@@ -150,12 +202,17 @@ BUDGETS: dict[str, Budget] = {
             label="sparsity",
             short="sparsity",
             render=lambda v, m, d: format_fraction(v, d),
-            parse=fraction("a fraction of zero weights between 0 and 1, e.g. 0.8"),
+            parse=fraction(
+                "a fraction of zero weights between 0 and 1, e.g. 0.8",
+                zero="sparsity is never below 0, so a floor of 0 cannot fail",
+            ),
         ),
     )
 }
 # The budgets in the order a failure message lists them.
 BUDGET_NAMES = tuple(BUDGETS)
+# Not a budget: the check that every result whose compressed metric is NaN fails.
+NAN_CHECK = "nan_metric"
 
 
 class Budgets(Mapping[str, float]):
@@ -215,6 +272,15 @@ class Budgets(Mapping[str, float]):
         """The budgets that were set, by name, in ``BUDGET_NAMES`` order."""
         return dict(self._limits)
 
+    def cannot_fail(self, metric: MetricKind) -> tuple[str, str] | None:
+        """(budget name, ``limit cannot fail: why``) of the first budget that no
+        measurement of ``metric`` can break, or None."""
+        for name, limit in self._limits.items():
+            reason = BUDGETS[name].cannot_fail(limit, metric)
+            if reason is not None:
+                return name, f"{limit!r} cannot fail: {reason}"
+        return None
+
     def check(self, measured: Mapping[str, float]) -> list[BudgetCheck]:
         """One ``BudgetCheck`` per budget set, against ``measured[budget.measures]``.
 
@@ -250,6 +316,8 @@ class BudgetCheck:
     def describe(self, metric: MetricKind, *, short: bool = False) -> str:
         """``drop 2.9 pp > 2.0 pp``: the value, the comparison and the limit in words."""
         budget = BUDGETS.get(self.budget)
+        if self.budget == NAN_CHECK:
+            return "the compressed model produced NaN"
         if budget is None:
             return f"{self.budget} {self.actual:g} vs limit {self.limit:g}"
         label = budget.words(budget.short if short else budget.label, metric)

@@ -32,3 +32,11 @@ class CalibrationError(CompressError):
 
 class FileFormatError(CompressError):
     """A compressed file that cannot be read back (truncated, corrupted, another version)."""
+
+
+class BudgetError(CompressError):
+    """A budget or metric direction that cannot mean anything for the check's metric."""
+
+
+class MetricError(CompressError):
+    """A metric that returned something unusable: a vector sum, a negative count, NaN."""

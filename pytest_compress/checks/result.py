@@ -8,10 +8,11 @@ ending in ``ok`` or stating both the value and the limit it broke.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..budgets import BUDGETS, Budget, BudgetCheck, Budgets
+from ..budgets import BUDGETS, NAN_CHECK, Budget, BudgetCheck, Budgets
 from ..engine.specs import PruneSpec, QuantSpec
 from ..metrics import DEFAULT_METRIC, MetricKind
 from ..tuning.grids import format_setting
@@ -92,7 +93,10 @@ class CompressionResult:
         """This result with its budgets checked: each against the field its registry entry
         names (``Budget.measures``)."""
         measured = {budget.measures: getattr(self, budget.measures) for budget in BUDGETS.values()}
-        return dataclasses.replace(self, checks=tuple(self.budgets.check(measured)))
+        checks = self.budgets.check(measured)
+        if math.isnan(self.compressed_metric):  # fails whatever the budgets: nothing to judge
+            checks.append(BudgetCheck(NAN_CHECK, math.nan, math.nan, ok=False))
+        return dataclasses.replace(self, checks=tuple(checks))
 
     def with_checks(self, extra: list[BudgetCheck]) -> CompressionResult:
         return dataclasses.replace(self, checks=(*self.checks, *extra))
@@ -171,6 +175,8 @@ class CompressionResult:
             self.metric_kind.value,
         )
         head = f"{self.metric} {before} -> {after}"
+        if math.isnan(self.compressed_metric):
+            return f"{head}: the compressed model produced NaN"
         if check is None:
             drop = self.metric_kind.difference(self.accuracy_drop)
             return f"{head} ({self.metric_kind.drop_word} {drop})"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..engine.apply import compress_model, copy_model
 from ..engine.batches import model_device
 from ..engine.layers import computed_weights, skipped_layers
 from ..engine.measure import evaluate, model_size, sparsity
+from ..errors import BudgetError, ModelError
 from ..fileformat.container import compressed_size
 from ..metrics import DEFAULT_METRIC, MetricKind
 from ..tuning.keep_float import (
@@ -100,8 +101,11 @@ class CheckRunner:
         """Compress a copy of ``inputs.model`` as ``check`` says, measure, and judge it.
 
         The model is never modified: the engine compresses a deep copy, and evaluation
-        restores the train/eval flags.
+        restores the train/eval flags. A model that is not one, or a budget or direction
+        that means nothing for the metric, is a ``CompressError`` before any work.
         """
+        require_model(inputs.model, inputs.model_label)
+        refuse_meaningless(check, inputs)
         evaluation = self.inputs.data(inputs.data_label, inputs.data)
         calibration = evaluation
         # read only by recipes that calibrate: others need not pay for reading it (a search
@@ -133,6 +137,50 @@ def missing_device(device: str, index: int | None) -> str | None:
             f"device(s), cuda:0 to cuda:{count - 1}"
         )
     return None
+
+
+def require_model(model: Any, label: str) -> None:
+    """``ModelError`` unless ``model`` is a ``torch.nn.Module`` with real weights.
+
+    Asked before anything reads the model (its fingerprint, a copy, an evaluation), so
+    the message names the mistake rather than the first attribute that was missing.
+    """
+    kind = type(model).__name__
+    if isinstance(model, Mapping):
+        raise ModelError(
+            f"the model {label} is a {kind} (a state_dict?), not a torch.nn.Module; build "
+            "the model and load it with model.load_state_dict(...) in the fixture"
+        )
+    if isinstance(model, type) or (callable(model) and not isinstance(model, nn.Module)):
+        what = f"the class {model.__name__}" if isinstance(model, type) else f"a {kind}"
+        raise ModelError(
+            f"the model {label} is {what}, not a torch.nn.Module; the fixture must return "
+            "the model itself (call it: return make_model())"
+        )
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"the model {label} must be a torch.nn.Module, got {kind}")
+    if any(tensor.is_meta for tensor in (*model.parameters(), *model.buffers())):
+        raise ModelError(
+            f"the model {label} has its weights on the meta device (shapes without values); "
+            'load real weights first, e.g. model.to_empty(device="cpu") and then '
+            "model.load_state_dict(...)"
+        )
+
+
+def refuse_meaningless(check: Check, inputs: CheckInputs) -> None:
+    """``BudgetError`` for a check that cannot mean anything with its resolved metric:
+    a budget that cannot fail, or ``higher_is_better=False`` on top-1 accuracy."""
+    if inputs.metric is None and not check.higher_is_better:
+        raise BudgetError(
+            "higher_is_better=False, but the metric is top-1 accuracy (the project defines "
+            "no compress_metric fixture), where higher is better: a fall in accuracy would "
+            "pass as a gain; remove higher_is_better=False, or name the loss or error rate "
+            'it describes with metric="..."'
+        )
+    kind = MetricKind.named(metric_name(inputs.metric, inputs.metric_label), check.higher_is_better)
+    vacuous = check.budgets.cannot_fail(kind)
+    if vacuous is not None:
+        raise BudgetError(": ".join(vacuous))
 
 
 def metric_name(metric: Any, label: str) -> str:
@@ -211,7 +259,12 @@ class _CheckRun:
             result = self.one(check.at(recipe))
         sensitivity = None
         limit = self.runner.sensitivity_limit
-        if Trial.from_result(result).damaged and (limit is not None or adjustments.auto_keep_float):
+        # a NaN is no drop to rank layers by: each layer alone would only be blamed together
+        if (
+            Trial.from_result(result).damaged
+            and not math.isnan(result.compressed_metric)
+            and (limit is not None or adjustments.auto_keep_float)
+        ):
             sensitivity = self.sensitivity(result, DEFAULT_LIMIT if limit is None else limit)
         kept = None
         if adjustments.auto_keep_float:
@@ -298,15 +351,31 @@ class _CheckRun:
         return self.runner.references.get(key, objects, lambda: self.measure_float(store))
 
     def measure_float(self, store: CheckStore | NoStore) -> Reference:
-        """From the persistent cache, else measured (and stored)."""
+        """From the persistent cache, else measured (and stored); a float model whose
+        outputs or metric are NaN or infinite is a ``ModelError``."""
         stored = store.reference()
         if stored is not None:
-            return Reference(stored.metric, stored.size, 0.0)
+            return Reference(self.finite(stored.metric), stored.size, 0.0)
         begun = time.perf_counter()
-        metric = self.evaluate(self.inputs.model)
-        reference = Reference(metric, model_size(self.inputs.model), time.perf_counter() - begun)
+        model = self.inputs.model
+        what = f"the float model {self.inputs.model_label}"
+        metric = evaluate(
+            model, self.batches, self.inputs.metric, device=self.runner.device, finite=what
+        )
+        reference = Reference(self.finite(metric), model_size(model), time.perf_counter() - begun)
         store.put_reference(ReferenceEntry(reference.metric, reference.size))
         return reference
+
+    def finite(self, metric: float) -> float:
+        if not math.isfinite(metric):
+            inputs = self.inputs
+            name = metric_name(inputs.metric, inputs.metric_label)
+            raise ModelError(
+                f"the float model {inputs.model_label} measures {name} {metric} on "
+                f"{inputs.data_label}: there is nothing to compare the compressed model "
+                "with; check the model, the data and the metric"
+            )
+        return metric
 
     def measure_compressed(
         self, recipe: Recipe

@@ -25,7 +25,15 @@ def split_batch(batch: Any, *, need_targets: bool) -> tuple[Any, Any]:
 
 
 def to_device(value: Any, device: torch.device | str) -> Any:
-    """``value`` moved to ``device``: tensors, and tensors inside tuples, lists and dicts."""
+    """``value`` moved to ``device``: tensors, and tensors inside tuples, lists and dicts.
+
+    NumPy arrays become tensors on the way (``from_numpy``), float64 as float32: NumPy's
+    default float is float64 and a model's weights are float32.
+    """
+    if is_numpy(value):
+        value = torch.as_tensor(value)
+        if value.dtype == torch.float64:
+            value = value.to(torch.get_default_dtype())
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, Mapping):
@@ -33,6 +41,22 @@ def to_device(value: Any, device: torch.device | str) -> Any:
     if isinstance(value, (tuple, list)):
         return type(value)(to_device(v, device) for v in value)
     return value
+
+
+def is_numpy(value: Any) -> bool:
+    """A NumPy array or scalar, told by its type's module: the engine does not import NumPy."""
+    return type(value).__module__ == "numpy" and hasattr(value, "__array__")
+
+
+def describe_inputs(inputs: Any) -> str:
+    """A batch's inputs in words: ``a float32 tensor of shape (64, 8)``, or their types."""
+    if isinstance(inputs, torch.Tensor):
+        return f"a {str(inputs.dtype).removeprefix('torch.')} tensor of shape {tuple(inputs.shape)}"
+    if isinstance(inputs, Mapping):
+        return "{" + ", ".join(f"{k!r}: {describe_inputs(v)}" for k, v in inputs.items()) + "}"
+    if isinstance(inputs, (tuple, list)):
+        return "(" + ", ".join(describe_inputs(v) for v in inputs) + ")"
+    return f"a {type(inputs).__name__}"
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:

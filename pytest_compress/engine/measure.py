@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import CompressError, DataError, ModelError
+from ..errors import CompressError, DataError, MetricError, ModelError
 from .apply import copy_model
-from .batches import call_model, model_device, split_batch, to_device
+from .batches import call_model, describe_inputs, model_device, split_batch, to_device
 from .layers import compressible_layers
 from .state import eval_mode
 
@@ -66,6 +68,16 @@ def top1_accuracy(outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, in
             f"for scores of shape {tuple(outputs.shape)}), got {tuple(targets.shape)}; for "
             "one-hot or other targets pass a batch metric (outputs, targets) -> (sum, count)"
         )
+    if targets.is_floating_point() or targets.is_complex():
+        # Predicted class indices never equal soft or regression targets: 0 % -> 0 %, "ok".
+        raise DataError(
+            f"top-1 accuracy needs integer class indices as targets, got {targets.dtype} "
+            "targets; convert class labels with .long(), or for soft, one-hot or regression "
+            "targets pass a batch metric (outputs, targets) -> (sum, count)"
+        )
+    if outputs.is_floating_point() and bool(outputs.isnan().any()):
+        # argmax would read NaN scores as a confident class: a NaN is no prediction
+        return torch.tensor(float("nan")), targets.numel()
     return (predictions == targets).sum(), targets.numel()
 
 
@@ -74,12 +86,15 @@ def evaluate(
     data: Iterable[Any],
     metric: BatchMetric | ModelMetric | None = None,
     device: str | torch.device = "cpu",
+    *,
+    finite: str | None = None,
 ) -> float:
     """The model's metric over ``data``: top-1 accuracy of (inputs, targets) batches by default.
 
     Runs in eval mode under ``torch.inference_mode()`` and restores every module's own
     train/eval flag afterwards. A model that lives elsewhere than ``device`` is
-    evaluated as a copy moved there, so the model itself is never moved.
+    evaluated as a copy moved there, so the model itself is never moved. With ``finite``
+    (the model in words), outputs holding NaN or infinity are a ``ModelError``.
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -89,11 +104,15 @@ def evaluate(
     with eval_mode(model), torch.inference_mode():
         if isinstance(metric, ModelMetric):
             return float(metric(model, data))
-        return _batch_metric(model, data, metric or top1_accuracy, device)
+        return _batch_metric(model, data, metric or top1_accuracy, device, finite)
 
 
 def _batch_metric(
-    model: nn.Module, data: Iterable[Any], metric: BatchMetric, device: torch.device
+    model: nn.Module,
+    data: Iterable[Any],
+    metric: BatchMetric,
+    device: torch.device,
+    finite: str | None = None,
 ) -> float:
     if not callable(metric):
         raise CompressError(
@@ -102,20 +121,81 @@ def _batch_metric(
         )
     total = 0.0
     count = 0.0
-    for batch in data:
+    for index, batch in enumerate(data):
         inputs, targets = split_batch(batch, need_targets=True)
-        outputs = call_model(model, to_device(inputs, device))
+        outputs = _outputs(model, to_device(inputs, device), index)
+        if finite is not None and not _all_finite(outputs):
+            raise ModelError(
+                f"{finite} gives NaN or infinite outputs on batch {index}: it must be "
+                "measurable before anything is compressed (check its weights and the data)"
+            )
         result = metric(outputs, to_device(targets, device))
         if not (isinstance(result, (tuple, list)) and len(result) == 2):
-            raise CompressError(
+            raise MetricError(
                 f"a batch metric must return (sum, count), got {type(result).__name__}; "
                 "wrap a whole-model metric with model_metric(fn)"
             )
-        total += float(result[0])
-        count += float(result[1])
+        total += _metric_number(result[0], "sum", index)
+        samples = _metric_number(result[1], "count", index)
+        if not (samples >= 0 and math.isfinite(samples)):
+            raise MetricError(
+                f"a batch metric's count must be a positive number of samples (0 for a batch "
+                f"with none); on batch {index} it returned {samples!r}"
+            )
+        count += samples
     if count == 0:
         raise DataError("data yielded no samples: the metric of an empty data set is undefined")
     return total / count
+
+
+# What torch says when a batch's shape or type does not fit a layer (a Linear's mat1 and
+# mat2, a convolution's channels, a reshape's size): the data's fault, named as such.
+_MISFIT = re.compile(r"shape|size|dimension|channels|mat1|mat2|dtype|expected input", re.I)
+
+
+def _outputs(model: nn.Module, inputs: Any, index: int) -> Any:
+    """``model(inputs)``; a batch that does not fit the model is a ``DataError`` naming it."""
+    try:
+        return call_model(model, inputs)
+    except torch.cuda.OutOfMemoryError:  # says "max_split_size_mb": not a misfit
+        raise
+    except RuntimeError as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        if not _MISFIT.search(message):
+            raise
+    raise DataError(
+        f"batch {index} does not fit the model: its inputs are {describe_inputs(inputs)}, "
+        f"and the model raised: {message}"
+    )
+
+
+def _all_finite(outputs: Any) -> bool:
+    """Whether every floating tensor in ``outputs`` (or its ``.logits``) is finite."""
+    outputs = getattr(outputs, "logits", outputs)
+    if isinstance(outputs, torch.Tensor):
+        return not outputs.is_floating_point() or bool(torch.isfinite(outputs).all())
+    if isinstance(outputs, Mapping):
+        return all(_all_finite(value) for value in outputs.values())
+    if isinstance(outputs, (tuple, list)):
+        return all(_all_finite(value) for value in outputs)
+    return True
+
+
+def _metric_number(value: Any, what: str, index: int) -> float:
+    """A batch metric's sum or count as a float; a vector or a non-number is a ``MetricError``."""
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise MetricError(
+            f"a batch metric must return (sum, count) as numbers; on batch {index} its {what} "
+            f"is a tensor of shape {tuple(value.shape)}: reduce it, e.g. (predictions == "
+            "targets).sum()"
+        )
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise MetricError(
+            f"a batch metric must return (sum, count) as numbers; on batch {index} its {what} "
+            f"is a {type(value).__name__}"
+        ) from None
 
 
 def model_size(model: nn.Module) -> int:

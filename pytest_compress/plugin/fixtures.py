@@ -107,9 +107,9 @@ def _run(
     try:
         return state.run(request, check, check_id=check_id)
     except CompressError as error:  # the engine's errors name the culprit and the fix
-        pytest.fail(
-            f"pytest-compress could not run the check of {check_id}: {error}", pytrace=False
-        )
+        message = f"pytest-compress could not run the check of {check_id}: {error}"
+    # outside the except block: the message once, not chained after the error it repeats
+    pytest.fail(message, pytrace=False)
 
 
 def _call_id(request: pytest.FixtureRequest, check: CheckRequest, model: Any, data: Any) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 from ..budgets import BUDGET_NAMES, Budgets
 from ..checks.request import Adjustments, Check, Recipe, check_keep_float
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+from ..metrics import MetricKind
 from ..tuning.grids import check_search
 
 DEFAULT_MODEL_FIXTURE = "compress_model"
@@ -188,6 +189,12 @@ def parse_check(values: Mapping[str, Any]) -> Check:
     search = values.get("search")
     recipe = parse_recipe(values.get("quantize"), values.get("prune"), searched=search is not None)
     budgets = parse_budgets({name: values.get(name) for name in BUDGET_NAMES})
+    higher_is_better = flag(values.get("higher_is_better", True), "higher_is_better")
+    # Whether the metric is a fraction (top-1 accuracy) is known when it runs; the
+    # direction is known now, and the runner asks again with the metric itself.
+    vacuous = budgets.cannot_fail(MetricKind("metric", higher_is_better, percent=False))
+    if vacuous is not None:
+        raise MarkerError(*vacuous)
     return Check(
         recipe,
         budgets,
@@ -195,7 +202,7 @@ def parse_check(values: Mapping[str, Any]) -> Check:
             search=_search(search, recipe, budgets),
             keep_float=_keep_float(values.get("keep_float")),
         ),
-        higher_is_better=flag(values.get("higher_is_better", True), "higher_is_better"),
+        higher_is_better=higher_is_better,
     )
 
 

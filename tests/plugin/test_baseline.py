@@ -30,7 +30,7 @@ def compress_data():
 CHECKS = """
 import pytest
 
-@pytest.mark.compress(quantize="int8", max_accuracy_drop=1.0)
+@pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99)
 def test_int8():
     pass
 
@@ -109,7 +109,7 @@ def test_a_larger_compressed_size_regresses(pytester):
         """
         import pytest
 
-        @pytest.mark.compress(quantize="int4", max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="int4", max_accuracy_drop=0.99)
         def test_model():
             pass
         """,
@@ -119,7 +119,7 @@ def test_a_larger_compressed_size_regresses(pytester):
         test_project="""
         import pytest
 
-        @pytest.mark.compress(quantize="int8", max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99)
         def test_model():
             pass
         """
@@ -148,7 +148,7 @@ def test_new_and_stale_checks_are_reported(pytester):
         test_project="""
         import pytest
 
-        @pytest.mark.compress(quantize="int8", max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99)
         def test_int8_renamed():
             pass
 

@@ -22,7 +22,7 @@ def test_a_marked_test_runs_its_check_and_passes_within_budget(pytester):
         def test_int8():
             pass
 
-        @pytest.mark.compress(prune=0.5, max_accuracy_drop=1.0, min_sparsity=0.5)
+        @pytest.mark.compress(prune=0.5, max_accuracy_drop=0.99, min_sparsity=0.5)
         def test_pruned():
             pass
         """,
@@ -251,7 +251,7 @@ def test_the_compression_fixture_holds_the_result(pytester):
         """
         import pytest
 
-        @pytest.mark.compress(quantize="int4", prune=0.8, max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="int4", prune=0.8, max_accuracy_drop=0.99)
         def test_result(compression):
             assert compression.passed and compression.violations == []
             assert compression.recipe == "int4 per-channel + prune 80% (layer, magnitude)"
@@ -261,7 +261,7 @@ def test_the_compression_fixture_holds_the_result(pytester):
             assert compression.relative_drop == compression.accuracy_drop
             assert compression.size_ratio == compression.compressed_size / compression.float_size
             assert 0.79 < compression.sparsity < 0.81
-            assert compression.budgets.max_accuracy_drop == 1.0
+            assert compression.budgets.max_accuracy_drop == 0.99
             assert {"compress", "evaluate", "total"} <= set(compression.timings)
             assert compression.explain().startswith(
                 "compression within budget for int4 per-channel + prune 80%"
@@ -352,11 +352,11 @@ def test_the_float_model_is_evaluated_once_for_several_checks(pytester):
         """
         import pytest
 
-        @pytest.mark.compress(quantize="int8", max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99)
         def test_a():
             pass
 
-        @pytest.mark.compress(quantize="int4", max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="int4", max_accuracy_drop=0.99)
         def test_b():
             pass
 
@@ -379,11 +379,11 @@ def test_the_users_model_is_never_modified(pytester):
         import pytest
         import torch
 
-        @pytest.mark.compress(quantize="int4", prune=0.8, max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="int4", prune=0.8, max_accuracy_drop=0.99)
         def test_deep():
             pass
 
-        @pytest.mark.compress(quantize="w8a8", prune="2:4", max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="w8a8", prune="2:4", max_accuracy_drop=0.99)
         def test_activations():
             pass
 
@@ -421,7 +421,7 @@ def test_the_calibration_fixture_is_used_for_activation_ranges(pytester):
         """
         import pytest
 
-        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=0.99)
         def test_w8a8(compression, calibration_reads):
             assert compression.recipe.startswith("w8a8")
             assert calibration_reads["n"] > 0
@@ -580,24 +580,24 @@ def test_metric_and_calibration_data_arguments_name_other_fixtures(pytester):
         """
         import pytest
 
-        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=1.0, model="student",
+        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=0.99, model="student",
                               data="val_loader", calibration_data="student_calibration",
                               metric="always_half")
         def test_student(compression, reads):
             assert compression.float_metric == 0.5 and compression.compressed_metric == 0.5
             assert set(reads) == {"student_calibration"}
 
-        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=1.0, model="student",
+        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=0.99, model="student",
                               data="val_loader")
         def test_student_default_calibration(compression, reads):
             # compress_calibration_data belongs to compress_data: other data calibrates itself
             assert "default_calibration" not in reads
 
-        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=1.0)
+        @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=0.99)
         def test_default_model(compression, reads):
             assert reads["default_calibration"] > 0
 
-        @pytest.mark.compress(quantize="int8", max_accuracy_drop=1.0, metric="missing_metric")
+        @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99, metric="missing_metric")
         def test_missing_metric():
             pass
         """,

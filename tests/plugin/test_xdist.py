@@ -32,7 +32,7 @@ import pytest
 def test_int8():
     pass
 
-@pytest.mark.compress(quantize="int4", prune=0.5, max_accuracy_drop=1.0, min_sparsity=0.5)
+@pytest.mark.compress(quantize="int4", prune=0.5, max_accuracy_drop=0.99, min_sparsity=0.5)
 def test_int4_pruned():
     pass
 
