@@ -172,8 +172,8 @@ def refuse_meaningless(check: Check, inputs: CheckInputs) -> None:
     a budget that cannot fail, or ``higher_is_better=False`` on top-1 accuracy."""
     if inputs.metric is None and not check.higher_is_better:
         raise BudgetError(
-            "higher_is_better=False, but the metric is top-1 accuracy (the project defines "
-            "no compress_metric fixture), where higher is better: a fall in accuracy would "
+            "higher_is_better=False, but the metric is top-1 accuracy (no metric was given), "
+            "where higher is better: a fall in accuracy would "
             "pass as a gain; remove higher_is_better=False, or name the loss or error rate "
             'it describes with metric="..."'
         )
