@@ -7,14 +7,33 @@ or the versions of Python, torch and pytest-compress. Two sessions that compute 
 fingerprint may share measurements.
 
 Code is fingerprinted by its compiled bytecode and constants (so editing a comment or
-moving a function does not count as a change), following the functions of the same
-module that it names and the plain constants (numbers, strings) it reads from module
-globals. Code in *other* modules is not followed: after changing such code, run with
-``--compress-no-cache`` once, or clear pytest's cache (``pytest --cache-clear``).
+moving a function does not count as a change). What the code reads is fingerprinted too:
 
-A value whose behaviour cannot be seen from its contents (a C object without state we
-can read, a file handle) raises ``Unfingerprintable``: a check that depends on one is
-never served from the cache, which is slower but never wrong.
+- **Your code** (any module outside the standard library and site-packages: your project,
+  its conftest, an editable install) is followed. For a model, every submodule's class:
+  the code of its methods (``class_digest``), its class-level attributes, and by value
+  every module global those methods read; for a metric, the function (or callable
+  object) the same way. A global's value is hashed whatever it is: numbers and strings,
+  tensors and numpy arrays (every byte), lists, dicts, sets and tuples, plain objects
+  (their class and their attributes), models; a function global is hashed as code plus
+  its own globals, recursively. Cycles are written as back-references, and nesting is
+  bounded (more than 12 levels deep counts as unfingerprintable).
+- **Installed code** (the standard library, site-packages, pytest-compress itself) is
+  named, with its package's version, never hashed by content: an imported module
+  (``torch``, ``F``), a function or class from one (``F.relu``, ``nn.Linear``), torch's
+  own base classes. A module-level ``logging.Logger`` is named too: it only writes.
+
+So a model whose ``forward`` reads a module-level tensor, or a metric reading a
+module-level dict, gets a new fingerprint when that value changes. A global that changes
+on every run (a call counter read by ``forward``) makes the check miss the cache every
+run: slower, never wrong. Changing *installed* code without changing its version is not
+seen: run with ``--compress-no-cache`` once, or clear pytest's cache
+(``pytest --cache-clear``).
+
+A value whose behaviour cannot be seen from its contents (a lock, a C object without
+state we can read, a file handle, an array of Python objects) raises
+``Unfingerprintable``, naming the global that holds it: a check that depends on one is
+never served from the cache (the report says why), which is slower but never wrong.
 """
 
 from __future__ import annotations
