@@ -78,7 +78,15 @@ _class_digests: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary
 
 
 class Unfingerprintable(ValueError):
-    """A value whose contents do not determine its behaviour; the message says which."""
+    """A value whose contents do not determine its behaviour; the message says which,
+    and where it was found (the globals that lead to it)."""
+
+    def __init__(self, what: str, where: tuple[str, ...] = ()) -> None:
+        self.what, self.where = what, where
+        super().__init__(f"{what} ({', in '.join(where)})" if where else what)
+
+    def inside(self, where: str) -> Unfingerprintable:
+        return Unfingerprintable(self.what, (*self.where, where))
 
 
 class Hasher:
@@ -273,9 +281,7 @@ class Hasher:
             try:
                 self.value(function.__globals__[name], depth + 1)
             except Unfingerprintable as error:
-                raise Unfingerprintable(
-                    f"global {name} read by {function.__qualname__}: {error}"
-                ) from None
+                raise error.inside(f"global {name} read by {function.__qualname__}") from None
 
     def code(self, code: types.CodeType) -> None:
         """Bytecode, constants and names; not line numbers, so moving code is no change."""
