@@ -9,19 +9,23 @@ pytest's ``config.cache`` (``get(key, default)`` / ``set(key, value)``; the plug
 it in, so ``-p no:cacheprovider`` turns this cache off). One small JSON entry per key:
 the float model's metric and size under a reference key, each check's measurements
 under a check key. A key is a fingerprint of everything its numbers depend on, so a
-changed weight, data value, metric, recipe, device or version simply finds no entry. An
-entry that cannot be read or has the wrong shape counts as missing, and is rewritten.
+changed weight, data value, metric, recipe, device or version simply finds no entry. Each
+entry carries a ``checksum`` of its key and numbers: an entry that cannot be read, has the
+wrong shape or does not match its checksum (a digit changed, an ``Infinity`` written in)
+counts as missing, so it is measured again and rewritten, never served.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, TypeVar
 
 KEY_PREFIX = "pytest-compress/v1"
+CHECKSUM = "checksum"
 T = TypeVar("T")
 # The entries the persistent cache stores.
 Entry = TypeVar("Entry", "ReferenceEntry", "CheckEntry")
@@ -129,19 +133,41 @@ class ResultCache:
     def reference(self, key: str) -> ReferenceEntry | None:
         if not self._read:
             return None
-        return _read(self._store.get(f"{KEY_PREFIX}/reference/{key}", None), ReferenceEntry)
+        return self._get(f"{KEY_PREFIX}/reference/{key}", ReferenceEntry)
 
     def put_reference(self, key: str, entry: ReferenceEntry) -> None:
-        self._store.set(f"{KEY_PREFIX}/reference/{key}", asdict(entry))
+        self._put(f"{KEY_PREFIX}/reference/{key}", entry)
 
     def check(self, key: str) -> CheckEntry | None:
         if not self._read or key in self._written:
             return None
-        return _read(self._store.get(f"{KEY_PREFIX}/check/{key}", None), CheckEntry)
+        return self._get(f"{KEY_PREFIX}/check/{key}", CheckEntry)
 
     def put_check(self, key: str, entry: CheckEntry) -> None:
-        self._store.set(f"{KEY_PREFIX}/check/{key}", asdict(entry))
+        self._put(f"{KEY_PREFIX}/check/{key}", entry)
         self._written.add(key)
+
+    def _get(self, key: str, kind: type[Entry]) -> Entry | None:
+        value = self._store.get(key, None)
+        if not isinstance(value, dict):
+            return None
+        content = {name: item for name, item in value.items() if name != CHECKSUM}
+        if value.get(CHECKSUM) != checksum(key, content):
+            return None
+        return _read(content, kind)
+
+    def _put(self, key: str, entry: ReferenceEntry | CheckEntry) -> None:
+        content = asdict(entry)
+        self._store.set(key, {**content, CHECKSUM: checksum(key, content)})
+
+
+def checksum(key: str, content: dict[str, Any]) -> str:
+    """A digest of an entry's key and content, as JSON writes them (``Infinity`` included)."""
+    try:
+        text = json.dumps([key, content], sort_keys=True)
+    except (TypeError, ValueError):
+        return ""  # not JSON's: no checksum matches it
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def _read(value: Any, kind: type[Entry]) -> Entry | None:

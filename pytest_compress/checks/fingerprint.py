@@ -7,21 +7,46 @@ or the versions of Python, torch and pytest-compress. Two sessions that compute 
 fingerprint may share measurements.
 
 Code is fingerprinted by its compiled bytecode and constants (so editing a comment or
-moving a function does not count as a change), following the functions of the same
-module that it names and the plain constants (numbers, strings) it reads from module
-globals. Code in *other* modules is not followed: after changing such code, run with
-``--compress-no-cache`` once, or clear pytest's cache (``pytest --cache-clear``).
+moving a function does not count as a change). What the code reads is fingerprinted too:
 
-A value whose behaviour cannot be seen from its contents (a C object without state we
-can read, a file handle) raises ``Unfingerprintable``: a check that depends on one is
-never served from the cache, which is slower but never wrong.
+- **Your code** (any module outside the standard library and site-packages: your project,
+  its conftest, an editable install) is followed. For a model, every submodule's class:
+  the code of its methods (``class_digest``), its class-level attributes, and by value
+  every module global those methods read; for a metric, the function (or callable
+  object) the same way. A global's value is hashed whatever it is: numbers and strings,
+  tensors and numpy arrays (every byte), lists, dicts, sets and tuples, plain objects
+  (their class and their attributes), models; a function global is hashed as code plus
+  its own globals, recursively. Cycles are written as back-references, and nesting is
+  bounded (more than 12 levels deep counts as unfingerprintable).
+- **Installed code** (the standard library, site-packages, pytest-compress itself) is
+  named, with its package's version, never hashed by content: an imported module
+  (``torch``, ``F``), a function or class from one (``F.relu``, ``nn.Linear``), torch's
+  own base classes. A module-level ``logging.Logger`` is named too: it only writes.
+
+So a model whose ``forward`` reads a module-level tensor, or a metric reading a
+module-level dict, gets a new fingerprint when that value changes. A global that changes
+on every run (a call counter read by ``forward``) makes the check miss the cache every
+run: slower, never wrong. Changing *installed* code without changing its version is not
+seen: run with ``--compress-no-cache`` once, or clear pytest's cache
+(``pytest --cache-clear``).
+
+A value whose behaviour cannot be seen from its contents (a lock, a C object without
+state we can read, a file handle, an array of Python objects) raises
+``Unfingerprintable``, naming the global that holds it: a check that depends on one is
+never served from the cache (the report says why), which is slower but never wrong.
 """
 
 from __future__ import annotations
 
+import dis
 import functools
 import hashlib
+import importlib.metadata
+import logging
+import os
+import site
 import sys
+import sysconfig
 import types
 import weakref
 from collections.abc import Mapping
@@ -53,28 +78,55 @@ _class_digests: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary
 
 
 class Unfingerprintable(ValueError):
-    """A value whose contents do not determine its behaviour; the message says which."""
+    """A value whose contents do not determine its behaviour; the message says which,
+    and where it was found (the globals that lead to it)."""
+
+    def __init__(self, what: str, where: tuple[str, ...] = ()) -> None:
+        self.what, self.where = what, where
+        super().__init__(f"{what} ({', in '.join(where)})" if where else what)
+
+    def inside(self, where: str) -> Unfingerprintable:
+        return Unfingerprintable(self.what, (*self.where, where))
 
 
 class Hasher:
     """Feeds values into one blake2b digest.
 
     Every item is written as a kind tag and a length before its bytes, so two different
-    sequences of values can never produce the same byte stream.
+    sequences of values can never produce the same byte stream. Containers, objects,
+    functions, classes and modules are followed once: a second reference to one (a cycle,
+    or the same object reached twice) is written as a back-reference to the first.
+    With ``code_only`` (for ``class_digest``, which is memoised per class) the globals a
+    function reads are left out: they are values, hashed afresh by every fingerprint.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, code_only: bool = False) -> None:
         self._hash = hashlib.blake2b(digest_size=DIGEST_BYTES)
-        self._seen: set[int] = set()  # functions and objects already followed (cycles)
+        self._code_only = code_only
+        # id -> (order of the first visit, the object: kept alive so ids are not reused)
+        self._visited: dict[int, tuple[int, Any]] = {}
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+    def forget(self) -> None:
+        """Let go of the objects visited so far (one data batch's, say)."""
+        self._visited.clear()
 
     def _item(self, tag: bytes, payload: bytes | memoryview | np.ndarray) -> None:
         size = payload.nbytes if isinstance(payload, (memoryview, np.ndarray)) else len(payload)
         self._hash.update(tag + size.to_bytes(8, "little"))
         # numpy types ndarray as a buffer (__buffer__) only for Python >= 3.12
         self._hash.update(payload)  # type: ignore[arg-type]
+
+    def _first_visit(self, value: Any) -> bool:
+        """True the first time ``value`` is met; after that, a back-reference is written."""
+        found = self._visited.get(id(value))
+        if found is not None:
+            self.text(f"ref {found[0]}")
+            return False
+        self._visited[id(value)] = (len(self._visited), value)
+        return True
 
     def text(self, text: str) -> None:
         self._item(b"s", text.encode("utf-8", "surrogatepass"))
@@ -96,27 +148,36 @@ class Hasher:
     def value(self, value: Any, depth: int = 0) -> None:
         """Any value whose behaviour its contents determine; ``Unfingerprintable`` otherwise."""
         if depth > _MAX_DEPTH:
-            raise Unfingerprintable("a value nested more than 12 levels deep")
+            raise Unfingerprintable(f"a value nested more than {_MAX_DEPTH} levels deep")
         if isinstance(value, _PRIMITIVES):
             self.text(f"{type(value).__name__}:{value!r}")
         elif isinstance(value, torch.Tensor):
             self.tensor(value)
         elif isinstance(value, np.ndarray):
+            if value.dtype.hasobject:
+                raise Unfingerprintable("a numpy array of Python objects")
             self.tensor(torch.from_numpy(np.ascontiguousarray(value)))
+        elif isinstance(value, np.generic):
+            self.text(f"numpy {value.dtype}:{value!r}")
         elif isinstance(value, (torch.dtype, torch.device, torch.Size, slice, range)):
             self.text(repr(value))
-        elif isinstance(value, (tuple, list, set, frozenset)):
-            items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-            self.text(f"{type(value).__name__}[{len(value)}]")
-            for item in items:
-                self.value(item, depth + 1)
-        elif isinstance(value, Mapping):
-            self.text(f"{type(value).__name__}{{{len(value)}}}")
+        elif isinstance(value, (tuple, list, set, frozenset, Mapping)):
+            self._container(value, depth)
+        else:
+            self._callable_or_object(value, depth)
+
+    def _container(self, value: Any, depth: int) -> None:
+        self.text(f"{type(value).__name__}[{len(value)}]")
+        if not self._first_visit(value):
+            return
+        if isinstance(value, Mapping):
             for key, item in value.items():
                 self.value(key, depth + 1)
                 self.value(item, depth + 1)
-        else:
-            self._callable_or_object(value, depth)
+            return
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        for item in items:
+            self.value(item, depth + 1)
 
     def _callable_or_object(self, value: Any, depth: int) -> None:
         if isinstance(value, types.FunctionType):
@@ -128,36 +189,75 @@ class Hasher:
         elif isinstance(value, functools.partial):
             self.text("partial")
             self.value((value.func, value.args, value.keywords), depth + 1)
-        elif isinstance(value, (types.BuiltinFunctionType, types.ModuleType, type)):
-            # C functions and imported modules belong to versioned packages; a class is
-            # its name here, its code is hashed where its instances are.
+        elif isinstance(value, (types.BuiltinFunctionType, types.ModuleType, logging.Logger)):
+            # C functions and imported modules belong to versioned packages; a logger
+            # only writes
             name = getattr(value, "__qualname__", getattr(value, "__name__", repr(value)))
             self.text(f"{type(value).__name__} {getattr(value, '__module__', '')}.{name}")
+        elif isinstance(value, type):
+            self.cls(value, depth)
         elif isinstance(value, nn.Module):
             self.module(value)
         elif isinstance(value, (staticmethod, classmethod)):
             self.value(value.__func__, depth + 1)
         elif isinstance(value, property):
             self.value((value.fget, value.fset), depth + 1)
-        elif hasattr(value, "__dict__") and not isinstance(value, type):
+        elif hasattr(value, "__dict__"):
             self._object(value, depth)
         else:
             raise Unfingerprintable(f"a {type(value).__module__}.{type(value).__qualname__}")
 
     def _object(self, value: Any, depth: int) -> None:
-        """A plain object: its class's code and its attributes."""
-        self.text(f"object {class_digest(type(value))}")
-        if id(value) in self._seen:
-            return  # a reference back to an object being hashed
-        self._seen.add(id(value))
+        """A plain object: its class (code and class-level values) and its attributes."""
+        self.text("object")
+        if not self._first_visit(value):
+            return
+        self.cls(type(value), depth)
         self.value(dict(sorted(vars(value).items())), depth + 1)
 
-    def function(self, function: types.FunctionType, depth: int = 0) -> None:
-        """A Python function: its code, defaults, closure, and the globals it reads."""
-        self.text(f"function {function.__module__}.{function.__qualname__}")
-        if id(function) in self._seen:
+    def cls(self, cls: type, depth: int = 0) -> None:
+        """An installed package's class by name and version; the user's by its code and
+        the values its methods read (globals, class attributes)."""
+        version = library_version(cls.__module__)
+        if version is not None or self._code_only:
+            # in a class's own digest (a super() cell holds the class) a class is its name
+            self.text(f"class {cls.__module__}.{cls.__qualname__} {version}")
             return
-        self._seen.add(id(function))
+        self.text(f"class {class_digest(cls)}")
+        if not self._code_only and self._first_visit(cls):
+            self._class_values(cls, depth)
+
+    def _class_values(self, cls: type, depth: int) -> None:
+        for base in cls.__mro__:
+            if base is object or library_version(base.__module__) is not None:
+                continue
+            for name, member in sorted(vars(base).items()):
+                inner = (
+                    member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+                )
+                functions = (inner.fget, inner.fset) if isinstance(inner, property) else (inner,)
+                if any(isinstance(f, types.FunctionType) for f in functions):
+                    for function in functions:
+                        if isinstance(function, types.FunctionType):
+                            self._globals(function, depth)
+                elif not (name.startswith("__") and name.endswith("__")):
+                    self.text(f"attribute {name}")  # a class-level value, read via self
+                    self.value(member, depth + 1)
+
+    def function(self, function: types.FunctionType, depth: int = 0) -> None:
+        """A Python function: its code, defaults, closure, and the globals it reads.
+
+        An installed package's function met inside another value is named (with its
+        version) rather than followed.
+        """
+        name = f"{function.__module__}.{function.__qualname__}"
+        version = library_version(function.__module__)
+        if depth > 0 and version is not None:
+            self.text(f"function {name} {version}")
+            return
+        self.text(f"function {name}")
+        if not self._first_visit(function):
+            return
         self.code(function.__code__)
         self.value(function.__defaults__, depth + 1)
         self.value(function.__kwdefaults__, depth + 1)
@@ -167,18 +267,21 @@ class Hasher:
             except ValueError:  # a cell not yet filled
                 contents = None
             self.value(contents, depth + 1)
-        for name in sorted(_global_names(function.__code__)):
+        if version is None:
+            self._globals(function, depth)
+
+    def _globals(self, function: types.FunctionType, depth: int) -> None:
+        """Every module global ``function``'s code reads, by value (see the module docstring)."""
+        if self._code_only:
+            return
+        for name in sorted(global_names(function.__code__)):
             if name not in function.__globals__:
-                continue
-            found = function.__globals__[name]
-            if _is_constant(found):
-                self.text(f"global {name}")
-                self.value(found, depth + 1)
-            elif isinstance(found, types.FunctionType) and found.__module__ == function.__module__:
-                self.text(f"global {name}")
-                self.function(found, depth + 1)
-            # Anything else (modules, classes, imported functions, mutable state such as
-            # a call counter) is left out: see the module docstring.
+                continue  # a builtin, or a global not defined yet
+            self.text(f"global {name}")
+            try:
+                self.value(function.__globals__[name], depth + 1)
+            except Unfingerprintable as error:
+                raise error.inside(f"global {name} read by {function.__qualname__}") from None
 
     def code(self, code: types.CodeType) -> None:
         """Bytecode, constants and names; not line numbers, so moving code is no change."""
@@ -192,13 +295,14 @@ class Hasher:
                 self.text(_constant_text(constant))
 
     def module(self, model: nn.Module) -> None:
-        """Every submodule: its class's code, its settings, parameters, buffers and hooks."""
-        if id(model) in self._seen:
-            self.text("module seen")
+        """Every submodule: its class's code and the values its methods read, its settings,
+        parameters, buffers and hooks."""
+        self.text("model")
+        if not self._first_visit(model):
             return
-        self._seen.add(id(model))
         for name, module in model.named_modules(remove_duplicate=False):
-            self.text(f"module {name} {class_digest(type(module))}")
+            self.text(f"module {name}")
+            self.cls(type(module))
             for key, tensor in (*module._parameters.items(), *module._buffers.items()):
                 self.text(key)
                 if tensor is None:
@@ -219,15 +323,19 @@ class Hasher:
 def class_digest(cls: type) -> str:
     """The class's name and the code of every function it and its bases define.
 
-    torch's own classes are named only: their code is covered by the torch version.
+    Classes of installed packages (torch's among them) are named only, with the package's
+    version. Memoised per class: code only, the values its methods read are hashed by
+    ``Hasher.cls`` on every fingerprint.
     """
     found = _class_digests.get(cls)
     if found is not None:
         return found
-    hasher = Hasher()
+    hasher = Hasher(code_only=True)
     hasher.text(f"class {cls.__module__}.{cls.__qualname__}")
     for base in cls.__mro__:
-        if base is object or base.__module__.split(".")[0] == "torch":
+        version = library_version(base.__module__)
+        if base is object or version is not None:
+            hasher.text(f"library base {base.__module__}.{base.__qualname__} {version}")
             continue
         hasher.text(f"base {base.__module__}.{base.__qualname__}")
         for name, member in sorted(vars(base).items()):
@@ -285,6 +393,8 @@ class DataDigest:
             self._hasher.value(batch)
         except Unfingerprintable as error:
             self.unfingerprintable = f"batch {self._batches} holds {error}"
+        finally:
+            self._hasher.forget()  # a streamed batch is not kept alive by its digest
         self._batches += 1
 
     def hexdigest(self) -> str | None:
@@ -312,19 +422,52 @@ def environment_fingerprint() -> str:
     return hasher.hexdigest()
 
 
-def _global_names(code: types.CodeType) -> set[str]:
-    """Names a code object (and the code nested in it) may read from module globals."""
-    names = set(code.co_names)
+def global_names(code: types.CodeType) -> set[str]:
+    """Names a code object (and the code nested in it) reads from module globals."""
+    names = {
+        str(instruction.argval)
+        for instruction in dis.get_instructions(code)
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME")
+    }
     for constant in code.co_consts:
         if isinstance(constant, types.CodeType):
-            names |= _global_names(constant)
+            names |= global_names(constant)
     return names
 
 
-def _is_constant(value: Any) -> bool:
-    if isinstance(value, _PRIMITIVES):
-        return True
-    return isinstance(value, (tuple, frozenset)) and all(_is_constant(v) for v in value)
+def library_version(module: str | None) -> str | None:
+    """``module``'s package and version when it is installed code (the standard library,
+    site-packages, pytest-compress itself); None for the user's own code."""
+    found = sys.modules.get(module or "")
+    path = getattr(found, "__file__", None)
+    return _library_version(module or "", path if isinstance(path, str) else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _library_version(module: str, path: str | None) -> str | None:
+    top = module.split(".")[0]
+    if top == __package__.split(".")[0]:
+        return f"{top} {__version__}"  # its source is in environment_fingerprint
+    if top in sys.builtin_module_names or top in getattr(sys, "stdlib_module_names", ()):
+        return "stdlib"
+    if path is None:
+        return None  # a module made at run time (exec), not installed
+    real = os.path.realpath(path)
+    if not any(real.startswith(root) for root in _library_roots()):
+        return None
+    try:
+        return f"{top} {importlib.metadata.version(top)}"
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return f"{top} (installed)"
+
+
+@functools.cache
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[name] for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots.update(site.getsitepackages())
+    roots.add(site.getusersitepackages())
+    return tuple(os.path.join(os.path.realpath(root), "") for root in roots)
 
 
 def _constant_text(constant: Any) -> str:

@@ -53,6 +53,18 @@ unused bits of the last byte are zero.
 A hook is ``[module, "fq", scale, zero_point, bits, qmin, qmax]`` (an
 ``ActivationFakeQuantize``) or ``[module, "prune", beta]`` (an ``ActivationPrune``), in
 the order ``activation_hooks`` lists them.
+
+Bounds. What a file may cost is set by the model it is loaded into, checked before
+anything is allocated: the header may decompress to at most a few hundred bytes per
+``state_dict`` entry and per possible hook (``_header_limit``; ``zlib``'s ``max_length``
+stops a bomb), and it may hold at most ``2 * entries + 16`` JSON objects (counted while
+parsing); no ``NaN`` or ``Infinity``; the document has exactly ``"t"`` and ``"h"``;
+a shape or scale shape has at most ``MAX_DIMS`` (8) dimensions; at most
+``MAX_HOOKS_PER_MODULE`` (4) hooks per module; every blob length follows from the model's
+own shapes. So a load costs the file plus the model, and every problem, whatever it is,
+raises ``FileFormatError`` naming the file. The writer refuses (``ModelError``) a model
+the reader would refuse. A model on the meta device is materialised on the CPU from the
+file, or refused when it has meta tensors the file does not hold (non-persistent buffers).
 """
 
 from __future__ import annotations
@@ -63,6 +75,7 @@ import math
 import os
 import struct
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, TypeGuard, cast
 
@@ -97,8 +110,12 @@ from .encoding import (
 MAGIC = b"PTCZ"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sHII")  # magic, version, header length, CRC-32 of the rest
-# A compressed JSON header is a few bytes per tensor; this only stops a zlib bomb.
-_MAX_HEADER_BYTES = 64 << 20
+# Bounds on a header, from the model it is loaded into (see "Bounds" in the docstring).
+MAX_DIMS = 8
+MAX_HOOKS_PER_MODULE = 4
+_ENTRY_BYTES = 600  # a tensor entry's JSON, its key(s) aside: fields, 8 dims, numbers
+_HOOK_BYTES = 200  # an activation hook's JSON, its module name aside
+_ESCAPED = 12  # bytes per character of the keys an entry names (two keys, \uXXXX each)
 
 _DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
@@ -178,6 +195,8 @@ def _checked_qparams(key: str, values: torch.Tensor, params: QuantParams) -> int
             f"{key}: {channels} channel(s), but a scale of shape {tuple(scale.shape)} and a "
             f"zero point of shape {tuple(zero_point.shape)}"
         )
+    if scale.dim() > MAX_DIMS:
+        raise ModelError(f"{key}: a scale of {scale.dim()} dimensions; at most {MAX_DIMS}")
     if scale.dtype not in _DTYPE_NAMES or not scale.is_floating_point():
         raise ModelError(f"{key}: scale dtype {scale.dtype} is not a supported float dtype")
     if zero_point.numel() and (int(zero_point.min()) < qmin or int(zero_point.max()) > qmax):
@@ -267,6 +286,8 @@ def _encode_tensors(model: nn.Module) -> tuple[list[dict], list[bytes]]:
             raise ModelError(f"state_dict entry {key} is a {type(t).__name__}, not a tensor")
         if t.layout != torch.strided:
             raise ModelError(f"state_dict entry {key} has layout {t.layout}; only dense tensors")
+        if t.dim() > MAX_DIMS:
+            raise ModelError(f"state_dict entry {key} has {t.dim()} dimensions; at most {MAX_DIMS}")
         storage = _storage_id(t)
         source = first_key.get(storage) if storage is not None else None
         if source is not None:
@@ -291,6 +312,13 @@ def _encode_tensors(model: nn.Module) -> tuple[list[dict], list[bytes]]:
 
 def _hook_entries(model: nn.Module) -> list[list]:
     hooks: list[list] = []
+    per_module = Counter(name for name, _ in activation_hooks(model))
+    crowded = [name for name, count in per_module.items() if count > MAX_HOOKS_PER_MODULE]
+    if crowded:
+        raise ModelError(
+            f"module {crowded[0]!r} has {per_module[crowded[0]]} activation hooks; "
+            f"the file format stores at most {MAX_HOOKS_PER_MODULE} per module"
+        )
     for name, hook in activation_hooks(model):
         if isinstance(hook, ActivationFakeQuantize):
             hooks.append(
@@ -395,11 +423,13 @@ def _dtype(name: object, what: str) -> torch.dtype:
 
 
 def _shape(value: object, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > MAX_DIMS:
+        raise _BadFile(f"{what}: a shape must be a list of at most {MAX_DIMS} dimensions")
     _check(
-        isinstance(value, list) and all(_is_int(d) and d >= 0 for d in value),
+        all(_is_int(d) and d >= 0 for d in value),
         f"{what}: shape must be a list of non-negative integers, got {value!r}",
     )
-    return tuple(value)  # type: ignore[arg-type]
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -566,10 +596,15 @@ def _parse_hooks(
     if not isinstance(value, list):
         raise _BadFile("header has no hook list")
     modules = dict(model.named_modules())
+    _check(
+        len(value) <= MAX_HOOKS_PER_MODULE * len(modules),
+        f"the header lists {len(value)} activation hooks, more than "
+        f"{MAX_HOOKS_PER_MODULE} for each of the model's {len(modules)} modules",
+    )
     hooks: list[tuple[str, ActivationFakeQuantize | ActivationPrune]] = []
     for entry in value:
         _check(
-            isinstance(entry, list) and len(entry) >= 2 and isinstance(entry[0], str),
+            isinstance(entry, list) and 2 <= len(entry) <= 7 and isinstance(entry[0], str),
             f"malformed activation hook {str(entry)[:80]}",
         )
         name, kind, *params = entry
@@ -597,8 +632,46 @@ def _parse_hooks(
     return hooks
 
 
-def _read_header(f: Any, size: int) -> tuple[dict, int, int]:
-    """The header document, the data section's offset and the stored CRC."""
+def _header_limit(model: nn.Module, target: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """The most bytes and JSON objects a header of a file for ``model`` can hold."""
+    longest_key = max((len(key) for key in target), default=0)
+    names = [name for name, _ in model.named_modules()]
+    longest_name = max((len(name) for name in names), default=0)
+    per_entry = _ENTRY_BYTES + _ESCAPED * longest_key
+    per_hook = _HOOK_BYTES + _ESCAPED * longest_name
+    hooks = MAX_HOOKS_PER_MODULE * len(names)
+    # objects: the document and one per entry, with room for a few stray ones, so that a
+    # header naming a tensor too many gets the error that says which
+    return 64 + len(target) * per_entry + hooks * per_hook, 2 * len(target) + 16
+
+
+def _bounded_json(text: bytes, max_objects: int) -> Any:
+    """``text`` parsed, refusing early more objects than ``max_objects`` and non-numbers."""
+    objects = 0
+
+    def count(pairs: list[tuple[str, Any]]) -> dict:
+        nonlocal objects
+        objects += 1
+        _check(objects <= max_objects, f"the header holds more than {max_objects} objects")
+        return dict(pairs)
+
+    def refuse(name: str) -> None:
+        raise _BadFile(f"the header holds {name}, which is not a JSON number")
+
+    try:
+        return json.loads(text.decode("utf-8"), object_pairs_hook=count, parse_constant=refuse)
+    except _BadFile:
+        raise
+    except (ValueError, RecursionError) as err:
+        raise _BadFile(f"the header is not valid JSON ({err})") from None
+
+
+def _read_header(f: Any, size: int, limits: tuple[int, int]) -> tuple[dict, int, int]:
+    """The header document, the data section's offset and the stored CRC.
+
+    ``limits``: the most bytes the header may decompress to and the most JSON objects it
+    may hold, both derived from the model (``_header_limit``).
+    """
     prefix = f.read(_PREFIX.size)
     _check(
         len(prefix) == _PREFIX.size,
@@ -620,21 +693,24 @@ def _read_header(f: Any, size: int) -> tuple[dict, int, int]:
         header_len <= size - _PREFIX.size,
         f"the header length {header_len} runs past the end of the {size}-byte file (truncated?)",
     )
+    max_bytes, max_objects = limits
     decompressor = zlib.decompressobj()
     try:
-        text = decompressor.decompress(f.read(header_len), _MAX_HEADER_BYTES)
+        text = decompressor.decompress(f.read(header_len), max_bytes + 1)
     except zlib.error as err:
         raise _BadFile(f"the header is not valid zlib data ({err})") from None
     _check(
-        decompressor.eof and not decompressor.unconsumed_tail,
-        "the header is truncated or decompresses to more than 64 MiB",
+        len(text) <= max_bytes,
+        f"the header decompresses to more than {max_bytes} bytes, more than a file for "
+        "this model can need",
     )
+    _check(decompressor.eof, "the header is truncated")
     _check(not decompressor.unused_data, "stray bytes after the compressed header")
-    try:
-        doc = json.loads(text.decode("utf-8"))
-    except (ValueError, RecursionError) as err:
-        raise _BadFile(f"the header is not valid JSON ({err})") from None
-    _check(isinstance(doc, dict), "the header is not a JSON object")
+    doc = _bounded_json(text, max_objects)
+    _check(
+        isinstance(doc, dict) and sorted(doc) == ["h", "t"],
+        'the header is not a JSON object of exactly "t" and "h"',
+    )
     return doc, _PREFIX.size + header_len, crc
 
 
@@ -710,7 +786,7 @@ def _read_file(
 ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, bool]], dict[str, QuantParams], list]:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        doc, data_offset, crc = _read_header(f, size)
+        doc, data_offset, crc = _read_header(f, size, _header_limit(model, target))
         stored, aliases = _parse_tensors(doc.get("t"), target)
         hooks = _parse_hooks(doc.get("h"), model)
         # Every length is now known from the model's own shapes: check the file against it
@@ -739,7 +815,7 @@ def _read_file(
                 tensors[item.key], quantized[item.key] = _decode_quantized(item, parts)
         except _BadFile:
             raise
-        except ValueError as err:
+        except (ValueError, RuntimeError, IndexError, OverflowError) as err:
             raise _BadFile(f"{item.key}: {err}") from None
     for key, (source, shares_record) in aliases.items():
         tensors[key] = tensors[source]
@@ -797,6 +873,27 @@ def _replace_activation_hooks(model: nn.Module, hooks: list) -> None:
         add_activation_hook(model.get_submodule(name), hook)
 
 
+def _materialised_copy(model: nn.Module, target: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model``; one on the meta device gets empty CPU tensors, which the
+    file then fills, provided the file fills every one of them."""
+    on_meta = [
+        name
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+        if t.device.type == "meta"
+    ]
+    if not on_meta:
+        return copy.deepcopy(model)
+    outside = [name for name in on_meta if name not in target]
+    _check(
+        not outside,
+        f"the model is on the meta device, and {outside[:5]} (not in its state_dict, so not "
+        "in the file) would have no values; build the model on a real device",
+    )
+    loaded = copy.deepcopy(model)
+    loaded.to_empty(device="cpu", recurse=True)
+    return loaded
+
+
 def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """A copy of ``model`` holding what ``save_compressed`` wrote to ``path``.
 
@@ -810,7 +907,7 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     target = model.state_dict()
     try:
         tensors, aliases, record, hooks = _read_file(path, model, target)
-        loaded = copy.deepcopy(model)
+        loaded = _materialised_copy(model, target)
         _tie(loaded, aliases)
         _check_model_ties(loaded, tensors)
     except _BadFile as err:

@@ -14,6 +14,7 @@ from pytest_compress.checks.cache import (
     ReferenceEntry,
     ResultCache,
     check_keys,
+    checksum,
     combine,
 )
 
@@ -99,14 +100,49 @@ def test_a_check_written_in_this_session_is_measured_again_within_it() -> None:
     ],
 )  # fmt: skip
 def test_an_entry_of_the_wrong_shape_counts_as_missing(stored: Any) -> None:
+    # signed with a matching checksum: the shape alone is what is refused
+    key = f"{KEY_PREFIX}/check/c"
     store = DictStore()
-    store.values[f"{KEY_PREFIX}/check/c"] = stored
+    store.values[key] = signed(key, stored)
     assert ResultCache(store).check("c") is None
+
+
+def signed(key: str, stored: Any) -> Any:
+    """``stored`` with the checksum a writer would give it (when it is a dict)."""
+    return {**stored, "checksum": checksum(key, stored)} if isinstance(stored, dict) else stored
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"compressed_metric": 0.95},  # one digit changed
+        {"compressed_metric": math.inf},  # an Infinity written in
+        {"checksum": "0" * 32},
+    ],
+    ids=["digit", "infinity", "checksum"],
+)
+def test_an_entry_that_does_not_match_its_checksum_counts_as_missing(edit: dict) -> None:
+    store = DictStore()
+    ResultCache(store).put_check("c", CheckEntry(0.9, 100, 0.85, 25, 0.0))
+    assert ResultCache(store).check("c") is not None
+    key = f"{KEY_PREFIX}/check/c"
+    store.values[key] = {**store.values[key], **edit}
+    assert ResultCache(store).check("c") is None
+    store.values[key] = {k: v for k, v in store.values[key].items() if k != "checksum"}
+    assert ResultCache(store).check("c") is None  # an entry without one
+
+
+def test_an_entry_moved_to_another_key_counts_as_missing() -> None:
+    store = DictStore()
+    ResultCache(store).put_check("c", ENTRY)
+    store.values[f"{KEY_PREFIX}/check/d"] = store.values[f"{KEY_PREFIX}/check/c"]
+    assert ResultCache(store).check("d") is None
 
 
 def test_numbers_keep_their_types_when_json_wrote_a_float_as_an_int() -> None:
     store = DictStore()
-    store.values[f"{KEY_PREFIX}/reference/r"] = {"metric": 1, "size": 10}
+    key = f"{KEY_PREFIX}/reference/r"
+    store.values[key] = signed(key, {"metric": 1, "size": 10})
     reference = ResultCache(store).reference("r")
     assert reference == ReferenceEntry(1.0, 10) and isinstance(reference.metric, float)
 

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import torch
@@ -212,3 +213,77 @@ def test_fingerprints_are_the_same_in_another_process() -> None:
         pytest.fail("two hash seeds gave this process's string hashes")
     assert theirs == ours["RESULT"]
     assert theirs[2] == environment_fingerprint()
+
+
+GLOBALS_MODULE = """
+import logging
+import threading
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG = logging.getLogger("user_globals")
+TABLE = torch.zeros(3)
+ARRAY = np.zeros(3)
+SETTINGS = {"gain": 1.0, "nested": [1, 2]}
+SETTINGS["self"] = SETTINGS  # a cycle
+LOCK = None
+
+
+class Config:
+    def __init__(self):
+        self.offset = 0.0
+
+
+CONFIG = Config()
+
+
+def helper(x):
+    return x * SETTINGS["gain"] + float(ARRAY.sum())
+
+
+class Net(nn.Module):
+    SCALE = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        LOG.debug("forward")
+        if LOCK is not None:
+            pass
+        return F.relu(helper(self.fc(x)) + TABLE + CONFIG.offset) * self.SCALE
+"""
+
+
+def test_every_global_a_models_methods_read_is_hashed_by_value() -> None:
+    namespace: dict = {"__name__": "user_globals"}
+    exec(compile(GLOBALS_MODULE, "user_globals.py", "exec"), namespace)
+    model = namespace["Net"]()
+    prints = [model_fingerprint(model)]
+    assert model_fingerprint(model) == prints[0]  # the cycle and the logger are stable
+    edits = [
+        lambda: namespace["TABLE"].__setitem__(0, 1.0),  # a tensor
+        lambda: namespace["ARRAY"].__setitem__(1, 2.0),  # an array, via a helper
+        lambda: namespace["SETTINGS"]["nested"].append(3),  # a nested list in a dict
+        lambda: setattr(namespace["CONFIG"], "offset", 0.5),  # a plain object
+        lambda: setattr(namespace["Net"], "SCALE", 2.0),  # a class attribute
+    ]
+    for edit in edits:
+        edit()
+        prints.append(model_fingerprint(model))
+    assert len(set(prints)) == len(prints)
+    namespace["LOCK"] = threading.Lock()
+    with pytest.raises(Unfingerprintable, match=r"_thread\.lock \(global LOCK read by Net"):
+        model_fingerprint(model)
+
+
+def test_installed_code_is_named_not_followed() -> None:
+    # torch.nn.functional reads globals of its own (some unfingerprintable): never followed
+    def metric(outputs, targets):
+        return (torch.nn.functional.softmax(outputs, 1).argmax(1) == targets).sum(), 1
+
+    assert metric_fingerprint(metric) == metric_fingerprint(metric)

@@ -669,7 +669,7 @@ def test_a_bad_header_raises_a_clear_error(saved: tuple[Path, nn.Module], edit, 
     ("raw_header", "message"),
     [
         (zlib.compress(b"{not json"), "not valid JSON"),
-        (zlib.compress(b"[" * 100_000 + b"]" * 100_000), "not valid JSON|not a JSON object"),
+        (zlib.compress(b"[" * 100_000 + b"]" * 100_000), "more than [0-9]+ bytes"),
         (zlib.compress(b"\xff\xfe"), "not valid JSON"),
         (zlib.compress(b"[1, 2]"), "not a JSON object"),
         (zlib.compress(b"{}")[:-2], "truncated"),
