@@ -74,7 +74,7 @@ if SETTINGS.get("metric"):
 CHECK = """
 import pytest
 
-@pytest.mark.compress(quantize="int8", max_accuracy_drop=1.0)
+@pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99)
 def test_int8():
     pass
 """
