@@ -22,6 +22,7 @@ SKIPPED = "skipped"
 FAILED = "failed before making it"
 CRASHED = "its xdist worker crashed"
 NOT_RUN = "not run"
+LAST_FAILED = "not collected: --lf collects only the last failures"
 
 
 def file_of(test: str) -> str:
@@ -41,6 +42,9 @@ class Reach:
     # missing from the collection may merely have been deselected
     deselection_known: bool = True
     stopped: str | None = None  # why the session stopped before running everything
+    # why no file was collected completely (--lf leaves out passed tests without
+    # deselecting them), or None
+    filtered: str | None = None
 
     def record(self, report: pytest.TestReport) -> None:
         """Note one test report (the controller sees every worker's)."""
@@ -63,6 +67,8 @@ class Reach:
         """What only the end of the session tells: the items, node id arguments, a stop."""
         self.collected.update(item.nodeid for item in session.items)
         config = session.config
+        if config.getoption("lf", False):
+            self.filtered = LAST_FAILED
         for argument in config.args:
             if "::" in argument:  # `pytest a.py::test_one` collects only part of a.py
                 self.incomplete_files.add(_node_file(config, argument))
@@ -82,6 +88,8 @@ class Reach:
             return self.outcomes[test]
         if test in self.collected:
             return f"{NOT_RUN}: {self.stopped}" if self.stopped else NOT_RUN
+        if self.filtered is not None:
+            return self.filtered
         test_file = file_of(test)
         files = {file_of(node) for node in self.collected | self.deselected}
         complete = test_file in files and test_file not in self.incomplete_files

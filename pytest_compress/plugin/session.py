@@ -245,7 +245,8 @@ class CompressSession:
         except (OSError, BaselineError) as error:
             consequence = "the run fails for it" if requested else "not requested: the run goes on"
             self.write_errors.append(
-                f"pytest-compress: could not write the {what} {path}: {error} ({consequence})"
+                f"pytest-compress: could not write the {what} "
+                f"{_shown(path, self.config.rootpath)}: {error} ({consequence})"
             )
             self.failed_request = self.failed_request or requested
             return False
