@@ -154,11 +154,16 @@ def test_a_test_gone_from_a_complete_collection_is_still_stale(pytester):
 
 SESSION_END = """
 import pathlib
+import time
 
 @pytest.hookimpl(wrapper=True)
 def pytest_sessionfinish(session):
-    # before the plugin writes: tell the test this run has measured its checks
+    # A barrier before the plugin writes: both runs have read the baseline and measured
+    # their checks before either writes.
     pathlib.Path("reached-" + session.items[0].path.stem).touch()
+    deadline = time.monotonic() + 240
+    while len(list(pathlib.Path().glob("reached-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     return (yield)
 """
 
@@ -187,9 +192,10 @@ def _pytest_process(path: Path, *args: str) -> subprocess.Popen[str]:
 
 
 def test_concurrent_updates_on_different_files_lose_nothing(pytester):
-    # Deterministic by design: this test holds the baseline's lock until both runs have
-    # read the (empty) baseline and measured their checks, so each then writes from a
-    # stale view, the case where one run's entries used to vanish.
+    # Deterministic by design: a barrier in the conftest lets neither run write before
+    # both read the (empty) baseline, so each writes from a stale view, the case where one
+    # run's entries used to vanish; and this test holds the baseline's lock meanwhile, so
+    # both then wait for it together.
     pytester.makeconftest(CONFTEST + textwrap.dedent(SESSION_END))
     marked = '\nimport pytest\n\n@pytest.mark.compress(quantize="int8", max_accuracy_drop=1.0)\n'
     pytester.makepyfile(test_a=marked + "def test_a():\n    pass\n")
