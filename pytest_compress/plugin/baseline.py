@@ -3,7 +3,13 @@
 The file is sorted, indented JSON (one check per block, keys in order) so a change of
 one check is a small, reviewable diff, and it is written atomically: a temporary file in
 the same folder, flushed to disk, then ``os.replace``d over the old one, so a crash
-mid-write leaves the old file whole.
+mid-write leaves the old file whole. Writes take a lock and merge by entry
+(``merge_into_file``): the file is read again under the lock, this run's entries are set,
+the stale ones removed, and every other entry, a concurrent run's included, stays.
+
+The file is standard JSON: a non-finite number the plugin records (a metric that came out
+NaN) is written as null plus its name (``strict_json``); a bare ``NaN`` or ``Infinity``,
+which only a hand edit can put there, makes the file invalid.
 
 A later run compares: the compressed metric may be worse than the recorded one by at most
 ``tolerance`` (absolute, in the metric's units), and the compressed size may grow by at
@@ -19,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import strict_json
 from ..budgets import BudgetCheck, at_least, at_most
 from ..checks.result import CompressionResult
-from ..files import write_text_atomically
+from ..files import locked, write_text_atomically
 from ..tuning.grids import less_compression
 
 SCHEMA_VERSION = 1
@@ -58,16 +65,23 @@ class Baseline:
         """The baseline at ``path``, None when there is no file; ``BaselineError`` if invalid."""
         try:
             text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as error:
             raise BaselineError(f"cannot read the baseline file {path}: {error}") from None
         try:
-            document = json.loads(text)
+            document = strict_json.loads(text)
+        except strict_json.NonFiniteError as error:
+            raise BaselineError(
+                f"the baseline file {path} holds a non-finite number: {error}; a baseline "
+                "value must be a real number (the plugin writes a metric that came out NaN "
+                'as null with "non_finite"); fix the value, or run with '
+                "--compress-update-baseline to rewrite it"
+            ) from None
         except json.JSONDecodeError as error:
             raise BaselineError(
-                f"the baseline file {path} is not valid JSON ({error}); fix it, or delete it "
-                "and run with --compress-update-baseline to record a new one"
+                f"the baseline file {path} is not valid JSON ({error}); fix it, or run "
+                "with --compress-update-baseline to rewrite it"
             ) from None
         return cls(path, _validated(document, path))
 
@@ -83,26 +97,27 @@ class Baseline:
             return searched
         return _ordinary_gate(result, recorded, tolerance)
 
-    def stale(self, produced: Iterable[str], expected: Callable[[str], bool]) -> list[str]:
-        """Recorded check ids this run should have produced and did not, sorted.
+    def triage(
+        self, produced: Iterable[str], why_kept: Callable[[str], str | None]
+    ) -> tuple[list[str], dict[str, list[str]]]:
+        """(stale check ids, {reason: kept check ids}) of the recorded checks not produced.
 
-        ``expected(test)`` says whether this run was in a position to produce the checks of
-        the test node id ``test``: a test that was deselected, or whose file was not part
-        of the run, leaves its entries alone rather than calling them stale.
+        ``why_kept(test)`` says why the checks of test node id ``test`` stay although this
+        run did not make them (deselected, not run, ...), or None when the run proves them
+        stale (see ``reach.Reach``). Both sorted.
         """
         done = set(produced)
-        return sorted(
-            check_id
-            for check_id, entry in self.checks.items()
-            if check_id not in done and expected(test_of(check_id, entry))
-        )
-
-    def updated(
-        self, produced: Mapping[str, Mapping[str, Any]], stale: Iterable[str]
-    ) -> dict[str, dict[str, Any]]:
-        """The checks after an update: this run's, plus recorded ones it had no say about."""
-        kept = {k: v for k, v in self.checks.items() if k not in set(stale) and k not in produced}
-        return {**kept, **{k: dict(v) for k, v in produced.items()}}
+        stale: list[str] = []
+        kept: dict[str, list[str]] = {}
+        for check_id in sorted(self.checks):
+            if check_id in done:
+                continue
+            reason = why_kept(test_of(check_id, self.checks[check_id]))
+            if reason is None:
+                stale.append(check_id)
+            else:
+                kept.setdefault(reason, []).append(check_id)
+        return stale, kept
 
 
 def _ordinary_gate(
@@ -116,6 +131,13 @@ def _ordinary_gate(
     else:
         metric_limit = recorded_metric + tolerance
         metric_ok = at_most(metric, metric_limit)
+    if not math.isfinite(recorded_metric):
+        # a recorded NaN or infinity: only the same non-finite value matches it (a limit of
+        # NaN or infinity would otherwise make a gate that can never fail, or never pass)
+        same = not math.isfinite(metric) and strict_json.non_finite_name(
+            metric
+        ) == strict_json.non_finite_name(recorded_metric)
+        metric_limit, metric_ok = recorded_metric, same
     size, recorded_size = result.compressed_size, recorded["compressed_size"]
     size_limit = recorded_size * (1 + SIZE_GROWTH)
     return [
@@ -171,14 +193,48 @@ def baseline_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render(checks: Mapping[str, Mapping[str, Any]]) -> str:
-    """The file's text: sorted keys, two-space indent, a final newline."""
+    """The file's text: sorted keys, two-space indent, a final newline, standard JSON."""
     document = {"schema_version": SCHEMA_VERSION, "checks": dict(checks)}
-    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+    return strict_json.dumps(document, indent=2, sort_keys=True) + "\n"
 
 
 def write_baseline(path: Path, checks: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write the baseline atomically: the old file stays whole if anything fails midway."""
-    write_text_atomically(path, render(checks))
+    """Write the baseline atomically: the old file stays whole if anything fails midway.
+
+    Call it holding ``locked(path)``: it removes any temporary file a killed write left.
+    """
+    write_text_atomically(path, render(checks), leftovers_after=0)
+
+
+def merge_into_file(
+    path: Path,
+    produced: Mapping[str, Mapping[str, Any]],
+    stale: Iterable[str] = (),
+    *,
+    replace_unreadable: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Under the file's lock: this run's entries set, ``stale`` ones removed, others kept.
+
+    The file is read again under the lock, so entries another run wrote since this one
+    started stay. An unreadable file raises ``BaselineError``, unless
+    ``replace_unreadable`` (an update run asked to rewrite it). Returns what was written.
+    """
+    with locked(path):
+        try:
+            current = Baseline.load(path)
+        except BaselineError:
+            if not replace_unreadable:
+                raise
+            current = None
+        gone = set(stale)
+        checks = {
+            check_id: entry
+            for check_id, entry in (current.checks if current is not None else {}).items()
+            if check_id not in gone and check_id not in produced
+        }
+        checks.update({check_id: dict(entry) for check_id, entry in produced.items()})
+        write_baseline(path, checks)
+    return checks
 
 
 def _rounded(value: Any) -> Any:
@@ -208,6 +264,7 @@ def _validated(document: Any, path: Path) -> dict[str, dict[str, Any]]:
     for check_id, entry in checks.items():
         if not isinstance(entry, dict):
             raise wrong(f"the entry {check_id!r} is not an object")
+        checks[check_id] = entry = strict_json.decoded(entry)
         metric = entry.get("compressed_metric")
         if isinstance(metric, bool) or not isinstance(metric, (int, float)):
             raise wrong(f"the entry {check_id!r} has no numeric compressed_metric")

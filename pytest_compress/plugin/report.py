@@ -3,11 +3,12 @@
 Every report is built from the checks' plain dict entries (``CompressionResult.to_dict()``
 plus ``check``, ``test`` and ``baseline``), the form in which xdist workers send them,
 and lists them sorted by check id, so a parallel run reports exactly what a serial one does.
+The JSON report is standard JSON: a non-finite number is null plus its name
+(``"non_finite": {"compressed_metric": "NaN"}``, see ``strict_json``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -16,11 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import strict_json
 from ..files import write_text_atomically
 from ..metrics import MetricKind
 from ..tables import text_table
 from ..tuning.grids import format_setting
 from ..units import format_fraction, format_ratio, format_size
+from .reach import NOT_IN_RUN
 
 JSON_SCHEMA_VERSION = 1
 COLUMNS = ("test", "recipe", "metric", "drop", "size", "ratio", "sparsity", "verdict")
@@ -153,7 +156,7 @@ def write_json_report(
     path: Path, entries: Iterable[Entry], *, device: str, notes: Sequence[str] = ()
 ) -> None:
     document = json_report(entries, device=device, notes=notes)
-    write_text(path, json.dumps(document, indent=2) + "\n")
+    write_text(path, strict_json.dumps(document, indent=2) + "\n")
 
 
 def append_text(path: Path, text: str) -> None:
@@ -180,7 +183,7 @@ def baseline_lines(
     *,
     produced: int,
     written: str | None,
-    kept: int = 0,
+    kept: Mapping[str, Sequence[str]] | None = None,
     new: Sequence[str] = (),
     stale: Sequence[str] = (),
     regressed: Sequence[str] = (),
@@ -188,10 +191,14 @@ def baseline_lines(
     """What happened to the stored baseline, one fact per line."""
     if written == "recorded":
         return [f"baseline {path}: no baseline yet, recorded {produced} checks"]
+    if written == "rewritten":
+        return [
+            f"baseline {path}: the file could not be used; rewritten from this run "
+            f"({produced} checks)"
+        ]
     if written == "updated":
         lines = [f"baseline {path}: updated from this run ({produced} checks)"]
-        if kept:
-            lines.append(f"  kept: {kept} recorded checks of tests that did not run")
+        lines += kept_lines(kept or {})
         lines += [f"  added: {check}" for check in new]
         lines += [f"  removed (stale): {check}" for check in stale]
         return lines
@@ -204,6 +211,23 @@ def baseline_lines(
     lines += [f"  stale (no check produced it): {check}" for check in stale]
     if new or stale or regressed:
         lines.append("  run with --compress-update-baseline to rewrite the baseline from this run")
+    return lines
+
+
+def kept_lines(kept: Mapping[str, Sequence[str]], shown: int = 10) -> list[str]:
+    """The recorded checks an update kept although this run did not make them, by reason.
+
+    Those of files not part of the run (every partial run has them) are only counted.
+    """
+    lines = []
+    for reason in sorted(kept):
+        checks = kept[reason]
+        if reason == NOT_IN_RUN:
+            lines.append(f"  kept ({reason}): {len(checks)} recorded checks")
+            continue
+        lines += [f"  kept ({reason}): {check}" for check in checks[:shown]]
+        if len(checks) > shown:
+            lines.append(f"  kept ({reason}): ... and {len(checks) - shown} more")
     return lines
 
 

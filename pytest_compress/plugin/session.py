@@ -16,6 +16,7 @@ import importlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ import pytest
 from ..checks.cache import ResultCache
 from ..checks.request import CheckInputs, Recovery
 from ..checks.result import CompressionResult
-from .baseline import Baseline, BaselineError, baseline_entry, write_baseline
+from .baseline import Baseline, BaselineError, baseline_entry, merge_into_file
 from .markers import (
     DEFAULT_CALIBRATION_FIXTURE,
     DEFAULT_DATA_FIXTURE,
@@ -33,6 +34,7 @@ from .markers import (
     Fixtures,
 )
 from .options import Options, check_device
+from .reach import Reach
 from .report import (
     append_text,
     baseline_lines,
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from ..checks.runner import CheckRunner
 
 WORKEROUTPUT_KEY = "pytest_compress_entries"
+REPORT_KEY = "pytest_compress_entries"  # a worker's test report's attribute: its new entries
 _DEFAULT_FIXTURES = Fixtures()
 
 
@@ -74,10 +77,14 @@ class CompressSession:
         # what the reports say about data and the cache, by topic (workers' notes merge)
         self.input_notes: dict[str, str] = {}
         # which tests this run reached, to tell a stale baseline entry from one not run
-        self.ran: set[str] = set()
-        self.reported: set[str] = set()
-        self.deselected: set[str] = set()
+        self.reach = Reach()
         self.is_worker = hasattr(config, "workerinput")
+        self._sent = 0  # a worker's entries already sent with a test report
+        self._workers_reported = self._workers_lost = 0  # xdist controller
+        # the end of the session: writes that failed, and whether one the user asked for did
+        self.write_errors: list[str] = []
+        self.failed_request = False
+        self.unreadable_baseline: str | None = None
 
     # --- running checks ------------------------------------------------------------
 
@@ -146,32 +153,59 @@ class CompressSession:
         try:
             self.baseline = Baseline.load(self.options.baseline)
         except BaselineError as error:
-            raise pytest.UsageError(f"pytest-compress: {error}") from None
+            if not self.options.update_baseline:
+                raise pytest.UsageError(f"pytest-compress: {error}") from None
+            # the advice of the error: an update rewrites the file from this run
+            self.unreadable_baseline = str(error)
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
-        self.deselected.update(item.nodeid for item in items)
+        self.reach.deselected.update(item.nodeid for item in items)
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self.reach.record_collection(report)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        """xdist controller: the tests a worker collected (and will run), known up front."""
+        self.reach.collected.update(ids)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
+        report = yield
+        if self.is_worker and len(self.entries) > self._sent:
+            # Each report carries the entries made since the last one: the controller
+            # gets a check as soon as its test phase ends, even if this worker crashes later.
+            setattr(report, REPORT_KEY, json.dumps(self.entries[self._sent :]))
+            self._sent = len(self.entries)
+        return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Under xdist the controller sees every worker's reports here too.
-        self.reported.add(report.nodeid)
-        if report.when == "call":
-            self.ran.add(report.nodeid)
+        if self.is_worker:
+            return
+        self.reach.record(report)
+        sent = getattr(report, REPORT_KEY, None)
+        if sent:
+            self.entries.extend(json.loads(sent))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """xdist controller: collect the entries a worker sent."""
+        """xdist controller: what a worker sent at its end (none if it crashed)."""
         payload = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY)
         if payload:
             sent = json.loads(payload)
             self.entries.extend(sent["entries"])
-            self.deselected.update(sent["deselected"])
+            self.reach.deselected.update(sent["deselected"])
             self.input_notes.update(sent["notes"])
+            self._workers_reported += 1
+        else:
+            self._workers_lost += 1
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:
             sent = {
-                "entries": self.entries,
-                "deselected": sorted(self.deselected),
+                "entries": self.entries[self._sent :],
+                "deselected": sorted(self.reach.deselected),
                 "notes": self.input_notes,
             }
             # workeroutput: set on a worker's config by xdist, unknown to pytest's types
@@ -179,37 +213,70 @@ class CompressSession:
             return
         # One entry per check id (a rerun plugin may run a test twice): the last one counts.
         self.entries = sorted_entries({e["check"]: e for e in self.entries}.values())
-        if self.entries:
-            self._write_reports()
-            self._gate_baseline()
+        if not self.entries:
+            return
+        self.reach.finish(session, exitstatus)
+        if self._workers_lost and not self._workers_reported:
+            self.reach.deselection_known = False  # every worker's list of deselected is lost
+        self._write_reports()
+        self._gate_baseline()
+        if self.failed_request and session.exitstatus == pytest.ExitCode.OK:
+            # an artifact the user asked for is missing: the run must not look green
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.options.summary or not self.entries:
-            return
-        terminalreporter.write_sep("=", "compression report")
-        for line in terminal_table(self.entries):
-            terminalreporter.write_line(line)
-        for line in [*self._cache_lines(), *self.notes]:
-            terminalreporter.write_line(line)
+        if self.options.summary and self.entries:
+            terminalreporter.write_sep("=", "compression report")
+            for line in terminal_table(self.entries):
+                terminalreporter.write_line(line)
+            for line in [*self._cache_lines(), *self.notes]:
+                terminalreporter.write_line(line)
+        elif self.write_errors:
+            terminalreporter.write_sep("=", "pytest-compress")
+        for line in self.write_errors:
+            terminalreporter.write_line(line, red=True)
 
     # --- the end of the session ----------------------------------------------------
 
-    def _write_reports(self) -> None:
-        if self.options.report is not None:
-            write_json_report(
-                self.options.report,
-                self.entries,
-                device=self.options.device,
-                notes=self._cache_lines(),
+    def _attempt(self, what: str, path: Path, requested: bool, write: Callable[[], Any]) -> bool:
+        """Run one write; a failure is an error line (and, if requested, a failed run)."""
+        try:
+            write()
+        except (OSError, BaselineError) as error:
+            consequence = "the run fails for it" if requested else "not requested: the run goes on"
+            self.write_errors.append(
+                f"pytest-compress: could not write the {what} "
+                f"{_shown(path, self.config.rootpath)}: {error} ({consequence})"
             )
-            self.notes.append(f"JSON report written to {self.options.report}")
+            self.failed_request = self.failed_request or requested
+            return False
+        return True
+
+    def _write_reports(self) -> None:
+        report, markdown = self.options.report, self.options.markdown
+        if report is not None and self._attempt(
+            "JSON report",
+            report,
+            True,
+            lambda: write_json_report(
+                report, self.entries, device=self.options.device, notes=self._cache_lines()
+            ),
+        ):
+            self.notes.append(f"JSON report written to {report}")
         table = markdown_table(self.entries, self._cache_lines())
-        if self.options.markdown is not None:
-            write_text(self.options.markdown, table)
-            self.notes.append(f"Markdown report written to {self.options.markdown}")
+        if markdown is not None and self._attempt(
+            "Markdown report", markdown, True, lambda: write_text(markdown, table)
+        ):
+            self.notes.append(f"Markdown report written to {markdown}")
         step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if step_summary:
-            append_text(Path(step_summary), table)
+            summary = Path(step_summary)
+            self._attempt(
+                "step summary ($GITHUB_STEP_SUMMARY)",
+                summary,
+                False,
+                lambda: append_text(summary, table),
+            )
 
     def _cache_lines(self) -> list[str]:
         return cache_lines(
@@ -220,22 +287,21 @@ class CompressSession:
         path = self.options.baseline
         shown = _shown(path, self.config.rootpath)
         produced = {entry["check"]: baseline_entry(entry) for entry in self.entries}
-        if self.baseline is None:  # the first run records
-            write_baseline(path, produced)
-            self.notes.extend(baseline_lines(shown, produced=len(produced), written="recorded"))
+        if self.baseline is None:
+            self._record_baseline(path, shown, produced)
             return
-        stale = self.baseline.stale(produced, self._expected)
+        stale, kept = self.baseline.triage(produced, self.reach.why_kept)
         new = [check for check in produced if check not in self.baseline.checks]
         written = None
-        if self.options.update_baseline:
-            checks = self.baseline.updated(produced, stale)
-            write_baseline(path, checks)
+        if self.options.update_baseline and self._attempt(
+            "baseline", path, True, lambda: merge_into_file(path, produced, stale)
+        ):
             written = "updated"
         self.notes.extend(
             baseline_lines(
                 shown,
                 produced=len(produced),
-                kept=len(checks) - len(produced) if written else 0,
+                kept=kept,
                 new=new,
                 stale=stale,
                 regressed=[e["check"] for e in self.entries if e["baseline"] == "regressed"],
@@ -243,15 +309,21 @@ class CompressSession:
             )
         )
 
-    def _expected(self, test: str) -> bool:
-        """Whether this run should have produced the recorded checks of node id ``test``."""
-        if test in self.ran:
-            return True  # its body ran: a check it did not produce is stale
-        if test in self.reported or test in self.deselected:
-            return False  # skipped, errored at setup or deselected: nothing to conclude
-        # Not collected: stale if its file was part of this run (a deleted or renamed test),
-        # unknown if the run did not include that file.
-        return test.split("::", 1)[0] in {node.split("::", 1)[0] for node in self.reported}
+    def _record_baseline(
+        self, path: Path, shown: Path, produced: dict[str, dict[str, Any]]
+    ) -> None:
+        """No usable baseline: the first run records one (a write nobody asked for, so a
+        failure does not fail the run); an update rewrites a file it could not use."""
+        update = self.options.update_baseline
+        if not self._attempt(
+            "baseline",
+            path,
+            update,
+            lambda: merge_into_file(path, produced, replace_unreadable=update),
+        ):
+            return
+        written = "rewritten" if self.unreadable_baseline else "recorded"
+        self.notes.extend(baseline_lines(shown, produced=len(produced), written=written))
 
 
 def junit_properties(check_id: str, result: CompressionResult) -> list[tuple[str, object]]:

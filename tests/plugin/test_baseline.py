@@ -194,7 +194,7 @@ def test_a_partial_run_neither_calls_other_checks_stale_nor_drops_them(pytester)
     updated.stdout.fnmatch_lines(
         [
             "baseline .compress-baseline.json: updated from this run (1 checks)",
-            "  kept: 1 recorded checks of tests that did not run",
+            "  kept (deselected): test_project.py::test_sweep [int4 per-channel]",
         ]
     )
     assert read_json(path)["checks"] == before

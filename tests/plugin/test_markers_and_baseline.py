@@ -138,7 +138,7 @@ def test_baseline_compare_allows_the_tolerance_and_one_percent_of_size():
     assert stored.compare("other", result(0.895, 1010), 0.005) is None
 
 
-def test_stale_checks_are_those_the_run_should_have_produced():
+def test_stale_checks_are_those_the_run_proves_gone():
     stored = Baseline(
         Path("b.json"),
         {
@@ -149,16 +149,12 @@ def test_stale_checks_are_those_the_run_should_have_produced():
         },
     )
     ran = {"a.py::test_ran", "a.py::test_kept"}
-    stale = stored.stale(["a.py::test_ran", "a.py::test_kept"], ran.__contains__)
+    stale, kept = stored.triage(
+        ["a.py::test_ran", "a.py::test_kept"], lambda test: None if test in ran else "not run"
+    )
     # the callable's entry belongs to test_ran, which ran and did not produce it
     assert stale == ["a.py::test_ran [int4 per-channel]"]
-    updated = stored.updated({"a.py::test_new": ENTRY, "a.py::test_ran": {"x": 1}}, stale)
-    assert updated == {
-        "a.py::test_ran": {"x": 1},
-        "a.py::test_not_run": ENTRY,
-        "a.py::test_kept": {**ENTRY, "test": "a.py::test_kept"},
-        "a.py::test_new": ENTRY,
-    }
+    assert kept == {"not run": ["a.py::test_not_run"]}
 
 
 def test_pytest_help_loads_the_plugin_without_importing_torch(tmp_path):
