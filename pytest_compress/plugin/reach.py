@@ -1,11 +1,12 @@
 """How far this run reached each test: what the absence of a recorded check means.
 
 A recorded check this run did not produce is stale only when the run proves the check
-is gone: its test ran to the end (passed) without making it, or its test no longer exists
-in a complete collection of its file. Any other absence keeps the entry, for a reason the
-terminal names: the test was deselected, skipped, failed before making the check, was not
-run because the session stopped (Ctrl-C, ``-x``), or its xdist worker crashed; or its file
-was not collected completely (not part of the run, a collection error, a node id argument).
+is gone: its test ran to the end (passed) without making it, its test no longer exists
+in a complete collection of its file, or its file was deleted. Any other absence keeps
+the entry, for a reason the terminal names: the test was deselected, skipped, failed
+before making the check, was not run because the session stopped (Ctrl-C, ``-x``), or its
+xdist worker crashed; or its file was not collected completely (not part of the run, a
+collection error, a node id argument).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Reach:
     # why no file was collected completely (--lf leaves out passed tests without
     # deselecting them), or None
     filtered: str | None = None
+    root: Path | None = None  # the rootdir node ids are relative to
 
     def record(self, report: pytest.TestReport) -> None:
         """Note one test report (the controller sees every worker's)."""
@@ -67,6 +69,7 @@ class Reach:
         """What only the end of the session tells: the items, node id arguments, a stop."""
         self.collected.update(item.nodeid for item in session.items)
         config = session.config
+        self.root = config.rootpath
         if config.getoption("lf", False):
             self.filtered = LAST_FAILED
         for argument in config.args:
@@ -95,7 +98,17 @@ class Reach:
         complete = test_file in files and test_file not in self.incomplete_files
         if complete and self.deselection_known:
             return None  # the test no longer exists in a complete collection of its file
+        if self.deleted(test_file):
+            return None  # its file is gone: no collection can hold the test any more
         return NOT_IN_RUN
+
+    def deleted(self, test_file: str) -> bool:
+        """Whether ``test_file`` no longer exists, in a folder that still does (a file removed
+        or renamed; a folder that is missing too suggests node ids of another rootdir)."""
+        if self.root is None or not test_file.endswith(".py"):
+            return False
+        path = self.root / test_file
+        return not path.exists() and path.parent.is_dir()
 
 
 def _node_file(config: pytest.Config, argument: str) -> str:

@@ -152,6 +152,20 @@ def test_a_test_gone_from_a_complete_collection_is_still_stale(pytester):
     assert "test_project.py::test_3" not in checks(pytester.path)
 
 
+def test_the_checks_of_a_deleted_test_file_are_stale_even_in_a_partial_run(pytester):
+    make_project(pytester, THREE)
+    pytester.makepyfile(test_other=THREE)
+    pytester.runpytest().assert_outcomes(passed=6)
+    (pytester.path / "test_other.py").unlink()
+    # a node id argument makes test_project.py's collection partial: its entries stay, but
+    # test_other.py is gone from disk, so no collection can hold its tests any more
+    updated = pytester.runpytest("test_project.py::test_1", "--compress-update-baseline")
+    updated.stdout.fnmatch_lines(["  removed (stale): test_other.py::test_1"])
+    recorded = set(checks(pytester.path))
+    assert not any(check.startswith("test_other.py") for check in recorded)
+    assert {"test_project.py::test_2", "test_project.py::test_3"} <= recorded
+
+
 SESSION_END = """
 import pathlib
 import time
