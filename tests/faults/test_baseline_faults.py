@@ -102,8 +102,9 @@ def test_a_crashed_xdist_worker_loses_neither_its_checks_nor_their_baseline_entr
         test_b='import pytest\n\n@pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99)\n'
         "def test_4():\n    pass\n",
     )
+    # the baseline, recorded in-process (a serial run records the same check ids)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)
     xdist = ("-n", "2", "--dist", "loadfile", "--max-worker-restart=0")
-    run_subprocess(pytester.path, *xdist).assert_outcomes(passed=4)
     (pytester.path / "crash.txt").write_text("")
     crashed = run_subprocess(
         pytester.path, *xdist, "--compress-update-baseline", "--compress-report=report.json"
