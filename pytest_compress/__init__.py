@@ -98,9 +98,9 @@ def __getattr__(name: str) -> Any:
     module = EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pytest_compress' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+    # Not cached here: importing through sys.modules each time gives the module that is
+    # loaded now, also after a pytester in-process run discarded the one loaded before.
+    return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
 def __dir__() -> list[str]:

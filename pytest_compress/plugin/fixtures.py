@@ -13,7 +13,7 @@ import pytest
 from ..budgets import BudgetExceeded
 from ..checks.result import CompressionResult
 from ..errors import CompressError
-from .markers import CheckRequest, call_label, call_request
+from .markers import CALL_SIGNATURE, CheckRequest, bind_call, call_label, call_request
 from .session import CompressSession
 from .stash import CALLS_KEY, REQUEST_KEY, RESULT_KEY, SESSION_KEY
 
@@ -48,11 +48,12 @@ def compression(request: pytest.FixtureRequest) -> CompressionResult:
 def compress(request: pytest.FixtureRequest) -> Callable[..., CompressionResult]:
     """A callable that runs a compression check from the test body.
 
-    ``compress(model=None, data=None, *, quantize=None, prune=None, higher_is_better=True,
-    search=None, keep_float=None, **budgets)``: ``model`` and ``data`` are fixture names or
-    objects (default: the ``compress_model`` and ``compress_data`` fixtures). Returns the
-    ``CompressionResult``; with budgets, raises ``BudgetExceeded`` (an ``AssertionError``)
-    when one breaks.
+    ``compress(model=None, data=None, *, ...)`` takes every argument of the marker (its
+    signature is ``CALL_SIGNATURE``, made from the marker's): the recipe, the budgets, the
+    adjustments, and the fixture arguments ``model``, ``data``, ``metric``,
+    ``calibration_data``, ``recover`` and ``recover_data``, each a fixture's name or the
+    object itself (None: the marker's default fixture). Returns the ``CompressionResult``;
+    with budgets, raises ``BudgetExceeded`` (an ``AssertionError``) when one breaks.
 
     Example::
 
@@ -65,39 +66,17 @@ def compress(request: pytest.FixtureRequest) -> Callable[..., CompressionResult]
     if state.options.disable:
         pytest.skip(DISABLED_REASON)
 
-    def compress(
-        model: Any = None,
-        data: Any = None,
-        *,
-        quantize: Any = None,
-        prune: Any = None,
-        higher_is_better: bool = True,
-        search: str | None = None,
-        keep_float: Any = None,
-        **budgets: Any,
-    ) -> CompressionResult:
+    def compress(*args: Any, **kwargs: Any) -> CompressionResult:
         __tracebackhide__ = True
-        check = call_request(
-            model,
-            data,
-            quantize,
-            prune,
-            higher_is_better,
-            budgets,
-            search=search,
-            keep_float=keep_float,
-        )
-        result = state.run(
-            request,
-            check,
-            check_id=_call_id(request, check, model, data),
-            model=model,
-            data=data,
-        )
+        arguments = bind_call(args, kwargs)
+        check = call_request(arguments)
+        model, data = arguments.get("model"), arguments.get("data")
+        result = state.run(request, check, check_id=_call_id(request, check, model, data))
         if not result.passed:
             raise BudgetExceeded(result.explain(), result)
         return result
 
+    compress.__signature__ = CALL_SIGNATURE  # type: ignore[attr-defined]  # for help()
     return compress
 
 

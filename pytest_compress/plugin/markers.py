@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..budgets import BUDGET_NAMES, Budgets
@@ -57,6 +57,8 @@ class CheckRequest:
 
     check: Check
     fixtures: Fixtures = Fixtures()
+    # Objects a compress(...) call gave for fixture arguments (model=, metric=...), by name.
+    given: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def recipe(self) -> Recipe:
@@ -94,6 +96,31 @@ MARKER_LINE = (
     + ", ".join(f"{name}={p.default!r}" for name, p in MARKER_SIGNATURE.parameters.items())
     + "): quantize and/or prune the model fixture, measure it on the data fixture "
     "and fail the test when a budget breaks (pytest-compress)"
+)
+
+
+# The arguments that name a fixture in the marker; the callable also takes objects there.
+FIXTURE_ARGUMENTS = ("model", "data", "metric", "calibration_data", "recover", "recover_data")
+# The compress fixture's callable takes what the marker takes, from the same table: model
+# and data may come first by position, and every fixture argument defaults to None (the
+# marker's default fixture).
+CALL_SIGNATURE = inspect.Signature(
+    [
+        *(
+            inspect.Parameter(
+                name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation="Any"
+            )  # fmt: skip
+            for name in ("model", "data")
+        ),
+        *(
+            parameter.replace(default=None, annotation="Any")
+            if name in FIXTURE_ARGUMENTS
+            else parameter
+            for name, parameter in MARKER_SIGNATURE.parameters.items()
+            if name not in ("model", "data")
+        ),
+    ],
+    return_annotation="CompressionResult",
 )
 
 
@@ -141,47 +168,45 @@ def parse_marker(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> CheckReque
     return CheckRequest(check, fixtures)
 
 
-def call_request(
-    model: Any,
-    data: Any,
-    quantize: Any,
-    prune: Any,
-    higher_is_better: Any,
-    budgets: Mapping[str, Any],
-    *,
-    search: Any = None,
-    keep_float: Any = None,
-) -> CheckRequest:
-    """Validate the arguments of the ``compress`` fixture's callable.
+def call_request(arguments: Mapping[str, Any]) -> CheckRequest:
+    """Validate the arguments of the ``compress`` fixture's callable (bound to
+    ``CALL_SIGNATURE``).
 
-    As the marker, except that budgets are optional (a search still needs one) and
-    ``model`` / ``data`` may be objects rather than fixture names. An unknown keyword is
-    a ``TypeError``, as for any Python call; a bad value a ``ValueError`` naming the
-    argument.
+    As the marker, except that budgets are optional (a search still needs one) and every
+    fixture argument (``model``, ``data``, ``metric``, ``calibration_data``, ``recover``,
+    ``recover_data``) may be an object rather than a fixture's name. A bad value is a
+    ``ValueError`` naming the argument.
     """
-    for name in budgets:
-        if name not in BUDGET_NAMES:
-            raise TypeError(
-                f"compress() got an unexpected keyword argument {name!r}; budgets are "
-                + ", ".join(BUDGET_NAMES)
-            )
-    values = {
-        "quantize": quantize,
-        "prune": prune,
-        "higher_is_better": higher_is_better,
-        "search": search,
-        "keep_float": keep_float,
-        **budgets,
-    }
+    values = {name: value for name, value in arguments.items() if value is not None}
     try:
         check = parse_check(values)
+        names = {
+            name: fixture_name(value, name)
+            for name, value in values.items()
+            if name in FIXTURE_ARGUMENTS and isinstance(value, str)
+        }
     except MarkerError as error:
         raise ValueError(f"compress(): {error}") from None
-    fixtures = Fixtures(
-        model=model if isinstance(model, str) else DEFAULT_MODEL_FIXTURE,
-        data=data if isinstance(data, str) else DEFAULT_DATA_FIXTURE,
-    )
-    return CheckRequest(check, fixtures)
+    given = {
+        name: value
+        for name, value in values.items()
+        if name in FIXTURE_ARGUMENTS and not isinstance(value, str)
+    }
+    return CheckRequest(check, Fixtures(**names), given)
+
+
+def bind_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``compress(...)`` call's arguments by name; ``TypeError`` as Python words it,
+    with a hint for a misspelt keyword."""
+    for name in kwargs:
+        if name not in CALL_SIGNATURE.parameters:
+            close = difflib.get_close_matches(name, ARGUMENTS, n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise TypeError(
+                f"compress() got an unexpected keyword argument {name!r}{hint}; it takes "
+                f"the marker's arguments: {', '.join(ARGUMENTS)}"
+            )
+    return dict(CALL_SIGNATURE.bind(*args, **kwargs).arguments)
 
 
 def parse_check(values: Mapping[str, Any]) -> Check:

@@ -94,15 +94,10 @@ class CompressSession:
         check: CheckRequest,
         *,
         check_id: str,
-        model: Any = None,
-        data: Any = None,
     ) -> CompressionResult:
-        """Resolve the fixtures, run the check, apply the baseline gate and record it.
-
-        ``model`` / ``data`` are objects given to the ``compress`` callable; None means
-        "the fixtures the request names".
-        """
-        inputs = resolve_inputs(request, check.fixtures, model, data)
+        """Resolve the fixtures (or the objects a ``compress`` call gave), run the check,
+        apply the baseline gate and record it."""
+        inputs = resolve_inputs(request, check)
         started = time.time()
         result = self.runner.run(check.check, inputs)
         finished = time.time()
@@ -342,46 +337,51 @@ def junit_properties(check_id: str, result: CompressionResult) -> list[tuple[str
     ]
 
 
-def resolve_inputs(
-    request: pytest.FixtureRequest, fixtures: Fixtures, model: Any = None, data: Any = None
-) -> CheckInputs:
+def resolve_inputs(request: pytest.FixtureRequest, check: CheckRequest) -> CheckInputs:
     """The check's inputs: its fixtures' values, or the objects a ``compress`` call gave."""
-    model_object, model_label = _resolve(request, model, fixtures.model, "model")
-    data_object, data_label = _resolve(request, data, fixtures.data, "data")
-    calibration = None
+    fixtures, given = check.fixtures, check.given
+    model_object, model_label = _resolve(request, given.get("model"), fixtures.model, "model")
+    data_object, data_label = _resolve(request, given.get("data"), fixtures.data, "data")
+    calibration, calibration_label = given.get("calibration_data"), "calibration data"
     # The default calibration fixture belongs to the default data fixture; a check on
     # other data calibrates on that data unless it names its own calibration fixture.
-    if (
+    if calibration is None and (
         fixtures.calibration_data != DEFAULT_CALIBRATION_FIXTURE
         or data_label == DEFAULT_DATA_FIXTURE
     ):
-        calibration = _named_or_optional(request, fixtures.calibration_data, "calibration_data")
+        calibration_label = fixtures.calibration_data
+        calibration = _named_or_optional(request, calibration_label, "calibration_data")
+    metric, metric_label = given.get("metric"), "metric"
+    if metric is None:
+        metric_label = fixtures.metric
+        metric = _named_or_optional(request, metric_label, "metric")
     return CheckInputs(
         model=model_object,
         data=data_object,
         model_label=model_label,
         data_label=data_label,
-        metric=_named_or_optional(request, fixtures.metric, "metric"),
-        metric_label=fixtures.metric,
+        metric=metric,
+        metric_label=metric_label,
         calibration=calibration,
-        calibration_label=fixtures.calibration_data,
-        recovery=_recovery(request, fixtures),
+        calibration_label=calibration_label,
+        recovery=_recovery(request, check),
     )
 
 
-def _recovery(request: pytest.FixtureRequest, fixtures: Fixtures) -> Recovery | None:
-    """The check's ``Recovery`` (its fixture's callable and training data), or None."""
-    if fixtures.recover is None:
+def _recovery(request: pytest.FixtureRequest, check: CheckRequest) -> Recovery | None:
+    """The check's ``Recovery`` (its callable and training data), or None."""
+    fixtures, given = check.fixtures, check.given
+    if fixtures.recover is None and "recover" not in given:
         return None
-    recover_fn = _resolve(request, None, fixtures.recover, "recover")[0]
+    recover_fn = _resolve(request, given.get("recover"), fixtures.recover or "", "recover")[0]
     if not callable(recover_fn):
         pytest.fail(
             f"pytest-compress: the recover fixture {fixtures.recover!r} must return a "
             f"callable (model, data) -> model, got {type(recover_fn).__name__}",
             pytrace=False,
         )
-    train = _resolve(request, None, fixtures.recover_data, "recover_data")[0]
-    return Recovery(recover_fn, train)
+    train = _resolve(request, given.get("recover_data"), fixtures.recover_data, "recover_data")
+    return Recovery(recover_fn, train[0])
 
 
 def _resolve(

@@ -432,7 +432,9 @@ def test_the_callable_fixture_searches_too(pytester):
     result.stdout.fnmatch_lines(["test_project.py::test_sweep [[]search bits[]]*"])
 
 
-def test_search_trials_are_cached_and_recovered_checks_are_not(pytester):
+def test_search_trials_are_cached_and_recovered_checks_are_not(
+    pytester, _optimizer_modules_imported
+):
     make_project(
         pytester,
         """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pytest_compress.plugin.markers import CALL_SIGNATURE, FIXTURE_ARGUMENTS, MARKER_SIGNATURE
 from tests.plugin_projects import make_project
 
 
@@ -130,7 +131,7 @@ def test_bad_arguments_raise_with_the_valid_forms(pytester):
         import pytest
 
         def test_unknown_budget(compress):
-            with pytest.raises(TypeError, match="max_acc_drop.*budgets are max_accuracy_drop"):
+            with pytest.raises(TypeError, match="max_acc_drop.*did you mean max_accuracy_drop"):
                 compress(quantize="int8", max_acc_drop=0.1)
 
         def test_bad_spec(compress):
@@ -147,3 +148,52 @@ def test_bad_arguments_raise_with_the_valid_forms(pytester):
         """,
     )
     pytester.runpytest().assert_outcomes(passed=4)
+
+
+def test_the_callable_takes_every_argument_of_the_marker() -> None:
+    # one table: the callable's parameters are the marker's, model and data first
+    assert list(CALL_SIGNATURE.parameters)[:2] == ["model", "data"]
+    assert set(CALL_SIGNATURE.parameters) == set(MARKER_SIGNATURE.parameters)
+    for name, parameter in MARKER_SIGNATURE.parameters.items():
+        if name not in FIXTURE_ARGUMENTS:  # a fixture argument defaults to None: the marker's
+            assert CALL_SIGNATURE.parameters[name].default == parameter.default, name
+
+
+def test_a_second_model_is_checked_with_its_own_metric_and_data(pytester):
+    # a sweep over another model, data, metric and calibration data, all given as objects
+    make_project(
+        pytester,
+        """
+        import torch
+        from torch import nn
+        from pytest_compress import model_metric
+
+        def test_student(compress, compress_model):
+            torch.manual_seed(3)
+            student = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+            inputs = torch.randn(64, 16)
+            with torch.no_grad():
+                targets = student(inputs)
+            data = [(inputs, targets)]
+
+            def mse(model, batches):
+                with torch.no_grad():
+                    return float(sum(((model(x) - y) ** 2).mean() for x, y in batches))
+
+            result = compress(
+                student,
+                data,
+                quantize="w8a8",
+                metric=model_metric(mse),
+                calibration_data=[(inputs[:8], targets[:8])],
+                higher_is_better=False,
+                max_accuracy_drop=0.05,
+            )
+            assert (result.metric, result.float_metric) == ("mse", 0.0)
+            assert 0 < result.compressed_metric <= 0.05
+            assert result.model == "<Sequential>"
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["test_project.py::test_student [[]w8a8*on Sequential/list[]]*ok"])
