@@ -99,6 +99,9 @@ MARKER_LINE = (
 )
 
 
+# How alike a misspelt argument must be to get a "did you mean" (max_acc_drop is; a budget
+# that does not exist, such as max_cosine_drop, gets the list of arguments instead).
+HINT_CUTOFF = 0.75
 # The arguments that name a fixture in the marker; the callable also takes objects there.
 FIXTURE_ARGUMENTS = ("model", "data", "metric", "calibration_data", "recover", "recover_data")
 # The compress fixture's callable takes what the marker takes, from the same table: model
@@ -143,7 +146,7 @@ def parse_marker(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> CheckReque
         )
     for name in kwargs:
         if name not in ARGUMENTS:
-            close = difflib.get_close_matches(name, ARGUMENTS, n=1)
+            close = difflib.get_close_matches(name, ARGUMENTS, n=1, cutoff=HINT_CUTOFF)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise MarkerError(
                 name, f"unknown argument{hint}; valid arguments: {', '.join(ARGUMENTS)}"
@@ -200,7 +203,7 @@ def bind_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any
     with a hint for a misspelt keyword."""
     for name in kwargs:
         if name not in CALL_SIGNATURE.parameters:
-            close = difflib.get_close_matches(name, ARGUMENTS, n=1, cutoff=0.75)
+            close = difflib.get_close_matches(name, ARGUMENTS, n=1, cutoff=HINT_CUTOFF)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise TypeError(
                 f"compress() got an unexpected keyword argument {name!r}{hint}; it takes "

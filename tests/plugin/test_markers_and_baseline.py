@@ -175,3 +175,13 @@ def test_pytest_help_loads_the_plugin_without_importing_torch(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout
     assert output.strip() == "0 True []"
+
+
+def test_a_hint_is_offered_only_for_a_close_misspelling():
+    with pytest.raises(MarkerError, match=r"did you mean max_accuracy_drop\?") as close:
+        parse_marker((), {"quantize": "int8", "max_acc_drop": 0.1})
+    with pytest.raises(MarkerError) as far:
+        parse_marker((), {"quantize": "int8", "max_cosine_drop": 0.1})
+    assert close.value.argument == far.value.argument.replace("cosine", "acc")
+    assert "did you mean" not in str(far.value)
+    assert "valid arguments: quantize, prune, max_accuracy_drop" in str(far.value)
