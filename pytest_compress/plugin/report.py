@@ -207,7 +207,7 @@ def baseline_lines(
         f"{len(new)} new, {len(stale)} stale"
     ]
     lines += [f"  regressed: {check}" for check in regressed]
-    lines += [f"  new (not in the baseline, passes): {check}" for check in new]
+    lines += [f"  new (not in the baseline): {check}" for check in new]
     lines += [f"  stale (no check produced it): {check}" for check in stale]
     if new or stale or regressed:
         lines.append("  run with --compress-update-baseline to rewrite the baseline from this run")

@@ -161,7 +161,7 @@ def test_new_and_stale_checks_are_reported(pytester):
     result.stdout.fnmatch_lines(
         [
             "baseline .compress-baseline.json: 1 checks compared, 0 regressed, 1 new, 1 stale",
-            "  new (not in the baseline, passes): test_project.py::test_int8_renamed",
+            "  new (not in the baseline): test_project.py::test_int8_renamed",
             "  stale (no check produced it): test_project.py::test_int8",
         ]
     )
