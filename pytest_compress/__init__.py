@@ -33,6 +33,15 @@ EXPORTS: dict[str, str] = {
     "model_size": "engine.measure",
     "sparsity": "engine.measure",
     "SparsityReport": "engine.measure",
+    "top1_accuracy": "engine.measure",
+    # built-in metrics
+    "builtin_metric": "engine.metrics",
+    "BuiltinMetric": "engine.metrics",
+    "topk_accuracy": "engine.metrics",
+    "cosine_similarity": "engine.metrics",
+    "mean_squared_error": "engine.metrics",
+    "relative_error": "engine.metrics",
+    "perplexity": "engine.metrics",
     # the file format
     "save_compressed": "fileformat.container",
     "load_compressed": "fileformat.container",
@@ -74,6 +83,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs; a test holds this list to EXPOR
         model_metric,
         model_size,
         sparsity,
+        top1_accuracy,
+    )
+    from .engine.metrics import (
+        BuiltinMetric,
+        builtin_metric,
+        cosine_similarity,
+        mean_squared_error,
+        perplexity,
+        relative_error,
+        topk_accuracy,
     )
     from .engine.quant import QuantizedTensor, dequantize, fake_quantize, quantize
     from .engine.specs import PruneSpec, QuantSpec

@@ -33,7 +33,8 @@ from torch import nn
 from ..engine.apply import compress_model, copy_model
 from ..engine.batches import model_device
 from ..engine.layers import computed_weights, skipped_layers
-from ..engine.measure import evaluate, model_size, sparsity
+from ..engine.measure import evaluate, metric_source, model_size, reference_outputs, sparsity
+from ..engine.metrics import BuiltinMetric, builtin_metric
 from ..errors import BudgetError, ModelError
 from ..fileformat.container import compressed_size
 from ..metrics import DEFAULT_METRIC, MetricKind
@@ -93,6 +94,8 @@ class CheckRunner:
         self.results = results
         self.references = IdentityMemo()
         self.folded = IdentityMemo()  # models with torch.nn.utils.prune weights, folded once
+        self.sources = IdentityMemo()  # the output a built-in metric reads, per model and data
+        self.float_outputs = IdentityMemo()  # what a relative metric compares with
         self.inputs = PreparedInputs(
             device=device, cache_mb=cache_mb, fingerprints=results is not None, notes=notes
         )
@@ -105,6 +108,7 @@ class CheckRunner:
         that means nothing for the metric, is a ``CompressError`` before any work.
         """
         require_model(inputs.model, inputs.model_label)
+        inputs = with_builtin_metric(inputs)
         refuse_meaningless(check, inputs)
         evaluation = self.inputs.data(inputs.data_label, inputs.data)
         calibration = evaluation
@@ -167,20 +171,45 @@ def require_model(model: Any, label: str) -> None:
         )
 
 
+def with_builtin_metric(inputs: CheckInputs) -> CheckInputs:
+    """``inputs`` with a built-in metric's name (``"cosine"``) made its ``BuiltinMetric``,
+    labelled by the name; an unknown name is a ``CompressError`` listing the built-ins."""
+    if not isinstance(inputs.metric, str):
+        return inputs
+    return dataclasses.replace(
+        inputs, metric=builtin_metric(inputs.metric), metric_label=inputs.metric
+    )
+
+
 def refuse_meaningless(check: Check, inputs: CheckInputs) -> None:
     """``BudgetError`` for a check that cannot mean anything with its resolved metric:
-    a budget that cannot fail, or ``higher_is_better=False`` on top-1 accuracy."""
-    if inputs.metric is None and not check.higher_is_better:
+    a budget that cannot fail, or a direction the metric contradicts
+    (``higher_is_better=False`` on top-1 accuracy, True on perplexity)."""
+    metric = inputs.metric
+    if isinstance(metric, BuiltinMetric) and metric.spec.higher_is_better != check.higher_is_better:
+        raise BudgetError(
+            f"higher_is_better={check.higher_is_better}, but the metric is "
+            f"{metric.spec.title}, where {'higher' if metric.spec.higher_is_better else 'lower'}"
+            " is better: remove higher_is_better (a built-in metric sets it)"
+        )
+    if metric is None and not check.higher_is_better:
         raise BudgetError(
             "higher_is_better=False, but the metric is top-1 accuracy (no metric was given), "
             "where higher is better: a fall in accuracy would "
             "pass as a gain; remove higher_is_better=False, or name the loss or error rate "
             'it describes with metric="..."'
         )
-    kind = MetricKind.named(metric_name(inputs.metric, inputs.metric_label), check.higher_is_better)
+    kind = metric_kind(inputs.metric, inputs.metric_label, check.higher_is_better)
     vacuous = check.budgets.cannot_fail(kind)
     if vacuous is not None:
         raise BudgetError(": ".join(vacuous))
+
+
+def metric_kind(metric: Any, label: str, higher_is_better: bool) -> MetricKind:
+    """How the metric reads: a built-in's own kind, else by its name."""
+    if isinstance(metric, BuiltinMetric):
+        return metric.kind()
+    return MetricKind.named(metric_name(metric, label), higher_is_better)
 
 
 def metric_name(metric: Any, label: str) -> str:
@@ -205,8 +234,26 @@ class _CheckRun:
         return self.evaluation.batches
 
     def metric(self, check: Check) -> MetricKind:
-        name = metric_name(self.inputs.metric, self.inputs.metric_label)
-        return MetricKind.named(name, check.higher_is_better)
+        metric = self.inputs.metric
+        if isinstance(metric, BuiltinMetric):  # named with the output it reads
+            return metric.kind(self.memo(self.runner.sources, metric_source))
+        return MetricKind.named(
+            metric_name(metric, self.inputs.metric_label), check.higher_is_better
+        )
+
+    def memo(self, memo: IdentityMemo, compute: Any) -> Any:
+        """``compute(float model, batches, metric, device)``, once per session for them."""
+        inputs, device = self.inputs, self.runner.device
+        key = (inputs.model_label, inputs.data_label, inputs.metric_label, device)
+        objects = (inputs.model, self.batches, inputs.metric)
+        return memo.get(key, objects, lambda: compute(*objects, device))[0]
+
+    def float_reference(self) -> Any:
+        """What a relative built-in metric compares with: the float model's read outputs,
+        kept for the session; the float model itself (run again) when the data streams."""
+        if self.evaluation.streamed:
+            return self.inputs.model
+        return self.memo(self.runner.float_outputs, reference_outputs)
 
     @property
     def layered_model(self) -> nn.Module:
@@ -226,7 +273,12 @@ class _CheckRun:
         return skipped_layers(model, selected)
 
     def evaluate(self, model: nn.Module) -> float:
-        return evaluate(model, self.batches, self.inputs.metric, device=self.runner.device)
+        metric = self.inputs.metric
+        reference = None
+        if isinstance(metric, BuiltinMetric) and metric.relative:
+            reference = self.float_reference()
+        device = self.runner.device
+        return evaluate(model, self.batches, metric, device=device, reference=reference)
 
     # --- the tuning loop -----------------------------------------------------------
 
@@ -369,7 +421,7 @@ class _CheckRun:
     def finite(self, metric: float) -> float:
         if not math.isfinite(metric):
             inputs = self.inputs
-            name = metric_name(inputs.metric, inputs.metric_label)
+            name = metric_kind(inputs.metric, inputs.metric_label, True).name
             raise ModelError(
                 f"the float model {inputs.model_label} measures {name} {metric} on "
                 f"{inputs.data_label}: there is nothing to compare the compressed model "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +16,12 @@ from ..errors import CompressError, DataError, MetricError, ModelError
 from .apply import copy_model
 from .batches import call_model, describe_inputs, model_device, split_batch, to_device
 from .layers import compressible_layers
+from .metrics import BuiltinMetric, builtin_metric, call_inputs, split_for
 from .state import eval_mode
 
 BatchMetric = Callable[[Any, Any], tuple[Any, Any]]
+# What a relative built-in metric compares with: the float model, or its read outputs.
+Reference = nn.Module | Sequence[torch.Tensor] | None
 
 
 @dataclass(frozen=True)
@@ -84,27 +87,116 @@ def top1_accuracy(outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, in
 def evaluate(
     model: nn.Module,
     data: Iterable[Any],
-    metric: BatchMetric | ModelMetric | None = None,
+    metric: BatchMetric | ModelMetric | BuiltinMetric | str | None = None,
     device: str | torch.device = "cpu",
     *,
     finite: str | None = None,
+    reference: Reference = None,
 ) -> float:
     """The model's metric over ``data``: top-1 accuracy of (inputs, targets) batches by default.
+
+    ``metric`` is a batch metric, a ``model_metric``, a built-in metric or its name
+    (``"cosine"``, ``"top5"``, ``"perplexity"``, ...). A built-in metric relative to the
+    float model (cosine, mse, relative_error) compares with ``reference``: the float
+    model (run on the same batches), its outputs as ``reference_outputs`` returns them,
+    or None to compare the model with itself (the float model's own value).
 
     Runs in eval mode under ``torch.inference_mode()`` and restores every module's own
     train/eval flag afterwards. A model that lives elsewhere than ``device`` is
     evaluated as a copy moved there, so the model itself is never moved. With ``finite``
     (the model in words), outputs holding NaN or infinity are a ``ModelError``.
     """
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     device = torch.device(device)
-    if model_device(model) != device:
-        model = copy_model(model).to(device)
+    model = _on_device(model, device)
+    if isinstance(metric, str):
+        metric = builtin_metric(metric)
+    if isinstance(reference, nn.Module):
+        reference = _on_device(reference, device)
     with eval_mode(model), torch.inference_mode():
         if isinstance(metric, ModelMetric):
             return float(metric(model, data))
+        if isinstance(metric, BuiltinMetric):
+            if isinstance(reference, nn.Module):
+                with eval_mode(reference):
+                    return _builtin(model, data, metric, device, finite, reference)
+            return _builtin(model, data, metric, device, finite, reference)
         return _batch_metric(model, data, metric or top1_accuracy, device, finite)
+
+
+def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model if model_device(model) == device else copy_model(model).to(device)
+
+
+def _builtin(
+    model: nn.Module,
+    data: Iterable[Any],
+    metric: BuiltinMetric,
+    device: torch.device,
+    finite: str | None,
+    reference: Reference,
+) -> float:
+    """A built-in metric: each batch's (sum, count), with the float outputs when relative."""
+    total = 0.0
+    count = 0.0
+    for index, batch in enumerate(data):
+        inputs, targets = split_for(metric, batch)
+        inputs = to_device(inputs, device)
+        outputs = _outputs(model, call_inputs(metric, inputs), index)
+        if finite is not None and not _all_finite(outputs):
+            raise ModelError(
+                f"{finite} gives NaN or infinite outputs on batch {index}: it must be "
+                "measurable before anything is compressed (check its weights and the data)"
+            )
+        other = to_device(targets, device)
+        if metric.relative:
+            if reference is None:
+                other = metric.read(outputs)[0]
+            elif isinstance(reference, nn.Module):
+                other = metric.read(_outputs(reference, call_inputs(metric, inputs), index))[0]
+            else:
+                other = reference[index]
+        result = metric.batch(outputs, other, inputs)
+        total += _metric_number(result[0], "sum", index)
+        count += _metric_number(result[1], "count", index)
+    if count == 0:
+        raise DataError(
+            "data yielded no samples (for perplexity: no label that is not ignored): the "
+            "metric of an empty data set is undefined"
+        )
+    return metric.finish(total / count)
+
+
+def reference_outputs(
+    model: nn.Module, data: Iterable[Any], metric: BuiltinMetric, device: str | torch.device
+) -> list[torch.Tensor]:
+    """The float model's outputs as ``metric`` reads them, one tensor per batch: what a
+    relative metric compares every compressed copy with (``evaluate(reference=...)``)."""
+    device = torch.device(device)
+    model = _on_device(model, device)
+    read = []
+    with eval_mode(model), torch.inference_mode():
+        for index, batch in enumerate(data):
+            inputs = to_device(split_for(metric, batch)[0], device)
+            read.append(metric.read(_outputs(model, call_inputs(metric, inputs), index))[0])
+    return read
+
+
+def metric_source(
+    model: nn.Module, data: Iterable[Any], metric: BuiltinMetric, device: str | torch.device
+) -> str | None:
+    """Which output ``metric`` reads from ``model`` (``"logits"``, ...; None for a bare
+    tensor), from its outputs on the first batch."""
+    if metric.spec.key is not None:
+        return metric.spec.key
+    device = torch.device(device)
+    model = _on_device(model, device)
+    with eval_mode(model), torch.inference_mode():
+        for index, batch in enumerate(data):
+            inputs = to_device(split_for(metric, batch)[0], device)
+            return metric.read(_outputs(model, call_inputs(metric, inputs), index))[1]
+    return None
 
 
 def _batch_metric(

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from ..budgets import BudgetExceeded
+from ..metrics import unknown_hint
 from .fixtures import DISABLED_REASON, compress, compression
-from .markers import MARKER_LINE, CheckRequest, MarkerError, parse_marker
+from .markers import DEFAULT_METRIC_FIXTURE, MARKER_LINE, CheckRequest, MarkerError, parse_marker
 from .options import add_options, read_options
 from .session import CompressSession
 from .stash import INVALID_KEY, REQUEST_KEY, RESULT_KEY, SESSION_KEY
@@ -68,7 +69,7 @@ def pytest_collection_modifyitems(
         except MarkerError as error:
             problems.append((item, f"{item.nodeid}: {error}"))
             continue
-        missing = _missing_recover_fixtures(item, check)
+        missing = _missing_recover_fixtures(item, check) or _missing_metric(item, check)
         if missing:
             problems.append((item, f"{item.nodeid}: {missing}"))
             continue
@@ -107,6 +108,22 @@ def _missing_recover_fixtures(item: pytest.Item, check: CheckRequest) -> str | N
         if not manager.getfixturedefs(name, item):
             return f"{argument}: no fixture named {name!r} is visible to this test; name {forms}"
     return None
+
+
+def _missing_metric(item: pytest.Item, check: CheckRequest) -> str | None:
+    """Why ``metric=`` names nothing (no built-in, no fixture visible to the test), or None.
+
+    The default ``compress_metric`` is optional (top-1 accuracy without it).
+    """
+    name = check.fixtures.metric
+    if "metric" in check.given or name == DEFAULT_METRIC_FIXTURE:
+        return None
+    if item.session._fixturemanager.getfixturedefs(name, item):
+        return None
+    return (
+        f"metric: {name!r} is no built-in metric and no fixture of that name is visible to "
+        f"this test; {unknown_hint(name)}, or name a fixture giving a metric"
+    )
 
 
 # --- running: the verdict of a marked test fails the test, not the session -------------

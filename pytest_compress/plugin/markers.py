@@ -21,7 +21,7 @@ from typing import Any
 from ..budgets import BUDGET_NAMES, Budgets
 from ..checks.request import Adjustments, Check, Recipe, check_keep_float
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
-from ..metrics import MetricKind
+from ..metrics import BuiltinName, MetricKind, builtin_name
 from ..tuning.grids import check_search
 
 DEFAULT_MODEL_FIXTURE = "compress_model"
@@ -154,21 +154,24 @@ def parse_marker(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> CheckReque
     arguments = MARKER_SIGNATURE.bind(**kwargs)
     arguments.apply_defaults()
     values = arguments.arguments
-    check = parse_check(values)
+    check = parse_check(values, explicit=kwargs)
     if not check.budgets:
         raise MarkerError(
             "budget",
             "none given, so the check cannot fail; give at least one of " + ", ".join(BUDGET_NAMES),
         )
     recover = values["recover"]
+    builtin = metric_builtin(values["metric"]) is not None
     fixtures = Fixtures(
         **{
             name: fixture_name(values[name], name)
             for name in ("model", "data", "metric", "calibration_data", "recover_data")
+            if not (name == "metric" and builtin)
         },
         recover=None if recover is None else fixture_name(recover, "recover"),
     )
-    return CheckRequest(check, fixtures)
+    # a built-in metric travels by name, as an object a call gives: the runner makes it
+    return CheckRequest(check, fixtures, {"metric": values["metric"]} if builtin else {})
 
 
 def call_request(arguments: Mapping[str, Any]) -> CheckRequest:
@@ -182,18 +185,22 @@ def call_request(arguments: Mapping[str, Any]) -> CheckRequest:
     """
     values = {name: value for name, value in arguments.items() if value is not None}
     try:
-        check = parse_check(values)
+        check = parse_check(values, explicit=values)
+        builtin = metric_builtin(values.get("metric")) is not None
         names = {
             name: fixture_name(value, name)
             for name, value in values.items()
-            if name in FIXTURE_ARGUMENTS and isinstance(value, str)
+            if name in FIXTURE_ARGUMENTS
+            and isinstance(value, str)
+            and not (name == "metric" and builtin)
         }
     except MarkerError as error:
         raise ValueError(f"compress(): {error}") from None
     given = {
         name: value
         for name, value in values.items()
-        if name in FIXTURE_ARGUMENTS and not isinstance(value, str)
+        if name in FIXTURE_ARGUMENTS
+        and (not isinstance(value, str) or (name == "metric" and builtin))
     }
     return CheckRequest(check, Fixtures(**names), given)
 
@@ -212,12 +219,26 @@ def bind_call(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any
     return dict(CALL_SIGNATURE.bind(*args, **kwargs).arguments)
 
 
-def parse_check(values: Mapping[str, Any]) -> Check:
-    """The ``Check`` of marker-style ``values`` (missing names take their defaults)."""
+def parse_check(values: Mapping[str, Any], explicit: Mapping[str, Any] | None = None) -> Check:
+    """The ``Check`` of marker-style ``values`` (missing names take their defaults).
+
+    A built-in metric sets ``higher_is_better``; one given in ``explicit`` (the arguments
+    actually written) that contradicts it is a ``MarkerError``.
+    """
     search = values.get("search")
     recipe = parse_recipe(values.get("quantize"), values.get("prune"), searched=search is not None)
     budgets = parse_budgets({name: values.get(name) for name in BUDGET_NAMES})
     higher_is_better = flag(values.get("higher_is_better", True), "higher_is_better")
+    builtin = metric_builtin(values.get("metric"))
+    if builtin is not None:
+        if "higher_is_better" in (explicit or {}) and higher_is_better != builtin.higher_is_better:
+            better = "higher" if builtin.higher_is_better else "lower"
+            raise MarkerError(
+                "higher_is_better",
+                f"{higher_is_better} contradicts the metric {builtin.title}, where {better} is "
+                "better; leave higher_is_better out (a built-in metric sets it)",
+            )
+        higher_is_better = builtin.higher_is_better
     # Whether the metric is a fraction (top-1 accuracy) is known when it runs; the
     # direction is known now, and the runner asks again with the metric itself.
     vacuous = budgets.cannot_fail(MetricKind("metric", higher_is_better, percent=False))
@@ -281,6 +302,24 @@ def _keep_float(value: Any) -> str | tuple[str, ...] | None:
         return check_keep_float(value)
     except ValueError as error:
         raise MarkerError("keep_float", str(error)) from None
+
+
+def metric_builtin(value: Any) -> BuiltinName | None:
+    """The built-in metric ``metric=`` names or is, or None (a fixture's name, an object).
+
+    Built-in names are reserved: ``metric="cosine"`` is the built-in even where a fixture
+    of that name exists. A name shaped like one that is none (``"cosin(logits)"``) is a
+    ``MarkerError`` listing the built-ins.
+    """
+    spec = getattr(value, "spec", None)
+    if isinstance(spec, BuiltinName):  # a BuiltinMetric object (compress(metric=...))
+        return spec
+    if not isinstance(value, str):
+        return None
+    try:
+        return builtin_name(value)
+    except ValueError as error:
+        raise MarkerError("metric", str(error)) from None
 
 
 def fixture_name(value: Any, argument: str) -> str:
