@@ -88,9 +88,7 @@ def builtin_name(text: str) -> BuiltinName | None:
         k = 5 if base == "topk" else int(base[3:]) if base.startswith("top") else 1
         if base.startswith("top"):
             if k < 1:
-                raise ValueError(
-                    f"{text!r}: top-k accuracy needs k >= 1; built-ins: {BUILTIN_FORMS}"
-                )
+                raise ValueError(f"{text!r}: top-k accuracy needs k >= 1; {unknown_hint(text)}")
             base = "top"
         return BuiltinName(base, k, key)
     if _CALL_LIKE.fullmatch(text) or re.fullmatch(r"top\d*|topk.+", text):
