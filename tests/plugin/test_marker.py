@@ -596,10 +596,6 @@ def test_metric_and_calibration_data_arguments_name_other_fixtures(pytester):
         @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=0.99)
         def test_default_model(compression, reads):
             assert reads["default_calibration"] > 0
-
-        @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99, metric="missing_metric")
-        def test_missing_metric():
-            pass
         """,
         conftest_extra="""
         READS = {}
@@ -638,5 +634,23 @@ def test_metric_and_calibration_data_arguments_name_other_fixtures(pytester):
         """,
     )
     result = pytester.runpytest("-p", "no:randomly")
-    result.assert_outcomes(passed=3, errors=1)
-    result.stdout.fnmatch_lines(["*no fixture named 'missing_metric' for the metric; define it*"])
+    result.assert_outcomes(passed=3)
+
+
+def test_a_metric_naming_no_fixture_and_no_builtin_is_a_usage_error(pytester):
+    # found at collection, as recover=: not after the model was compressed
+    make_project(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99, metric="missing_metric")
+        def test_missing_metric():
+            pass
+        """,
+    )
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*test_missing_metric: metric: 'missing_metric' is no built-in metric and no fixture*"]
+    )
