@@ -415,7 +415,9 @@ class Hasher:
             try:
                 self.cls(type(module))
             except Unfingerprintable as error:
-                where = f"the code of {type(module).__qualname__}, module {name or '(root)'}"
+                where = f"the code of {type(module).__qualname__}, " + (
+                    f"module {name}" if name else "the model"
+                )
                 raise error.inside(where) from None
             for key, tensor in (*module._parameters.items(), *module._buffers.items()):
                 self.text(key)
