@@ -17,7 +17,8 @@ moving a function does not count as a change). What the code reads is fingerprin
   tensors and numpy arrays (every byte), lists, dicts, sets and tuples, plain objects
   (their class and their attributes), models; a function global is hashed as code plus
   its own globals, recursively. Cycles are written as back-references, and nesting is
-  bounded (more than 12 levels deep counts as unfingerprintable).
+  bounded (more than 60 levels deep counts as unfingerprintable: an editable
+  package's globals read globals in turn).
 - **Installed code** (the standard library, site-packages, pytest-compress itself) is
   named, with its package's version, never hashed by content: an imported module
   (``torch``, ``F``), a function or class from one (``F.relu``, ``nn.Linear``), torch's
@@ -30,23 +31,41 @@ run: slower, never wrong. Changing *installed* code without changing its version
 seen: run with ``--compress-no-cache`` once, or clear pytest's cache
 (``pytest --cache-clear``).
 
-A value whose behaviour cannot be seen from its contents (a lock, a C object without
-state we can read, a file handle, an array of Python objects) raises
-``Unfingerprintable``, naming the global that holds it: a check that depends on one is
-never served from the cache (the report says why), which is slower but never wrong.
+Plain data is read by value wherever it is met (a module's settings, a global): numbers,
+strings, enums, dataclasses, objects with ``__dict__`` or ``__slots__``, typing
+annotations, regexes, and a Hugging Face configuration (recognised by its base class's
+name, or ``to_dict()`` plus a class-level ``model_type``: transformers is never
+imported) by ``to_dict()`` and its private plain settings (the attention
+implementation). Ignored, as their state cannot change an output or their code is
+hashed already: a lock's state, a hook's removal handle (the hook is hashed with its
+module), a ``@contextmanager`` object's generator (its function and arguments are
+hashed), a bare ``object()`` sentinel, and C methods of builtin types.
+
+A value whose behaviour cannot be seen from its contents (a generator, a weak
+reference, a C object without state we can read, a file handle, an array of Python
+objects) raises ``Unfingerprintable``, naming the attribute path
+(``encoder.layer.3.attention.foo``) or the global that holds it: a check that depends on
+one is never served from the cache (the report says why), which is slower but never wrong.
 """
 
 from __future__ import annotations
 
+import abc
+import collections
+import contextlib
+import dataclasses
 import dis
+import enum
 import functools
 import hashlib
 import importlib.metadata
 import logging
 import os
+import re
 import site
 import sys
 import sysconfig
+import threading
 import types
 import weakref
 from collections.abc import Mapping
@@ -56,12 +75,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .. import __version__
 from ..engine.measure import ModelMetric
 
 DIGEST_BYTES = 16
-_MAX_DEPTH = 12
+# What a fingerprint reads by value: the fix a note suggests for what it cannot read.
+PLAIN_DATA = (
+    "numbers, strings, enums, tensors, arrays, lists, dicts, dataclasses, objects with "
+    "__dict__ or __slots__, a configuration with to_dict()"
+)
+_MAX_DEPTH = 60
 _PRIMITIVES = (type(None), bool, int, float, complex, str, bytes)
 # Every nn.Module has these; they are hashed on purpose (parameters, buffers, children,
 # forward hooks) or cannot change an output (backward and state_dict hooks, the flag
@@ -74,7 +99,42 @@ _HOOK_DICTS = (
     ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", None),
     ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called"),
 )
+# Values that their repr describes whole.
+_BY_REPR = (
+    torch.dtype,
+    torch.device,
+    torch.Size,
+    slice,
+    range,
+    re.Pattern,
+    types.UnionType,
+    types.GenericAlias,
+)
 _class_digests: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+# C-level methods and attributes of builtin types (``str.__repr__``, ``list.append``):
+# part of Python, named like a builtin function.
+_DESCRIPTORS = (
+    types.BuiltinFunctionType,
+    types.WrapperDescriptorType,
+    types.MethodWrapperType,
+    types.MethodDescriptorType,
+    types.ClassMethodDescriptorType,
+    types.GetSetDescriptorType,
+    types.MemberDescriptorType,
+    type(vars(collections.namedtuple("Pair", "first"))["first"]),  # a namedtuple field
+)
+# Whose state cannot change an output, so only their kind is hashed: a lock (whether it
+# is held), a hook's removal handle (the hook itself is hashed with its module).
+# An abstract class's cache of its subclasses (``_abc_impl``) is state of that kind too.
+_STATELESS = (
+    type(threading.Lock()),
+    type(threading.RLock()),
+    RemovableHandle,
+    type(vars(abc.ABC)["_abc_impl"]),
+)
+# The base classes of a Hugging Face configuration (``PretrainedConfig`` before
+# transformers 5), recognised by name: the package never imports transformers.
+_CONFIG_BASES = frozenset({"PretrainedConfig", "PreTrainedConfig"})
 
 
 class Unfingerprintable(ValueError):
@@ -149,7 +209,10 @@ class Hasher:
         """Any value whose behaviour its contents determine; ``Unfingerprintable`` otherwise."""
         if depth > _MAX_DEPTH:
             raise Unfingerprintable(f"a value nested more than {_MAX_DEPTH} levels deep")
-        if isinstance(value, _PRIMITIVES):
+        if isinstance(value, enum.Enum):
+            self.text(f"enum {_qualified(type(value))}.{value.name}")
+            self.value(value.value, depth + 1)
+        elif isinstance(value, _PRIMITIVES):
             self.text(f"{type(value).__name__}:{value!r}")
         elif isinstance(value, torch.Tensor):
             self.tensor(value)
@@ -159,8 +222,8 @@ class Hasher:
             self.tensor(torch.from_numpy(np.ascontiguousarray(value)))
         elif isinstance(value, np.generic):
             self.text(f"numpy {value.dtype}:{value!r}")
-        elif isinstance(value, (torch.dtype, torch.device, torch.Size, slice, range)):
-            self.text(repr(value))
+        elif isinstance(value, _BY_REPR) or type(value).__module__ == "typing":
+            self.text(repr(value))  # typing's annotations (Optional[int]) too
         elif isinstance(value, (tuple, list, set, frozenset, Mapping)):
             self._container(value, depth)
         else:
@@ -189,11 +252,10 @@ class Hasher:
         elif isinstance(value, functools.partial):
             self.text("partial")
             self.value((value.func, value.args, value.keywords), depth + 1)
-        elif isinstance(value, (types.BuiltinFunctionType, types.ModuleType, logging.Logger)):
+        elif isinstance(value, (*_DESCRIPTORS, types.ModuleType, logging.Logger)):
             # C functions and imported modules belong to versioned packages; a logger
             # only writes
-            name = getattr(value, "__qualname__", getattr(value, "__name__", repr(value)))
-            self.text(f"{type(value).__name__} {getattr(value, '__module__', '')}.{name}")
+            self.text(f"{type(value).__name__} {_named(value)}")
         elif isinstance(value, type):
             self.cls(value, depth)
         elif isinstance(value, nn.Module):
@@ -202,10 +264,51 @@ class Hasher:
             self.value(value.__func__, depth + 1)
         elif isinstance(value, property):
             self.value((value.fget, value.fset), depth + 1)
-        elif hasattr(value, "__dict__"):
+        elif not self._plain_data(value, depth):
+            raise Unfingerprintable(f"a {_qualified(type(value))}")
+
+    def _plain_data(self, value: Any, depth: int) -> bool:
+        """Hash a configuration-like object or one whose state cannot change an output;
+        False for an object whose state cannot be read."""
+        if type(value) is object or isinstance(value, _STATELESS):
+            self.text(f"stateless {_qualified(type(value))}")  # a sentinel, a lock
+        elif _is_config(value):
+            self._config(value, depth)
+        elif dataclasses.is_dataclass(value):
+            self.text("dataclass")
+            if self._first_visit(value):
+                self.cls(type(value), depth)
+                fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+                self.value(fields, depth + 1)
+        elif isinstance(value, contextlib.AbstractContextManager) and _is_generator_cm(value):
+            # @contextmanager, also as a decorator: its generator is made by func(*args,
+            # **kwds), so those are hashed and the generator is not
+            self.text("context manager")
+            self.value((value.func, value.args, value.kwds), depth + 1)  # type: ignore[attr-defined]
+        elif hasattr(value, "__dict__") or _slotted(type(value)):
             self._object(value, depth)
         else:
-            raise Unfingerprintable(f"a {type(value).__module__}.{type(value).__qualname__}")
+            return False
+        return True
+
+    def _config(self, config: Any, depth: int) -> None:
+        """A Hugging Face configuration: its class, ``to_dict()``, and the private settings
+        that ``to_dict()`` leaves out (the attention implementation)."""
+        self.text("config")
+        if not self._first_visit(config):
+            return
+        self.cls(type(config), depth)
+        try:
+            settings = config.to_dict()
+        except Exception as error:  # a user's to_dict: its failure says what is unreadable
+            raise Unfingerprintable(f"a configuration whose to_dict() raised {error!r}") from None
+        self.value(settings, depth + 1)
+        private = {
+            name: item
+            for name, item in vars(config).items()
+            if name.startswith("_") and isinstance(item, _PRIMITIVES)
+        }
+        self.value(dict(sorted(private.items())), depth + 1)
 
     def _object(self, value: Any, depth: int) -> None:
         """A plain object: its class (code and class-level values) and its attributes."""
@@ -213,7 +316,13 @@ class Hasher:
         if not self._first_visit(value):
             return
         self.cls(type(value), depth)
-        self.value(dict(sorted(vars(value).items())), depth + 1)
+        state = dict(vars(value)) if hasattr(value, "__dict__") else {}
+        for base in type(value).__mro__[:-1]:
+            slots = vars(base).get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in ("__dict__", "__weakref__"):
+                    state[name] = getattr(value, name, "<unset>")
+        self.value(dict(sorted(state.items())), depth + 1)
 
     def cls(self, cls: type, depth: int = 0) -> None:
         """An installed package's class by name and version; the user's by its code and
@@ -296,28 +405,45 @@ class Hasher:
 
     def module(self, model: nn.Module) -> None:
         """Every submodule: its class's code and the values its methods read, its settings,
-        parameters, buffers and hooks."""
+        parameters, buffers and hooks. What cannot be read is named by its attribute path
+        (``encoder.layer.3.attention.foo``)."""
         self.text("model")
         if not self._first_visit(model):
             return
         for name, module in model.named_modules(remove_duplicate=False):
             self.text(f"module {name}")
-            self.cls(type(module))
+            try:
+                self.cls(type(module))
+            except Unfingerprintable as error:
+                where = f"the code of {type(module).__qualname__}, " + (
+                    f"module {name}" if name else "the model"
+                )
+                raise error.inside(where) from None
             for key, tensor in (*module._parameters.items(), *module._buffers.items()):
                 self.text(key)
                 if tensor is None:
                     self.text("None")
                 else:
                     self.tensor(tensor)
-            for hooks, with_kwargs, always in _HOOK_DICTS:
-                # the dict keys are handle ids, which differ between sessions: hash the
-                # hooks in order, each with how it is called
-                flags = [getattr(module, name, {}) for name in (with_kwargs, always) if name]
-                for hook_id, hook in getattr(module, hooks).items():
-                    self.value(hook)
-                    self.value([hook_id in flag for flag in flags])
-            settings = {k: v for k, v in vars(module).items() if k not in _MODULE_BASICS}
-            self.value(dict(sorted(settings.items())))
+            self._hooks(module)
+            for key, setting in sorted(vars(module).items()):
+                if key in _MODULE_BASICS:
+                    continue
+                self.text(f"setting {key}")
+                try:
+                    self.value(setting)
+                except Unfingerprintable as error:
+                    path = f"{name}.{key}" if name else key
+                    raise error.inside(f"attribute {path}") from None
+
+    def _hooks(self, module: nn.Module) -> None:
+        for hooks, with_kwargs, always in _HOOK_DICTS:
+            # the dict keys are handle ids, which differ between sessions: hash the
+            # hooks in order, each with how it is called
+            flags = [getattr(module, name, {}) for name in (with_kwargs, always) if name]
+            for hook_id, hook in getattr(module, hooks).items():
+                self.value(hook)
+                self.value([hook_id in flag for flag in flags])
 
 
 def class_digest(cls: type) -> str:
@@ -422,8 +548,12 @@ def environment_fingerprint() -> str:
     return hasher.hexdigest()
 
 
-def global_names(code: types.CodeType) -> set[str]:
-    """Names a code object (and the code nested in it) reads from module globals."""
+@functools.lru_cache(maxsize=16384)
+def global_names(code: types.CodeType) -> frozenset[str]:
+    """Names a code object (and the code nested in it) reads from module globals.
+
+    Memoised: following a large editable package reads the same code many times.
+    """
     names = {
         str(instruction.argval)
         for instruction in dis.get_instructions(code)
@@ -432,7 +562,7 @@ def global_names(code: types.CodeType) -> set[str]:
     for constant in code.co_consts:
         if isinstance(constant, types.CodeType):
             names |= global_names(constant)
-    return names
+    return frozenset(names)
 
 
 def library_version(module: str | None) -> str | None:
@@ -468,6 +598,44 @@ def _library_roots() -> tuple[str, ...]:
     roots.update(site.getsitepackages())
     roots.add(site.getusersitepackages())
     return tuple(os.path.join(os.path.realpath(root), "") for root in roots)
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _named(value: Any) -> str:
+    """A builtin's or an imported module's name: ``builtins.str.__repr__``, ``torch``."""
+    owner = getattr(value, "__objclass__", None)
+    name = getattr(value, "__qualname__", getattr(value, "__name__", repr(value)))
+    if isinstance(owner, type) and "." not in name:
+        name = f"{owner.__qualname__}.{name}"
+    module = getattr(value, "__module__", None) or getattr(owner, "__module__", "")
+    return f"{module}.{name}"
+
+
+def _slotted(cls: type) -> bool:
+    """Whether every class of ``cls``'s hierarchy is Python code declaring ``__slots__``:
+    then its slots are all its state (a C type's hidden state has no slots)."""
+    return all(base is object or "__slots__" in vars(base) for base in cls.__mro__)
+
+
+def _is_config(value: Any) -> bool:
+    """A Hugging Face ``PretrainedConfig`` (or a lookalike: ``to_dict()`` and a class-level
+    ``model_type``), recognised without importing transformers."""
+    cls = type(value)
+    if any(base.__name__ in _CONFIG_BASES for base in cls.__mro__):
+        return callable(getattr(value, "to_dict", None))
+    return callable(getattr(value, "to_dict", None)) and isinstance(
+        getattr(cls, "model_type", None), str
+    )
+
+
+def _is_generator_cm(value: Any) -> bool:
+    """A ``contextlib.contextmanager`` object (``_GeneratorContextManager``)."""
+    return type(value).__module__ == "contextlib" and all(
+        hasattr(value, name) for name in ("gen", "func", "args", "kwds")
+    )
 
 
 def _constant_text(constant: Any) -> str:

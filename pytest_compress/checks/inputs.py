@@ -15,6 +15,7 @@ from typing import Any
 from ..units import format_size
 from .cache import CheckKeys, IdentityMemo, check_keys
 from .fingerprint import (
+    PLAIN_DATA,
     Unfingerprintable,
     environment_fingerprint,
     metric_fingerprint,
@@ -110,7 +111,8 @@ class PreparedInputs:
                 return compute(value)
             except Unfingerprintable as error:
                 self.notes[f"uncached {kind} {label}"] = (
-                    f"not cached: {kind} {label} holds {error}, which cannot be fingerprinted"
+                    f"not cached: {kind} {label} holds {error}, which cannot be fingerprinted; "
+                    f"to cache it, hold plain data there ({PLAIN_DATA}) or nothing"
                 )
                 return None
 

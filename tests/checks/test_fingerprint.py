@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
+import enum
 import functools
 import json
 import os
@@ -113,13 +116,16 @@ def test_moving_code_without_changing_it_does_not() -> None:
     assert model_fingerprint(user_model(blank="\n")) == model_fingerprint(user_model())
 
 
-def test_a_model_holding_an_opaque_object_cannot_be_fingerprinted() -> None:
-    class Opaque:
-        __slots__ = ()
-
+def test_a_model_holding_an_unreadable_value_cannot_be_fingerprinted() -> None:
+    # a generator's position cannot be read, and the next value may change an output
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU()))
+    model[1][0].stream = iter(i for i in range(3))
+    with pytest.raises(Unfingerprintable) as raised:
+        model_fingerprint(model)
+    assert str(raised.value) == "a builtins.generator (attribute 1.0.stream)"
     model = nn.Linear(2, 2)
-    model.opaque = Opaque()
-    with pytest.raises(Unfingerprintable, match=r"<locals>\.Opaque$"):
+    model.stream = (i for i in range(3))
+    with pytest.raises(Unfingerprintable, match=r"\(attribute stream\)$"):
         model_fingerprint(model)
 
 
@@ -229,7 +235,7 @@ TABLE = torch.zeros(3)
 ARRAY = np.zeros(3)
 SETTINGS = {"gain": 1.0, "nested": [1, 2]}
 SETTINGS["self"] = SETTINGS  # a cycle
-LOCK = None
+STREAM = None
 
 
 class Config:
@@ -253,7 +259,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         LOG.debug("forward")
-        if LOCK is not None:
+        if STREAM is not None:
             pass
         return F.relu(helper(self.fc(x)) + TABLE + CONFIG.offset) * self.SCALE
 """
@@ -276,8 +282,8 @@ def test_every_global_a_models_methods_read_is_hashed_by_value() -> None:
         edit()
         prints.append(model_fingerprint(model))
     assert len(set(prints)) == len(prints)
-    namespace["LOCK"] = threading.Lock()
-    with pytest.raises(Unfingerprintable, match=r"_thread\.lock \(global LOCK read by Net"):
+    namespace["STREAM"] = (i for i in range(3))
+    with pytest.raises(Unfingerprintable, match=r"generator \(global STREAM read by Net"):
         model_fingerprint(model)
 
 
@@ -287,3 +293,135 @@ def test_installed_code_is_named_not_followed() -> None:
         return (torch.nn.functional.softmax(outputs, 1).argmax(1) == targets).sum(), 1
 
     assert metric_fingerprint(metric) == metric_fingerprint(metric)
+
+
+class Mode(enum.Enum):
+    FAST = "fast"
+    EXACT = "exact"
+
+
+@dataclasses.dataclass
+class Settings:
+    gain: float
+    mode: Mode
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Frozen:
+    scale: float
+
+
+class LookalikeConfig:
+    """A configuration as transformers shapes one (``to_dict()``, a class-level
+    ``model_type``), without importing transformers."""
+
+    model_type = "lookalike"
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+        self._attn_implementation_internal = "eager"
+        self.cached = (i for i in range(3))  # to_dict() leaves it out
+
+    def to_dict(self) -> dict:
+        return {"eps": self.eps, "model_type": self.model_type}
+
+
+@contextlib.contextmanager
+def quiet(level: int):
+    yield level
+
+
+def test_plain_data_settings_are_hashed_and_stateless_objects_allowed() -> None:
+    def build(**changes: object) -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Linear(2, 2)
+        settings = {
+            "settings": Settings(1.0, Mode.FAST),
+            "frozen": Frozen(2.0),
+            "config": LookalikeConfig(1e-12),
+            "lock": threading.Lock(),
+            "guard": quiet(1),  # a @contextmanager object: its function and arguments
+            "sentinel": object(),
+        }
+        for name, value in {**settings, **changes}.items():
+            setattr(model, name, value)
+        return model
+
+    reference = model_fingerprint(build())
+    assert model_fingerprint(build()) == reference
+    changed = [
+        build(settings=Settings(1.0, Mode.EXACT)),
+        build(settings=Settings(1.5, Mode.FAST)),
+        build(frozen=Frozen(3.0)),
+        build(config=LookalikeConfig(1e-5)),
+        build(guard=quiet(2)),
+    ]
+    prints = {model_fingerprint(model) for model in changed}
+    assert reference not in prints and len(prints) == len(changed)
+    attention = build()
+    attention.config._attn_implementation_internal = "sdpa"  # left out of to_dict()
+    assert model_fingerprint(attention) != reference
+
+
+def tiny_models(eps: float = 1e-12) -> dict[str, nn.Module]:
+    """Tiny Hugging Face models built offline from their configs, with seeded weights."""
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+
+    sizes = {"num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    bert = BertConfig(vocab_size=100, hidden_size=32, layer_norm_eps=eps, **sizes)
+    gpt2 = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, layer_norm_epsilon=eps)
+    vit = ViTConfig(hidden_size=32, image_size=16, patch_size=8, layer_norm_eps=eps, **sizes)
+    torch.manual_seed(0)
+    bert_model = BertModel(bert)
+    return {
+        "BertModel": bert_model,
+        "BertLayer": bert_model.encoder.layer[0],
+        "GPT2LMHeadModel": GPT2LMHeadModel(gpt2),
+        "ViTModel": ViTModel(vit),
+    }
+
+
+HF_MODELS = ["BertModel", "BertLayer", "GPT2LMHeadModel", "ViTModel"]
+
+
+@pytest.mark.parametrize("name", HF_MODELS)
+def test_hugging_face_models_are_fingerprinted_by_weights_and_config(name: str) -> None:
+    model = tiny_models()[name]
+    reference = model_fingerprint(model)
+    assert model_fingerprint(tiny_models()[name]) == reference  # an identical build
+    assert model_fingerprint(tiny_models(eps=1e-5)[name]) != reference
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        weight = next(changed.parameters())
+        weight.view(-1)[0] += 1e-3
+    assert model_fingerprint(changed) != reference
+
+
+@pytest.fixture
+def transformers_followed(monkeypatch):
+    """transformers read as the user's own code (an editable install, or one outside
+    site-packages): its classes' code and every global that code reads are followed."""
+    from pytest_compress.checks import fingerprint
+
+    installed = fingerprint.library_version
+    monkeypatch.setattr(
+        fingerprint,
+        "library_version",
+        lambda module: None if (module or "").startswith("transformers") else installed(module),
+    )
+
+
+def test_hugging_face_code_followed_as_the_users_is_fingerprinted(transformers_followed) -> None:
+    # decorators, enums, abstract classes, regexes, namedtuples, typing annotations, ...
+    models = tiny_models()
+    layer, bert = model_fingerprint(models["BertLayer"]), model_fingerprint(models["BertModel"])
+    assert model_fingerprint(tiny_models()["BertModel"]) == bert
+    assert model_fingerprint(tiny_models(eps=1e-5)["BertLayer"]) != layer
+
+
+def test_an_unreadable_attribute_is_named_by_its_path() -> None:
+    model = tiny_models()["BertModel"]
+    model.encoder.layer[1].attention.foo = (i for i in range(3))
+    with pytest.raises(Unfingerprintable) as raised:
+        model_fingerprint(model)
+    assert str(raised.value) == "a builtins.generator (attribute encoder.layer.1.attention.foo)"

@@ -18,7 +18,7 @@ import pytest
 CONFTEST = """
 import json
 import pathlib
-import threading
+import weakref
 
 import pytest
 import torch
@@ -29,7 +29,8 @@ SETTINGS = json.loads(pathlib.Path("settings.json").read_text())
 BIAS = torch.zeros(4)  # a module-level tensor the model's forward reads
 BIAS[0] = SETTINGS.get("bias", 0.0)
 CLASSES = {"shift": SETTINGS.get("shift", 0)}  # a module-level dict the metric reads
-LOCK = threading.Lock() if SETTINGS.get("lock") else None  # a lock has no readable state
+# a weak reference: what it points to is not read
+PEER = weakref.ref(BIAS) if SETTINGS.get("weakref") else None
 
 
 class Net(nn.Module):
@@ -38,9 +39,8 @@ class Net(nn.Module):
         self.fc = nn.Linear(16, 4)
 
     def forward(self, x):
-        if LOCK is not None:
-            with LOCK:
-                return self.fc(x) + BIAS
+        if PEER is not None and PEER() is None:
+            return self.fc(x)
         return self.fc(x) + BIAS
 
 
@@ -134,14 +134,14 @@ def test_a_changed_global_is_measured_again_and_regresses(pytester, before, afte
 def test_a_global_that_cannot_be_fingerprinted_is_not_cached_and_the_report_says_why(
     pytester,
 ):
-    project(pytester, lock=True)
+    project(pytester, weakref=True)
     record(pytester)
     result = record(pytester)
     assert not cached(result)
     result.stdout.fnmatch_lines(
         [
-            "*not cached: model compress_model holds a _thread.lock (global LOCK read by "
-            "Net.forward), which cannot be fingerprinted*"
+            "*not cached: model compress_model holds a weakref.ReferenceType (global PEER read by "
+            "Net.forward, in the code of Net, the model), which cannot be fingerprinted*"
         ]
     )
 

@@ -1,0 +1,152 @@
+"""The persistent cache for Hugging Face models, through pytester: a tiny BERT classifier
+built offline from its config (random seeded weights, no hub access).
+
+A rerun with nothing changed runs no forward pass of the model; a changed weight or a
+changed configuration value that matters (``layer_norm_eps``) measures again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import textwrap
+
+import pytest
+
+# Imported here, not only by the inner project: pytester drops the modules an inner run
+# imported, and transformers' lazy modules cannot be imported a second time in one process.
+from transformers import BertConfig, BertForSequenceClassification  # noqa: F401
+
+from tests.plugin_projects import read_json
+
+CONFTEST = """
+import json
+import pathlib
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+torch.set_num_threads(1)
+SETTINGS = json.loads(pathlib.Path("settings.json").read_text())
+FORWARDS = []  # every model whose forward ran, one entry per call
+
+
+class Counted(BertForSequenceClassification):
+    def forward(self, **inputs):
+        FORWARDS.append(self)
+        return super().forward(**inputs)
+
+
+@pytest.fixture(scope="session")
+def compress_model():
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+        layer_norm_eps=SETTINGS.get("layer_norm_eps", 1e-12),
+    )
+    torch.manual_seed(0)
+    model = Counted(config).eval()
+    with torch.no_grad():
+        model.classifier.weight[0, 0] += SETTINGS.get("weight", 0.0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def compress_data(compress_model):
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 100, (64, 8), generator=generator)
+    batches = [{"input_ids": ids[i:i + 16]} for i in range(0, 64, 16)]
+    with torch.no_grad():  # labelled by the float model: its accuracy is 100 %
+        data = [(batch, compress_model(**batch).logits.argmax(-1)) for batch in batches]
+    FORWARDS.clear()
+    return data
+
+
+def pytest_sessionfinish(session):
+    pathlib.Path("forwards.json").write_text(json.dumps(len(FORWARDS)))
+"""
+
+CHECKS = """
+import pytest
+
+@pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99)
+def test_int8():
+    pass
+
+@pytest.mark.compress(prune=0.5, max_accuracy_drop=0.99)
+def test_pruned():
+    pass
+"""
+BATCHES = 4
+MEASURED_ALL = BATCHES * 3  # the float model and two copies, once per batch
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sources(monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+def configure(pytester: pytest.Pytester, **settings: object) -> None:
+    (pytester.path / "settings.json").write_text(json.dumps(settings))
+
+
+def run(pytester: pytest.Pytester) -> pytest.RunResult:
+    result = pytester.runpytest("-p", "no:hypothesispytest")
+    result.assert_outcomes(passed=2)
+    return result
+
+
+def forwards(pytester: pytest.Pytester) -> int:
+    return read_json(pytester.path / "forwards.json")
+
+
+def follow_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read transformers as the user's own code (an editable install, or one outside
+    site-packages): its classes' code and every global it reads are followed."""
+    # sys.modules' copy of the module, the one the plugin imports
+    fingerprint = importlib.import_module("pytest_compress.checks.fingerprint")
+    installed = fingerprint.library_version
+    monkeypatch.setattr(
+        fingerprint,
+        "library_version",
+        lambda module: None if (module or "").startswith("transformers") else installed(module),
+    )
+
+
+@pytest.mark.parametrize("transformers_code", ["installed", "followed"])
+def test_a_tiny_bert_is_served_from_the_cache_until_a_weight_or_setting_changes(
+    pytester, monkeypatch, transformers_code
+):
+    if transformers_code == "followed":
+        follow_transformers(monkeypatch)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_project=textwrap.dedent(CHECKS))
+    configure(pytester)
+    first = run(pytester)
+    assert forwards(pytester) == MEASURED_ALL
+    first.stdout.no_fnmatch_line("*not cached*")
+
+    second = run(pytester)
+    assert forwards(pytester) == 0
+    second.stdout.fnmatch_lines(
+        [
+            "test_project.py::test_int8 * ok (cached)",
+            "test_project.py::test_pruned * ok (cached)",
+            "cache: 2 of 2 checks reused from an earlier run*",
+        ]
+    )
+
+    for change in ({"weight": 1e-3}, {"layer_norm_eps": 1e-5}):
+        configure(pytester, **change)
+        run(pytester)
+        assert forwards(pytester) == MEASURED_ALL, change
+        run(pytester)  # and the new numbers are cached in turn
+        assert forwards(pytester) == 0, change
