@@ -18,6 +18,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its pool; inherited
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
@@ -38,3 +39,10 @@ settings.register_profile("dev", deadline=None, max_examples=30)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs report as on a wide terminal, so tests read whole report rows; a test of
+    the width sets its own ``COLUMNS``."""
+    monkeypatch.setenv("COLUMNS", "240")

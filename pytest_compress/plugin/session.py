@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -222,7 +223,7 @@ class CompressSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.options.summary and self.entries:
             terminalreporter.write_sep("=", "compression report")
-            for line in terminal_table(self.entries):
+            for line in terminal_table(self.entries, terminal_width(terminalreporter)):
                 terminalreporter.write_line(line)
             for line in [*self._cache_lines(), *self.notes]:
                 terminalreporter.write_line(line)
@@ -319,6 +320,13 @@ class CompressSession:
             return
         written = "rewritten" if self.unreadable_baseline else "recorded"
         self.notes.extend(baseline_lines(shown, produced=len(produced), written=written))
+
+
+def terminal_width(terminalreporter: Any) -> int:
+    """The width pytest writes to: its terminal writer's, else the terminal's (or COLUMNS)."""
+    writer = getattr(terminalreporter, "_tw", None)
+    width = getattr(writer, "fullwidth", None)
+    return width if isinstance(width, int) else shutil.get_terminal_size().columns
 
 
 def junit_properties(check_id: str, result: CompressionResult) -> list[tuple[str, object]]:
