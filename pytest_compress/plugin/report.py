@@ -31,8 +31,9 @@ COLUMNS = ("test", "recipe", "metric", "drop", "size", "ratio", "sparsity", "ver
 TEXT_COLUMNS = (0, 1)
 # The least a text cell keeps before the terminal table becomes one block per check.
 MIN_TEXT_WIDTH = 16
-# The longest line of a Markdown report's table (a row cannot wrap in Markdown's source).
-MARKDOWN_WIDTH = 160
+# The longest row of the Markdown table (a row cannot wrap): the whole text of any
+# ordinary check fits; only a very long recipe or test id (a large model) is shortened.
+MARKDOWN_WIDTH = 240
 
 Entry = Mapping[str, Any]
 E = TypeVar("E", bound=Entry)

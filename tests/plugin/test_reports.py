@@ -110,3 +110,46 @@ def test_the_terminal_report_fits_the_terminal_and_json_keeps_the_full_text(pyte
         assert all(len(line) <= MARKDOWN_WIDTH for line in markdown if line.startswith("|"))
         check = read_json(pytester.path / "report.json")["checks"][0]
         assert long_id in check["check"]
+
+
+SLOW_METRIC = """
+import time
+
+from pytest_compress.engine.measure import model_metric
+
+DELAY = 0.05
+
+@pytest.fixture(scope="session")
+def compress_metric():
+    def fixed(model, data):  # every compressed copy loses 7 points: every trial fails
+        time.sleep(DELAY)
+        return 0.97 if model is ORIGINAL[0] else 0.90
+    return model_metric(fixed)
+"""
+
+
+def test_json_seconds_cover_the_search_and_the_sensitivity(pytester):
+    delay = 0.05  # SLOW_METRIC's: each evaluation takes at least this long
+    make_project(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.compress(search="bits", max_accuracy_drop=0.02)
+        def test_search():
+            pass
+        """,
+        conftest_extra=SLOW_METRIC,
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "--compress-report=report.json")
+    result.assert_outcomes(failed=1)
+    check = read_json(pytester.path / "report.json")["checks"][0]
+    timings, evaluations = check["timings"], check["search"]["evaluations"]
+    layers = len(check["sensitivity"]["layers"])
+    assert evaluations >= 2 and layers == 2
+    assert timings["search"] >= evaluations * delay
+    assert timings["sensitivity"] >= layers * delay
+    assert check["seconds"] == timings["total"]
+    assert check["seconds"] >= timings["search"] + timings["sensitivity"]
+    assert check["seconds"] >= (evaluations + layers) * delay
+    assert {"compress", "evaluate"} <= set(timings)  # the reported evaluation's own phases
