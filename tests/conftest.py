@@ -41,8 +41,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inner runs report as on a wide terminal, so tests read whole report rows; a test of
-    the width sets its own ``COLUMNS``."""
+@pytest.fixture
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs report as on a wide terminal, so a test reads whole report rows (a
+    narrow one shortens them, see tests/plugin/test_reports.py)."""
     monkeypatch.setenv("COLUMNS", "240")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -236,21 +236,50 @@ def baseline_lines(
     new: Sequence[str] = (),
     stale: Sequence[str] = (),
     regressed: Sequence[str] = (),
+    failed: Sequence[str] = (),
+    recorded_before: Container[str] = (),
 ) -> list[str]:
-    """What happened to the stored baseline, one fact per line."""
+    """What happened to the stored baseline, one fact per line.
+
+    ``produced`` counts the checks written; ``failed`` are those a write left out (a
+    failed check is no reference), of which ``recorded_before`` kept their old entry.
+    """
+    if written == "nothing":
+        return [
+            f"baseline {path}: no baseline yet; none of the {len(failed)} checks passed, "
+            "nothing recorded (a failed check is no reference)"
+        ]
+    unrecorded = [
+        f"  not recorded (failed{'; its recorded entry stays' if c in recorded_before else ''}"
+        f"): {c}"
+        for c in failed
+    ]
     if written == "recorded":
-        return [f"baseline {path}: no baseline yet, recorded {produced} checks"]
+        return [f"baseline {path}: no baseline yet, recorded {produced} checks", *unrecorded]
     if written == "rewritten":
         return [
             f"baseline {path}: the file could not be used; rewritten from this run "
-            f"({produced} checks)"
+            f"({produced} checks)",
+            *unrecorded,
         ]
     if written == "updated":
         lines = [f"baseline {path}: updated from this run ({produced} checks)"]
         lines += kept_lines(kept or {})
         lines += [f"  added: {check}" for check in new]
         lines += [f"  removed (stale): {check}" for check in stale]
-        return lines
+        return lines + unrecorded
+    return compared_lines(path, produced, new=new, stale=stale, regressed=regressed)
+
+
+def compared_lines(
+    path: Path,
+    produced: int,
+    *,
+    new: Sequence[str],
+    stale: Sequence[str],
+    regressed: Sequence[str],
+) -> list[str]:
+    """A run that only compared: the counts, then each regressed, new and stale check."""
     lines = [
         f"baseline {path}: {produced - len(new)} checks compared, {len(regressed)} regressed, "
         f"{len(new)} new, {len(stale)} stale"
