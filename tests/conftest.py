@@ -41,8 +41,25 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.manual_seed(0)
 
 
-@pytest.fixture
-def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inner runs report as on a wide terminal, so a test reads whole report rows (a
-    narrow one shortens them, see tests/plugin/test_reports.py)."""
-    monkeypatch.setenv("COLUMNS", "240")
+# The modules whose tests read whole rows of the terminal report.
+WIDE_TERMINAL = {
+    f"tests.{name}"
+    for name in (
+        "plugin.test_options",
+        "plugin.test_marker",
+        "plugin.test_fixture",
+        "plugin.test_cache",
+        "plugin.test_adjust",
+        "plugin.test_baseline",
+        "faults.test_stale_cache",
+    )
+}
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs of WIDE_TERMINAL's tests report as on a wide terminal, so they read
+    whole rows (a narrow one shortens them: tests/plugin/test_reports.py). Not every
+    test: others read pytest's own lines as an 80-column terminal cuts them."""
+    if request.module.__name__ in WIDE_TERMINAL:
+        monkeypatch.setenv("COLUMNS", "240")

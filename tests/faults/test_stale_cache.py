@@ -118,7 +118,6 @@ def cached(result: pytest.RunResult) -> bool:
     [({}, {"bias": 100.0}), ({"metric": True}, {"metric": True, "shift": 1})],
     ids=["model-reads-a-module-tensor", "metric-reads-a-module-dict"],
 )
-@pytest.mark.usefixtures("wide_terminal")  # it reads a whole report row
 def test_a_changed_global_is_measured_again_and_regresses(pytester, before, after):
     project(pytester, **before)
     assert not cached(record(pytester))

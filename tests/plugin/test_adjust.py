@@ -305,9 +305,6 @@ def test_keep_float_patterns_leave_those_layers_uncompressed(pytester):
 RECOVERY = """
 from pytest_compress.tuning.recovery import finetune
 
-# the report rows these tests read are whole on a wide terminal
-pytestmark = pytest.mark.usefixtures("wide_terminal")
-
 
 @pytest.fixture(scope="session")
 def compress_train_data(compress_model):

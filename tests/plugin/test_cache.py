@@ -110,9 +110,6 @@ def pytest_sessionfinish(session):
 CHECKS = """
 import pytest
 
-# the report rows these tests read are whole on a wide terminal
-pytestmark = pytest.mark.usefixtures("wide_terminal")
-
 @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99)
 def test_int8():
     pass

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pytest_compress.plugin.markers import CALL_SIGNATURE, FIXTURE_ARGUMENTS, MARKER_SIGNATURE
 from tests.plugin_projects import make_project
-
-# the report rows these tests read are whole on a wide terminal
-pytestmark = pytest.mark.usefixtures("wide_terminal")
 
 
 def test_without_budgets_it_returns_the_result_and_never_raises(pytester):

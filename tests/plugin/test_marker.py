@@ -106,9 +106,6 @@ def test_every_broken_budget_is_listed_not_only_the_first(pytester):
 FIXED_METRIC = """
 from pytest_compress.engine.measure import model_metric
 
-# the report rows these tests read are whole on a wide terminal
-pytestmark = pytest.mark.usefixtures("wide_terminal")
-
 @pytest.fixture(scope="session")
 def compress_metric():
     def fixed(model, data):  # {before} for the user's model, {after} for a compressed copy

@@ -13,9 +13,6 @@ from tests.plugin_projects import make_project, measure_recipe, read_json
 TWO_CHECKS = """
 import pytest
 
-# the report rows these tests read are whole on a wide terminal
-pytestmark = pytest.mark.usefixtures("wide_terminal")
-
 @pytest.mark.compress(quantize="int8", max_accuracy_drop=0.01, max_size_ratio=0.5)
 def test_int8():
     pass
