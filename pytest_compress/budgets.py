@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .metrics import MetricKind
-from .units import SIZE_FORMS, format_fraction, format_ratio, format_size, parse_size
+from .units import SIZE_FORMS, distinct, format_fraction, format_ratio, format_size, parse_size
 
 EPSILON = 1e-9
 
@@ -321,8 +321,8 @@ class BudgetCheck:
         if budget is None:
             return f"{self.budget} {self.actual:g} vs limit {self.limit:g}"
         label = budget.words(budget.short if short else budget.label, metric)
-        actual = budget.render(self.actual, metric, 0)
-        limit = budget.render(self.limit, metric, 0)
+        # the digits that tell them apart: a broken budget never reads 30.0% < 30.0%
+        actual, limit = distinct(self.actual, self.limit, lambda v, d: budget.render(v, metric, d))
         return f"{label} {actual} {'>' if budget.upper else '<'} {limit}"
 
 

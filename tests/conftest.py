@@ -18,6 +18,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its pool; inherited
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
@@ -38,3 +39,27 @@ settings.register_profile("dev", deadline=None, max_examples=30)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 torch.manual_seed(0)
+
+
+# The modules whose tests read whole rows of the terminal report.
+WIDE_TERMINAL = {
+    f"tests.{name}"
+    for name in (
+        "plugin.test_options",
+        "plugin.test_marker",
+        "plugin.test_fixture",
+        "plugin.test_cache",
+        "plugin.test_adjust",
+        "plugin.test_baseline",
+        "faults.test_stale_cache",
+    )
+}
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs of WIDE_TERMINAL's tests report as on a wide terminal, so they read
+    whole rows (a narrow one shortens them: tests/plugin/test_reports.py). Not every
+    test: others read pytest's own lines as an 80-column terminal cuts them."""
+    if request.module.__name__ in WIDE_TERMINAL:
+        monkeypatch.setenv("COLUMNS", "240")

@@ -112,6 +112,7 @@ def run_subprocess(path: Path, *args: str, timeout: float = 300) -> pytest.RunRe
         if not name.startswith("PYTEST_") and name != "GITHUB_STEP_SUMMARY"
     }
     environment["OMP_NUM_THREADS"] = "1"
+    environment["COLUMNS"] = "240"  # whole report rows (the width is tested apart)
     # The projects use no Hypothesis: its plugin would cost each process (a controller,
     # each xdist worker) most of a second of imports.
     command = [sys.executable, "-m", "pytest", "-p", "no:hypothesispytest", *args]

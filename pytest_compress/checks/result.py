@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -180,7 +181,7 @@ class CompressionResult:
         if check is None:
             drop = self.metric_kind.difference(self.accuracy_drop)
             return f"{head} ({self.metric_kind.drop_word} {drop})"
-        drop, limit = distinct(check.actual, check.limit, self.metric_kind.difference)
+        drop, limit = _shown(check, self.metric_kind.difference)
         if check.ok:
             return f"{head} ({self.metric_kind.drop_word} {drop}, budget {limit}): ok"
         return f"{head}: {self.metric_kind.drop_word} {drop} > {limit} allowed"
@@ -190,7 +191,7 @@ class CompressionResult:
         head = f"size {before} -> {after}"
         if check is None:
             return f"{head} (ratio {format_ratio(self.size_ratio)})"
-        ratio, limit = distinct(check.actual, check.limit, format_ratio)
+        ratio, limit = _shown(check, format_ratio)
         if check.ok:
             return f"{head} (ratio {ratio}, budget {limit}): ok"
         return f"{head}: ratio {ratio} > {limit} allowed"
@@ -249,13 +250,22 @@ class CompressionResult:
 
 def _budget_line(budget: Budget, check: BudgetCheck, metric: MetricKind) -> str:
     """``compressed size 7.7 kB (budget 10.0 kB): ok`` or ``sparsity 50.0% < 80.0% required``."""
-    actual, limit = distinct(check.actual, check.limit, lambda v, d: budget.render(v, metric, d))
-    if actual == limit:  # they differ below the shown precision: show the raw numbers
+    actual, limit = _shown(check, lambda v, d: budget.render(v, metric, d))
+    if actual == limit and not check.ok:  # they differ below the shown precision: raw numbers
         actual, limit = f"{check.actual:,}", f"{check.limit:,}"
     head = f"{budget.words(budget.label, metric)} {actual}"
     if check.ok:
         return f"{head} (budget {limit}): ok"
     return f"{head} > {limit} allowed" if budget.upper else f"{head} < {limit} required"
+
+
+def _shown(check: BudgetCheck, render: Callable[[float, int], str]) -> tuple[str, str]:
+    """The value and the limit of ``check``: at the usual precision when the budget holds
+    (``sparsity 30.0% (budget 30.0%): ok``: nothing to tell apart), else with the digits
+    that tell them apart (a broken budget never reads ``2.0 pp > 2.0 pp allowed``)."""
+    if check.ok:
+        return render(check.actual, 0), render(check.limit, 0)
+    return distinct(check.actual, check.limit, render)
 
 
 def _search_line(check: BudgetCheck, kind: str) -> str:

@@ -283,7 +283,14 @@ class _CheckRun:
     # --- the tuning loop -----------------------------------------------------------
 
     def adjusted(self, check: Check) -> CompressionResult:
-        """The check with its keep_float, search and sensitivity steps applied."""
+        """The check with its keep_float, search and sensitivity steps applied.
+
+        Its ``timings`` are those of the evaluation it reports, plus the wall time of each
+        step that ran (``search``, ``sensitivity``, ``keep_float``) and, as ``total``, of
+        the whole check.
+        """
+        started = time.perf_counter()
+        phases: dict[str, float] = {}
         adjustments = check.adjustments
         recipe = check.recipe
         require_matches(self.layered_model, adjustments.kept_float)
@@ -297,6 +304,7 @@ class _CheckRun:
             )
         found = None
         if adjustments.search is not None:
+            begun = time.perf_counter()
             found = search(
                 adjustments.search,
                 lambda q, p: self.trial(check, Recipe(q, p)),
@@ -307,6 +315,7 @@ class _CheckRun:
             )
             assert found.closest is not None  # every grid has a setting, so one was tried
             result: CompressionResult = found.closest.result
+            phases["search"] = time.perf_counter() - begun
         else:
             result = self.one(check.at(recipe))
         sensitivity = None
@@ -317,12 +326,19 @@ class _CheckRun:
             and not math.isnan(result.compressed_metric)
             and (limit is not None or adjustments.auto_keep_float)
         ):
+            begun = time.perf_counter()
             sensitivity = self.sensitivity(result, DEFAULT_LIMIT if limit is None else limit)
+            phases["sensitivity"] = time.perf_counter() - begun
         kept = None
         if adjustments.auto_keep_float:
+            begun = time.perf_counter()
             kept = self.keep_float_auto(check, result, sensitivity)
             result = kept.final.result
-        return dataclasses.replace(result, search=found, keep_float=kept, sensitivity=sensitivity)
+            phases["keep_float"] = time.perf_counter() - begun
+        timings = {**result.timings, **phases, "total": time.perf_counter() - started}
+        return dataclasses.replace(
+            result, search=found, keep_float=kept, sensitivity=sensitivity, timings=timings
+        )
 
     def trial(self, check: Check, recipe: Recipe) -> Trial:
         return Trial.from_result(self.one(check.at(recipe)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,13 +20,20 @@ from typing import Any, TypeVar
 from .. import strict_json
 from ..files import write_text_atomically
 from ..metrics import MetricKind
-from ..tables import text_table
+from ..tables import fit_table, narrowed, shorten, text_table, wrap_items
 from ..tuning.grids import format_setting
 from ..units import format_fraction, format_ratio, format_size
 from .reach import NOT_IN_RUN
 
 JSON_SCHEMA_VERSION = 1
 COLUMNS = ("test", "recipe", "metric", "drop", "size", "ratio", "sparsity", "verdict")
+# The text cells, shortened to fit a width (an ellipsis in the middle); numbers never are.
+TEXT_COLUMNS = (0, 1)
+# The least a text cell keeps before the terminal table becomes one block per check.
+MIN_TEXT_WIDTH = 16
+# The longest row of the Markdown table (a row cannot wrap): the whole text of any
+# ordinary check fits; only a very long recipe or test id (a large model) is shortened.
+MARKDOWN_WIDTH = 240
 
 Entry = Mapping[str, Any]
 E = TypeVar("E", bound=Entry)
@@ -93,15 +100,38 @@ def recipe_cell(entry: Entry) -> str:
     return f"{entry['recipe']} [{'; '.join(notes)}]" if notes else entry["recipe"]
 
 
-def terminal_table(entries: Iterable[Entry]) -> list[str]:
-    """The table as aligned text lines, header first."""
-    return text_table(COLUMNS, [row(entry) for entry in sorted_entries(entries)])
+def terminal_table(entries: Iterable[Entry], width: int | None = None) -> list[str]:
+    """The table as aligned text lines, header first, each at most ``width`` long.
+
+    The test and recipe cells are shortened to fit; when the numbers leave them too
+    little room, each check is a block of lines instead (``stacked``). The JSON report
+    keeps the full text.
+    """
+    rows = [row(entry) for entry in sorted_entries(entries)]
+    if width is None:
+        return text_table(COLUMNS, rows)
+    fitted = fit_table(COLUMNS, rows, width, shrink=TEXT_COLUMNS, minimum=MIN_TEXT_WIDTH)
+    return fitted if fitted is not None else stacked(rows, width)
+
+
+def stacked(rows: Iterable[Sequence[str]], width: int) -> list[str]:
+    """Each check as a block within ``width``: the test and its verdict, the recipe, then
+    the numbers by name, wrapped between them (a number is never cut)."""
+    lines = []
+    for test, recipe, *numbers, outcome in rows:
+        lines.append(f"{shorten(test, width - len(outcome) - 2)}  {outcome}")
+        lines.append("  " + shorten(recipe, width - 2))
+        named = [f"{name} {value}" for name, value in zip(COLUMNS[2:-1], numbers, strict=True)]
+        lines += wrap_items(named, width, indent="  ")
+    return lines
 
 
 def markdown_table(entries: Iterable[Entry], notes: Sequence[str] = ()) -> str:
     """The table in GitHub-flavoured Markdown, under a ``compression report`` heading.
 
-    ``notes`` (the terminal's lines about the data and the cache) follow as a list.
+    Each row is at most ``MARKDOWN_WIDTH`` characters: its test and recipe cells are
+    shortened as the terminal's are. ``notes`` (the terminal's lines about the data and
+    the cache) follow as a list.
     """
     lines = [
         "## compression report",
@@ -112,10 +142,29 @@ def markdown_table(entries: Iterable[Entry], notes: Sequence[str] = ()) -> str:
     for entry in sorted_entries(entries):
         cells = row(entry)
         cells[0] = f"`{cells[0]}`"
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        room = MARKDOWN_WIDTH - len(" | ") * (len(cells) - 1) - len("|  |")
+        widths = narrowed([len(_escaped(c)) for c in cells], room, TEXT_COLUMNS, MIN_TEXT_WIDTH)
+        test, recipe = widths[:2] if widths is not None else (MIN_TEXT_WIDTH,) * 2
+        cells = [
+            f"`{_markdown_cell(cells[0][1:-1], test - 2)}`",
+            _markdown_cell(cells[1], recipe),
+            *(_escaped(cell) for cell in cells[2:]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
+
+
+def _escaped(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
+def _markdown_cell(text: str, width: int) -> str:
+    """``text`` escaped for a table cell, shortened to ``width`` escaped characters."""
+    if len(_escaped(text)) <= width:
+        return _escaped(text)
+    return _escaped(shorten(text, width - text.count("|")))
 
 
 def json_report(
@@ -187,21 +236,50 @@ def baseline_lines(
     new: Sequence[str] = (),
     stale: Sequence[str] = (),
     regressed: Sequence[str] = (),
+    failed: Sequence[str] = (),
+    recorded_before: Container[str] = (),
 ) -> list[str]:
-    """What happened to the stored baseline, one fact per line."""
+    """What happened to the stored baseline, one fact per line.
+
+    ``produced`` counts the checks written; ``failed`` are those a write left out (a
+    failed check is no reference), of which ``recorded_before`` kept their old entry.
+    """
+    if written == "nothing":
+        return [
+            f"baseline {path}: no baseline yet; none of the {len(failed)} checks passed, "
+            "nothing recorded (a failed check is no reference)"
+        ]
+    unrecorded = [
+        f"  not recorded (failed{'; its recorded entry stays' if c in recorded_before else ''}"
+        f"): {c}"
+        for c in failed
+    ]
     if written == "recorded":
-        return [f"baseline {path}: no baseline yet, recorded {produced} checks"]
+        return [f"baseline {path}: no baseline yet, recorded {produced} checks", *unrecorded]
     if written == "rewritten":
         return [
             f"baseline {path}: the file could not be used; rewritten from this run "
-            f"({produced} checks)"
+            f"({produced} checks)",
+            *unrecorded,
         ]
     if written == "updated":
         lines = [f"baseline {path}: updated from this run ({produced} checks)"]
         lines += kept_lines(kept or {})
         lines += [f"  added: {check}" for check in new]
         lines += [f"  removed (stale): {check}" for check in stale]
-        return lines
+        return lines + unrecorded
+    return compared_lines(path, produced, new=new, stale=stale, regressed=regressed)
+
+
+def compared_lines(
+    path: Path,
+    produced: int,
+    *,
+    new: Sequence[str],
+    stale: Sequence[str],
+    regressed: Sequence[str],
+) -> list[str]:
+    """A run that only compared: the counts, then each regressed, new and stale check."""
     lines = [
         f"baseline {path}: {produced - len(new)} checks compared, {len(regressed)} regressed, "
         f"{len(new)} new, {len(stale)} stale"

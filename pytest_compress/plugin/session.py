@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -222,7 +223,7 @@ class CompressSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.options.summary and self.entries:
             terminalreporter.write_sep("=", "compression report")
-            for line in terminal_table(self.entries):
+            for line in terminal_table(self.entries, terminal_width(terminalreporter)):
                 terminalreporter.write_line(line)
             for line in [*self._cache_lines(), *self.notes]:
                 terminalreporter.write_line(line)
@@ -279,46 +280,69 @@ class CompressSession:
         )
 
     def _gate_baseline(self) -> None:
+        """Compare with the stored baseline, or write it: a first run records, an update
+        rewrites, the passing checks only (a failed check is no reference)."""
         path = self.options.baseline
         shown = _shown(path, self.config.rootpath)
         produced = {entry["check"]: baseline_entry(entry) for entry in self.entries}
+        failed = [entry["check"] for entry in self.entries if not entry["passed"]]
+        passing = {check: e for check, e in produced.items() if check not in failed}
         if self.baseline is None:
-            self._record_baseline(path, shown, produced)
+            self._record_baseline(path, shown, passing, failed)
             return
+        # a failed check is no reference, but its test ran: its recorded entry is not stale
         stale, kept = self.baseline.triage(produced, self.reach.why_kept)
-        new = [check for check in produced if check not in self.baseline.checks]
+        recorded = self.baseline.checks
         written = None
-        if self.options.update_baseline and self._attempt(
-            "baseline", path, True, lambda: merge_into_file(path, produced, stale)
-        ):
-            written = "updated"
+        if self.options.update_baseline:
+            if self._attempt("baseline", path, True, lambda: merge_into_file(path, passing, stale)):
+                written = "updated"
+        else:
+            failed = []  # only a write leaves checks out
         self.notes.extend(
             baseline_lines(
                 shown,
-                produced=len(produced),
+                produced=len(passing) if written else len(produced),
                 kept=kept,
-                new=new,
+                new=[
+                    check for check in (passing if written else produced) if check not in recorded
+                ],
                 stale=stale,
                 regressed=[e["check"] for e in self.entries if e["baseline"] == "regressed"],
                 written=written,
+                failed=failed,
+                recorded_before=recorded,
             )
         )
 
     def _record_baseline(
-        self, path: Path, shown: Path, produced: dict[str, dict[str, Any]]
+        self, path: Path, shown: Path, passing: dict[str, dict[str, Any]], failed: list[str]
     ) -> None:
-        """No usable baseline: the first run records one (a write nobody asked for, so a
-        failure does not fail the run); an update rewrites a file it could not use."""
+        """No usable baseline: the first run records one of its passing checks (a write
+        nobody asked for, so a failure does not fail the run; none when no check passed);
+        an update rewrites a file it could not use."""
         update = self.options.update_baseline
+        if not passing and not self.unreadable_baseline:
+            self.notes.extend(baseline_lines(shown, produced=0, written="nothing", failed=failed))
+            return
         if not self._attempt(
             "baseline",
             path,
             update,
-            lambda: merge_into_file(path, produced, replace_unreadable=update),
+            lambda: merge_into_file(path, passing, replace_unreadable=update),
         ):
             return
         written = "rewritten" if self.unreadable_baseline else "recorded"
-        self.notes.extend(baseline_lines(shown, produced=len(produced), written=written))
+        self.notes.extend(
+            baseline_lines(shown, produced=len(passing), written=written, failed=failed)
+        )
+
+
+def terminal_width(terminalreporter: Any) -> int:
+    """The width pytest writes to: its terminal writer's, else the terminal's (or COLUMNS)."""
+    writer = getattr(terminalreporter, "_tw", None)
+    width = getattr(writer, "fullwidth", None)
+    return width if isinstance(width, int) else shutil.get_terminal_size().columns
 
 
 def junit_properties(check_id: str, result: CompressionResult) -> list[tuple[str, object]]:

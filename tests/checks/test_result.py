@@ -38,6 +38,21 @@ def test_explain_of_a_lower_is_better_metric_speaks_of_an_increase():
     assert lines[2] == "  cross_entropy relative increase 20.0% > 10.0% allowed"
 
 
+def test_a_budget_that_holds_reads_at_the_usual_precision():
+    # float32 arithmetic: 30 % of the weights pruned measures 0.30000002
+    result = make_result(sparsity=0.30000002, budgets=Budgets(min_sparsity=0.3))
+    assert "  sparsity 30.0% (budget 30.0%): ok" in result.explain().splitlines()
+    near = make_result(accuracy_drop=0.0200000001, budgets=Budgets(max_accuracy_drop=0.02))
+    assert "(drop 2.0 pp, budget 2.0 pp): ok" in near.explain()
+
+
+def test_a_broken_budget_shows_the_digits_that_tell_value_and_limit_apart():
+    result = make_result(sparsity=0.29999998, budgets=Budgets(min_sparsity=0.3))
+    assert "  sparsity 29.999998% < 30.000000% required" in result.explain().splitlines()
+    (violation,) = result.violations
+    assert violation.describe(result.metric_kind, short=True) == "sparsity 29.999998% < 30.000000%"
+
+
 def test_explain_of_a_baseline_regression_gives_both_numbers():
     result = make_result(budgets=Budgets()).with_checks(
         [

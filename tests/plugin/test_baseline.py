@@ -222,3 +222,78 @@ def test_an_invalid_baseline_file_is_a_usage_error_naming_it(pytester, content, 
     result.stderr.fnmatch_lines(
         [f"ERROR: pytest-compress: the baseline file */.compress-baseline.json {problem}*"]
     )
+
+
+# test_harsh fails its budget while harsh.txt says so (max_accuracy_drop 0.0 then 0.99)
+PASS_AND_FAIL = """
+import pathlib
+
+import pytest
+
+@pytest.mark.compress(quantize="int8", max_accuracy_drop=0.99)
+def test_int8():
+    pass
+
+HARSH = 0.0 if pathlib.Path("harsh.txt").exists() else 0.99
+
+@pytest.mark.compress(quantize="int2", prune=0.8, max_accuracy_drop=HARSH)
+def test_harsh():
+    pass
+"""
+
+
+def test_a_failed_check_is_never_recorded_as_the_reference(pytester):
+    make_project(pytester, PASS_AND_FAIL)
+    path = pytester.path / ".compress-baseline.json"
+    harsh = pytester.path / "harsh.txt"
+    harsh.write_text("")
+    first = pytester.runpytest()
+    first.assert_outcomes(passed=1, failed=1)
+    first.stdout.fnmatch_lines(
+        [
+            "baseline .compress-baseline.json: no baseline yet, recorded 1 checks",
+            "  not recorded (failed): test_project.py::test_harsh",
+        ]
+    )
+    assert list(read_json(path)["checks"]) == ["test_project.py::test_int8"]
+
+    again = pytester.runpytest()  # still failing: new, whether or not it passes
+    again.stdout.fnmatch_lines(
+        [
+            "baseline .compress-baseline.json: 1 checks compared, 0 regressed, 1 new, 0 stale",
+            "  new (not in the baseline): test_project.py::test_harsh",
+        ]
+    )
+
+    harsh.unlink()  # it passes: an update records it
+    pytester.runpytest("--compress-update-baseline").assert_outcomes(passed=2)
+    recorded = read_json(path)["checks"]
+    assert sorted(recorded) == ["test_project.py::test_harsh", "test_project.py::test_int8"]
+
+    harsh.write_text("")  # failing again: an update keeps the entry it recorded
+    updated = pytester.runpytest("--compress-update-baseline")
+    updated.assert_outcomes(passed=1, failed=1)
+    updated.stdout.fnmatch_lines(
+        [
+            "baseline .compress-baseline.json: updated from this run (1 checks)",
+            "  not recorded (failed; its recorded entry stays): test_project.py::test_harsh",
+        ]
+    )
+    assert read_json(path)["checks"] == recorded
+
+
+def test_a_first_run_where_every_check_fails_records_nothing(pytester):
+    make_project(
+        pytester,
+        PASS_AND_FAIL.replace("0.99)\ndef test_int8", "0.99, max_size_ratio=0.1)\ndef test_int8"),
+    )
+    (pytester.path / "harsh.txt").write_text("")
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "baseline .compress-baseline.json: no baseline yet; none of the 2 checks passed, "
+            "nothing recorded (a failed check is no reference)"
+        ]
+    )
+    assert not (pytester.path / ".compress-baseline.json").exists()
