@@ -14,10 +14,6 @@ import textwrap
 
 import pytest
 
-# Imported here, not only by the inner project: pytester drops the modules an inner run
-# imported, and transformers' lazy modules cannot be imported a second time in one process.
-from transformers import BertConfig, BertForSequenceClassification  # noqa: F401
-
 from tests.plugin_projects import read_json
 
 CONFTEST = """
@@ -108,25 +104,19 @@ def forwards(pytester: pytest.Pytester) -> int:
     return read_json(pytester.path / "forwards.json")
 
 
-def follow_transformers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read transformers as the user's own code (an editable install, or one outside
-    site-packages): its classes' code and every global it reads are followed."""
-    # sys.modules' copy of the module, the one the plugin imports
-    fingerprint = importlib.import_module("pytest_compress.checks.fingerprint")
-    installed = fingerprint.library_version
-    monkeypatch.setattr(
-        fingerprint,
-        "library_version",
-        lambda module: None if (module or "").startswith("transformers") else installed(module),
-    )
+@pytest.fixture(scope="module")
+def transformers_imported() -> None:
+    """Import transformers here, outside the inner runs: pytester drops the modules an
+    inner run imported, and transformers' lazy modules cannot be imported a second time
+    in one process. A fixture, not a module import, so only the worker that runs these
+    tests pays for it."""
+    importlib.import_module("transformers").BertForSequenceClassification  # noqa: B018
 
 
-@pytest.mark.parametrize("transformers_code", ["installed", "followed"])
-def test_a_tiny_bert_is_served_from_the_cache_until_a_weight_or_setting_changes(
-    pytester, monkeypatch, transformers_code
-):
-    if transformers_code == "followed":
-        follow_transformers(monkeypatch)
+@pytest.mark.usefixtures("transformers_imported")
+def test_a_tiny_bert_is_served_from_the_cache_until_a_weight_or_setting_changes(pytester):
+    # transformers as installed; tests/checks/test_fingerprint.py also reads its code as a
+    # user's own (an editable install), the way the original report failed
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_project=textwrap.dedent(CHECKS))
     configure(pytester)
