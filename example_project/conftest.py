@@ -58,3 +58,21 @@ def digits_vectors():
 def digits_vectors_validation():
     """Validation digits as flat vectors: the MLP's calibration data."""
     return digits.loader(digits.split("vectors").validation)
+
+
+@pytest.fixture(scope="session")
+def digit_encoder():
+    """A tiny transformer encoder of the digits (seeded random weights)."""
+    return nets.digit_encoder()
+
+
+@pytest.fixture(scope="session")
+def digit_tokens():
+    """Held-out test digits as 64 token ids each, without labels."""
+    return digits.token_batches(digits.split("tokens").test)
+
+
+@pytest.fixture(scope="session")
+def digit_tokens_validation():
+    """Validation digits as tokens: the encoder's calibration data."""
+    return digits.token_batches(digits.split("tokens").validation)

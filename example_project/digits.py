@@ -38,11 +38,15 @@ def _as_vectors(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def split(kind: str = "images") -> Split:
-    """The seeded train/validation/test split, as ``"images"`` (LeNet) or ``"vectors"`` (MLP)."""
+    """The seeded train/validation/test split, as ``"images"`` (LeNet), ``"vectors"`` (MLP)
+    or ``"tokens"`` (the encoder: 64 grey levels as token ids)."""
     digits = load_digits()
     pixels = torch.tensor(digits.data, dtype=torch.float32)
     labels = torch.tensor(digits.target, dtype=torch.long)
-    inputs = _as_images(pixels) if kind == "images" else _as_vectors(pixels)
+    if kind == "tokens":  # the 64 grey levels (0..16) as token ids, for the encoder
+        inputs = pixels.long()
+    else:
+        inputs = _as_images(pixels) if kind == "images" else _as_vectors(pixels)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SEED))
     n_train = int(0.6 * len(order))
     n_validation = int(0.2 * len(order))
@@ -57,3 +61,10 @@ def split(kind: str = "images") -> Split:
 def loader(dataset: TensorDataset, batch_size: int = 128) -> DataLoader:
     """Evaluation batches in a fixed order."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def token_batches(dataset: TensorDataset, batch_size: int = 128) -> list[torch.Tensor]:
+    """Bare input batches of token ids, without labels: a metric against the float model's
+    own outputs (cosine) needs no targets."""
+    tokens = dataset.tensors[0]
+    return [tokens[i : i + batch_size] for i in range(0, len(tokens), batch_size)]
