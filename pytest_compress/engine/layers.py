@@ -99,20 +99,25 @@ def require_layers(layers: list[Layer], include: Sequence[str], exclude: Sequenc
 
 
 def skipped_layers(model: nn.Module, selected: set[str]) -> dict[str, str]:
-    """Every module with a weight matrix (or kernel) that is not among ``selected``, by name,
-    with why: a type the engine does not compress, or the recipe's own selection."""
+    """Every module holding a weight matrix (a floating parameter of 2 or more dimensions)
+    that the recipe leaves uncompressed, by name, with why: a module type the engine does
+    not compress (its matrices named when not ``weight``), or the recipe's own selection."""
+    compressed = {id(getattr(model.get_submodule(name), "weight", None)) for name in selected}
     skipped = {}
-    seen = {id(getattr(model.get_submodule(name), "weight", None)) for name in selected}
     for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if name in selected or not isinstance(weight, torch.Tensor) or weight.dim() < 2:
-            continue
-        if not weight.is_floating_point() or id(weight) in seen:
-            continue  # integer tables, and weights tied to a compressed layer
-        if not isinstance(module, COMPRESSIBLE_TYPES):
-            skipped[name] = f"{type(module).__name__} is not a compressible layer type"
+        matrices = [
+            label
+            for label, value in module.named_parameters(recurse=False)
+            if value.dim() >= 2 and value.is_floating_point() and id(value) not in compressed
+        ]
+        if not matrices:
+            continue  # nothing left float here (a tied weight counts where it is compressed)
+        shown = name or "(the model)"
+        if isinstance(module, COMPRESSIBLE_TYPES) and matrices == ["weight"]:
+            skipped[shown] = "left out by the recipe's include/exclude (or keep_float)"
         else:
-            skipped[name] = "left out by the recipe's include/exclude (or keep_float)"
+            which = "" if matrices == ["weight"] else f" ({', '.join(matrices)})"
+            skipped[shown] = f"{type(module).__name__} is not a compressible layer type{which}"
     return skipped
 
 

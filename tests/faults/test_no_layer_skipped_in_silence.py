@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize, prune
 
 from pytest_compress import ModelError, PruneSpec, compress_model, sparsity
 from pytest_compress.engine.apply import copy_model
+from pytest_compress.engine.layers import skipped_layers
 
 INPUTS = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
 
@@ -197,4 +198,14 @@ def test_every_layer_a_recipe_leaves_out_is_in_the_json_report_with_why(
     assert check["skipped_layers"] == {
         "1": "Scaled is not a compressible layer type",
         "3": "left out by the recipe's include/exclude (or keep_float)",
+    }
+
+
+def test_a_weight_matrix_outside_any_compressible_layer_is_named_with_its_module() -> None:
+    # nn.MultiheadAttention keeps its q/k/v projection as in_proj_weight, not in a Linear
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.TransformerEncoderLayer(8, 2, 16, batch_first=True))
+    compressed = {"0", "1.self_attn.out_proj", "1.linear1", "1.linear2"}
+    assert skipped_layers(model, compressed) == {
+        "1.self_attn": "MultiheadAttention is not a compressible layer type (in_proj_weight)"
     }
