@@ -7,7 +7,6 @@ changed configuration value that matters (``layer_norm_eps``) measures again.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import textwrap
@@ -102,15 +101,6 @@ def run(pytester: pytest.Pytester) -> pytest.RunResult:
 
 def forwards(pytester: pytest.Pytester) -> int:
     return read_json(pytester.path / "forwards.json")
-
-
-@pytest.fixture(scope="module")
-def transformers_imported() -> None:
-    """Import transformers here, outside the inner runs: pytester drops the modules an
-    inner run imported, and transformers' lazy modules cannot be imported a second time
-    in one process. A fixture, not a module import, so only the worker that runs these
-    tests pays for it."""
-    importlib.import_module("transformers").BertForSequenceClassification  # noqa: B018
 
 
 @pytest.mark.usefixtures("transformers_imported")

@@ -7,7 +7,6 @@ states (no targets), and a BERT classifier by top-1 accuracy of its ``.logits``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import textwrap
 
@@ -89,13 +88,6 @@ def test_cosine(compression):
 def test_top1(compression):
     record("top1", compression)
 """
-
-
-@pytest.fixture(scope="module")
-def transformers_imported() -> None:
-    """Imported outside the inner run: pytester drops what an inner run imported, and
-    transformers' lazy modules cannot be imported twice in one process."""
-    importlib.import_module("transformers").GPT2LMHeadModel  # noqa: B018
 
 
 @pytest.mark.usefixtures("transformers_imported")
