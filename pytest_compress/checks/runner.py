@@ -15,7 +15,8 @@ The tuning loop runs here too, each of its evaluations an ordinary check:
    result reported is the chosen trial's, or the closest one when no setting passes;
 3. when the result breaks a budget that more compression breaks (the metric's), each
    layer is compressed alone and ranked (``layer_sensitivity``, capped);
-4. ``keep_float="auto"`` keeps the most sensitive layers float until every budget holds.
+4. ``keep_float="auto"`` keeps layers float, most metric recovered per byte first, until
+   every budget holds (``rank_layers_per_byte``: every compressed layer is a candidate).
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ from ..errors import BudgetError, ModelError
 from ..fileformat.container import compressed_size
 from ..metrics import DEFAULT_METRIC, MetricKind
 from ..tuning.keep_float import (
+    KeepFloatCandidate,
     KeepFloatResult,
     keep_float_auto,
     keep_float_specs,
+    rank_layers_per_byte,
     require_matches,
 )
 from ..tuning.recovery import RecoveryResult, pruning_masks, recover_compressed
@@ -361,7 +364,17 @@ class _CheckRun:
     ) -> KeepFloatResult:
         # A passing recipe, or one that only misses a size or sparsity floor, has no
         # ranking: nothing to keep float, and keep_float_auto says so without evaluating.
-        ranking = sensitivity.ranked if sensitivity is not None else ()
+        ranking: tuple[KeepFloatCandidate, ...] = ()
+        if sensitivity is not None:
+            calibration = self.calibration.batches
+            ranking = rank_layers_per_byte(
+                self.layered_model,
+                result.quantize,
+                result.prune,
+                calibration if calibration is not None else self.batches,
+                sensitivity=sensitivity,
+                calibration_data=calibration,
+            )
         return keep_float_auto(
             self.layered_model,
             ranking,

@@ -19,7 +19,7 @@ from ..errors import CalibrationError, DataError, ModelError, SpecError
 from . import prune as masks
 from .activations import ActivationFakeQuantize, ActivationPrune, add_activation_hook
 from .batches import call_model, model_device, split_batch, to_device
-from .layers import Layer, compressible_layers, fold_torch_pruning, matches, require_layers
+from .layers import Layer, compressible_layers, fold_torch_pruning, require_layers, selector
 from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
@@ -210,8 +210,9 @@ def _parameters_to_quantize(
         weight = layer.module.weight
         axes[id(weight)] = layer.output_axis if spec.per_channel and weight.dim() >= 2 else None
     if spec.parameters == "all":
+        selected = selector(model, spec.include, spec.exclude)
         for module_name, module in model.named_modules():
-            if not matches(module_name, spec.include, spec.exclude):
+            if not selected(module_name):
                 continue
             for param in module.parameters(recurse=False):
                 if param.is_floating_point() and id(param) not in axes:

@@ -25,6 +25,17 @@ QUANT_SHORTHANDS = (
     f'"int{MIN_BITS}".."int{MAX_BITS}" (weights), '
     f'"w<bits>a<bits>" such as "w8a8" or "w4a8" (weights and activations)'
 )
+# Named selections, usable wherever a module-name pattern is (include, exclude, keep_float):
+# each resolves against the model (engine.layers.expand_presets).
+PRESETS = {
+    "@embeddings": "every nn.Embedding and nn.EmbeddingBag",
+    "@head": (
+        "the output head: a Hugging Face model's get_output_embeddings(), otherwise the "
+        "last compressible layer the model registers"
+    ),
+}
+# The transformer default: quantize the blocks, keep the token tables and the head float.
+TRANSFORMER_EXCLUDE = ("@embeddings", "@head")
 _INT_PATTERN = re.compile(r"int(\d+)")
 _WA_PATTERN = re.compile(r"w(\d+)a(\d+)")
 _NM_PATTERN = re.compile(r"(\d+):(\d+)")
@@ -39,13 +50,22 @@ def check_bits(bits: object, *, name: str = "bits") -> int:
 
 def _patterns(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        return (value,)
+        value = (value,)
     if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        check_presets(value, name)
         return tuple(value)
     raise SpecError(
         f"{name} must be a module-name pattern or a sequence of them "
         f'(fnmatch style, e.g. "features.*"), got {value!r}'
     )
+
+
+def check_presets(patterns: tuple[str, ...] | list[str], name: str) -> None:
+    """``SpecError`` for a pattern that starts with ``@`` but names no preset."""
+    unknown = [p for p in patterns if p.startswith("@") and p not in PRESETS]
+    if unknown:
+        known = "; ".join(f"{preset} ({what})" for preset, what in PRESETS.items())
+        raise SpecError(f"{name}: unknown preset {unknown[0]!r}; the presets are {known}")
 
 
 def _fraction(value: object, name: str, *, low_open: bool, high_open: bool) -> float:

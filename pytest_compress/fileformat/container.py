@@ -378,6 +378,15 @@ def compressed_size(model: nn.Module) -> int:
     return _PREFIX.size + len(header) + sum(len(blob) for blob in blobs)
 
 
+def stored_sizes(model: nn.Module) -> dict[str, int]:
+    """Bytes each ``state_dict`` entry takes in the file ``save_compressed`` writes (its
+    blob; an entry stored as an alias of a tied tensor takes 0). Their sum plus the
+    header is ``compressed_size(model)``."""
+    entries, blobs = _encode_tensors(model)
+    sizes = iter(len(blob) for blob in blobs)
+    return {entry["k"]: 0 if "a" in entry else next(sizes) for entry in entries}
+
+
 # --- reading -------------------------------------------------------------------------------
 
 
