@@ -155,9 +155,7 @@ def costly_sensitive_model() -> tuple[nn.Module, torch.Tensor]:
     recovers far more per byte.
     """
     model = seeded(
-        nn.Sequential(
-            OrderedDict(big=nn.Linear(32, 256), act=nn.ReLU(), small=nn.Linear(256, 4))
-        )
+        nn.Sequential(OrderedDict(big=nn.Linear(32, 256), act=nn.ReLU(), small=nn.Linear(256, 4)))
     )
     with torch.no_grad():
         model.big.weight[:, 0] = 2.0

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..engine.apply import compress_model, copy_model
 from ..engine.batches import model_device
-from ..engine.layers import computed_weights, skipped_layers
+from ..engine.layers import computed_weights, preset_members, skipped_layers
 from ..engine.measure import evaluate, metric_source, model_size, reference_outputs, sparsity
 from ..engine.metrics import BuiltinMetric, builtin_metric
 from ..errors import BudgetError, ModelError
@@ -273,7 +273,8 @@ class _CheckRun:
         """The modules with a weight matrix that ``recipe`` leaves uncompressed, and why."""
         model = self.layered_model
         selected = {layer.name for layer in touched_layers(model, recipe.quantize, recipe.prune)}
-        return skipped_layers(model, selected)
+        excluded = [p for spec in (recipe.quantize, recipe.prune) if spec for p in spec.exclude]
+        return skipped_layers(model, selected, preset_members(model, excluded))
 
     def evaluate(self, model: nn.Module) -> float:
         metric = self.inputs.metric

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..errors import ModelError
+from .specs import PRESETS
 
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (
@@ -172,10 +173,15 @@ def require_layers(layers: list[Layer], include: Sequence[str], exclude: Sequenc
     )
 
 
-def skipped_layers(model: nn.Module, selected: set[str]) -> dict[str, str]:
+def skipped_layers(
+    model: nn.Module, selected: set[str], presets: dict[str, str] | None = None
+) -> dict[str, str]:
     """Every module holding a weight matrix (a floating parameter of 2 or more dimensions)
     that the recipe leaves uncompressed, by name, with why: a module type the engine does
-    not compress (its matrices named when not ``weight``), or the recipe's own selection."""
+    not compress (its matrices named when not ``weight``), a preset the recipe excludes
+    (``presets``: module name -> preset, from ``preset_members``), or the recipe's own
+    selection."""
+    presets = presets or {}
     compressed = {id(getattr(model.get_submodule(name), "weight", None)) for name in selected}
     skipped = {}
     for name, module in model.named_modules():
@@ -187,7 +193,9 @@ def skipped_layers(model: nn.Module, selected: set[str]) -> dict[str, str]:
         if not matrices:
             continue  # nothing left float here (a tied weight counts where it is compressed)
         shown = name or "(the model)"
-        if isinstance(module, COMPRESSIBLE_TYPES) and matrices == ["weight"]:
+        if isinstance(module, COMPRESSIBLE_TYPES) and matrices == ["weight"] and name in presets:
+            skipped[shown] = f"left float by the {presets[name]} preset ({PRESETS[presets[name]]})"
+        elif isinstance(module, COMPRESSIBLE_TYPES) and matrices == ["weight"]:
             skipped[shown] = "left out by the recipe's include/exclude (or keep_float)"
         else:
             which = "" if matrices == ["weight"] else f" ({', '.join(matrices)})"

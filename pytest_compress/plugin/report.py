@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import strict_json
+from ..checks.result import preset_floats
 from ..files import write_text_atomically
 from ..metrics import MetricKind
 from ..tables import fit_table, narrowed, shorten, text_table, wrap_items
@@ -81,6 +82,10 @@ def row(entry: Entry) -> list[str]:
 def recipe_cell(entry: Entry) -> str:
     """The recipe, then how it was adjusted: ``prune 83% (...) [search sparsity 0.83, 7 evals]``."""
     notes = []
+    by_preset = preset_floats(entry.get("skipped_layers") or {})
+    if by_preset:
+        presets = " ".join(sorted(set(by_preset.values())))
+        notes.append(f"float by preset: {len(by_preset)} layers ({presets})")
     search = entry.get("search")
     if search:
         found = format_setting(search["search"], search["chosen"]) if search["passed"] else "none"
