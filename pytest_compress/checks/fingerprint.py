@@ -134,7 +134,10 @@ _STATELESS = (
 )
 # The base classes of a Hugging Face configuration (``PretrainedConfig`` before
 # transformers 5), recognised by name: the package never imports transformers.
-_CONFIG_BASES = frozenset({"PretrainedConfig", "PreTrainedConfig"})
+_CONFIG_BASES = frozenset({"PretrainedConfig", "PreTrainedConfig", "GenerationConfig"})
+# Private configuration values each process makes up anew: GenerationConfig records
+# hash(self), which differs from run to run and says nothing about outputs.
+_PROCESS_MADE = frozenset({"_original_object_hash"})
 
 
 class Unfingerprintable(ValueError):
@@ -306,7 +309,7 @@ class Hasher:
         private = {
             name: item
             for name, item in vars(config).items()
-            if name.startswith("_") and isinstance(item, _PRIMITIVES)
+            if name.startswith("_") and isinstance(item, _PRIMITIVES) and name not in _PROCESS_MADE
         }
         self.value(dict(sorted(private.items())), depth + 1)
 

@@ -130,3 +130,42 @@ def test_a_tiny_bert_is_served_from_the_cache_until_a_weight_or_setting_changes(
         assert forwards(pytester) == MEASURED_ALL, change
         run(pytester)  # and the new numbers are cached in turn
         assert forwards(pytester) == 0, change
+
+
+FINGERPRINTS = """
+import sys
+import torch
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+from pytest_compress.checks.fingerprint import model_fingerprint
+
+torch.set_num_threads(1)
+SIZES = {"num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16}
+builders = {
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2)),
+    "bert": lambda: BertModel(BertConfig(vocab_size=50, hidden_size=16, **SIZES)),
+    "vit": lambda: ViTModel(ViTConfig(hidden_size=16, image_size=8, patch_size=4, **SIZES)),
+}
+for name, build in builders.items():
+    torch.manual_seed(0)
+    print(name, model_fingerprint(build().eval()))
+"""
+
+
+@pytest.mark.usefixtures("transformers_imported")
+def test_hugging_face_fingerprints_agree_across_processes(tmp_path, capsys):
+    """What a model holds that a process makes up (GenerationConfig's _original_object_hash
+    is hash(self)) must not reach the fingerprint: a rerun would then never hit the cache."""
+    import os
+    import runpy
+    import subprocess
+
+    script = tmp_path / "fingerprints.py"
+    script.write_text(FINGERPRINTS)
+    environment = {**os.environ, "PYTHONHASHSEED": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=environment
+    )
+    assert done.returncode == 0, done.stderr
+    runpy.run_path(str(script))  # this process: other object ids, another str hash seed
+    here = capsys.readouterr().out.split()
+    assert done.stdout.split() == here and len(here) == 6
