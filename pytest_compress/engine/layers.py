@@ -25,7 +25,29 @@ COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.EmbeddingBag,
 )
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
-COMPRESSIBLE_NAMES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding, EmbeddingBag"
+COMPRESSIBLE_NAMES = (
+    "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding, EmbeddingBag, and transformers' "
+    "Conv1D (GPT-2's linear layers)"
+)
+
+
+def _is_transformers_conv1d(module: nn.Module) -> bool:
+    """transformers' ``Conv1D``: a Linear whose weight is stored (in, out), told by its
+    class's name and package (the engine never imports transformers)."""
+    return any(
+        base.__name__ == "Conv1D" and base.__module__.startswith("transformers.")
+        for base in type(module).__mro__
+    )
+
+
+def is_compressible(module: nn.Module) -> bool:
+    """A layer type the engine compresses (its weight must still be a Parameter)."""
+    return isinstance(module, COMPRESSIBLE_TYPES) or _is_transformers_conv1d(module)
+
+
+def _stores_in_out(module: nn.Module) -> bool:
+    """Weights stored (in, out, ...): ConvTranspose and transformers' Conv1D."""
+    return isinstance(module, _CONV_TRANSPOSE) or _is_transformers_conv1d(module)
 
 
 class WeightedModule(nn.Module):
@@ -50,8 +72,9 @@ class Layer:
 
     @property
     def output_axis(self) -> int:
-        """The weight axis of output channels (ConvTranspose stores weights as [in, out, ...])."""
-        return 1 if isinstance(self.module, _CONV_TRANSPOSE) else 0
+        """The weight axis of output channels (ConvTranspose and transformers' Conv1D store
+        weights as [in, out, ...])."""
+        return 1 if _stores_in_out(self.module) else 0
 
     @property
     def input_axis(self) -> int:
@@ -59,7 +82,7 @@ class Layer:
         weight = self.module.weight
         if weight.dim() < 2:
             return 0
-        return 0 if isinstance(self.module, _CONV_TRANSPOSE) else 1
+        return 0 if _stores_in_out(self.module) else 1
 
 
 def literal_pattern(name: str) -> str:
@@ -113,7 +136,7 @@ def output_head(model: nn.Module) -> str | None:
                 return name
     last = None
     for name, module in model.named_modules():
-        if isinstance(module, COMPRESSIBLE_TYPES) and isinstance(
+        if is_compressible(module) and isinstance(
             getattr(module, "weight", None), nn.Parameter
         ):
             last = name
@@ -151,7 +174,7 @@ def compressible_layers(
     layers = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
-        if not isinstance(module, COMPRESSIBLE_TYPES) or not isinstance(weight, nn.Parameter):
+        if not is_compressible(module) or not isinstance(weight, nn.Parameter):
             continue
         if id(weight) in seen or not selected(name):
             continue
@@ -193,9 +216,9 @@ def skipped_layers(
         if not matrices:
             continue  # nothing left float here (a tied weight counts where it is compressed)
         shown = name or "(the model)"
-        if isinstance(module, COMPRESSIBLE_TYPES) and matrices == ["weight"] and name in presets:
+        if is_compressible(module) and matrices == ["weight"] and name in presets:
             skipped[shown] = f"left float by the {presets[name]} preset ({PRESETS[presets[name]]})"
-        elif isinstance(module, COMPRESSIBLE_TYPES) and matrices == ["weight"]:
+        elif is_compressible(module) and matrices == ["weight"]:
             skipped[shown] = "left out by the recipe's include/exclude (or keep_float)"
         else:
             which = "" if matrices == ["weight"] else f" ({', '.join(matrices)})"
@@ -233,7 +256,7 @@ def computed_weights(model: nn.Module) -> list[str]:
     return [
         name or "(the model)"
         for name, module in model.named_modules()
-        if isinstance(module, COMPRESSIBLE_TYPES)
+        if is_compressible(module)
         and isinstance(getattr(module, "weight", None), torch.Tensor)
         and not isinstance(getattr(module, "weight", None), nn.Parameter)
     ]

@@ -215,3 +215,44 @@ def test_static_ranges_are_observed_on_real_tokens_only() -> None:
     )
     ((_, wide),) = activation_hooks(unmasked)
     assert wide.scale > 100 * hook.scale
+
+
+# --- transformers' Conv1D (GPT-2) -----------------------------------------------------------
+
+
+def test_gpt2s_conv1d_layers_are_compressed_along_their_stored_in_out_axes() -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    from pytest_compress.engine.record import get_record
+    from pytest_compress.engine.specs import PruneSpec
+
+    model = seeded(
+        nn.Sequential(OrderedDict(c_fc=Conv1D(16, 8), act=nn.ReLU(), c_proj=Conv1D(4, 16)))
+    )
+    assert [layer.name for layer in compressible_layers(model)] == ["c_fc", "c_proj"]
+    assert model.c_fc.weight.shape == (8, 16)  # (in, out)
+    quantized = compress_model(model, quantize="int8")
+    assert get_record(quantized).quantized["c_fc.weight"].axis == 1  # one scale per output
+    by_hand = torch.fake_quantize_per_channel_affine(
+        model.c_fc.weight,
+        *_minmax_qparams(model.c_fc.weight, axis=1),
+        1,
+        0,
+        255,
+    )
+    assert torch.allclose(quantized.c_fc.weight, by_hand, atol=1e-6, rtol=0)
+    two_of_four = compress_model(model, prune="2:4").c_fc.weight
+    groups = two_of_four.reshape(2, 4, 16)  # groups of 4 inputs, per output column
+    assert bool(((groups != 0).sum(dim=1) == 2).all())
+    channels = compress_model(model, prune=PruneSpec(amount=0.5, structure="channel")).c_fc.weight
+    assert int((channels.abs().sum(dim=0) == 0).sum()) == 8  # whole output columns removed
+
+
+def _minmax_qparams(weight: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine uint8 parameters of each slice along ``axis``, the range widened to hold 0."""
+    other = 0 if axis == 1 else 1
+    low = weight.detach().amin(dim=other).clamp(max=0).double()
+    high = weight.detach().amax(dim=other).clamp(min=0).double()
+    scale = (high - low) / 255
+    zero_point = (0 - torch.round(low / scale)).clamp(0, 255).to(torch.int32)
+    return scale.float(), zero_point
