@@ -44,7 +44,7 @@ def deploy_torchao(
     reason = unsupported(RUNTIME, quant, prune)
     if reason is not None:
         raise SpecError(reason)
-    quantized = quantize_torchao(model, quant, prune)
+    quantized, float_layers = _quantize(model, quant, prune)
     path = Path(workdir) / FILE_NAME
     buffer = io.BytesIO()
     torch.save(quantized.state_dict(), buffer)
@@ -56,12 +56,19 @@ def deploy_torchao(
         files=files,
         size_bytes=files_size(files),
         saved_as=size_words(files, f"torch.save of the torchao {quant.describe()} state_dict"),
-        kept_float=kept_float(quantized, quant),
+        kept_float=float_layers,
     )
 
 
 def quantize_torchao(model: nn.Module, quant: QuantSpec, prune: PruneSpec | None) -> nn.Module:
     """The quantized copy (``model`` itself is never modified), in eval mode."""
+    return _quantize(model, quant, prune)[0]
+
+
+def _quantize(
+    model: nn.Module, quant: QuantSpec, prune: PruneSpec | None
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """The quantized copy, and the selected compressible layers torchao left in float."""
     if missing_extra(RUNTIME) is not None:
         raise CompressError(missing_extra(RUNTIME))
     with _quiet_torchao_import():
@@ -69,6 +76,9 @@ def quantize_torchao(model: nn.Module, quant: QuantSpec, prune: PruneSpec | None
 
     copied = prune_model(model, prune) if prune is not None else copy_model(model)
     copied.eval()
+    # Named before quantize_: a torchao weight is a tensor subclass, no longer the
+    # nn.Parameter that compressible_layers looks for.
+    selected = [layer.name for layer in compressible_layers(copied, quant.include, quant.exclude)]
     try:
         quantize_(copied, torchao_config(quant), filter_fn=_selected(quant))
     except Exception as error:  # torchao asserts on shapes and dtypes it cannot handle
@@ -76,7 +86,7 @@ def quantize_torchao(model: nn.Module, quant: QuantSpec, prune: PruneSpec | None
             f"torchao cannot quantize {type(model).__name__} as {quant.describe()}: "
             f"{type(error).__name__}: {error}"
         ) from error
-    return copied
+    return copied, tuple(name for name in selected if _is_float(copied, name))
 
 
 def torchao_config(quant: QuantSpec) -> Any:
@@ -111,13 +121,8 @@ def load_torchao(model: nn.Module, quant: QuantSpec, path: str | os.PathLike) ->
     return quantized
 
 
-def kept_float(quantized: nn.Module, quant: QuantSpec) -> tuple[str, ...]:
-    """Selected compressible layers whose weight is still a plain float tensor."""
-    return tuple(
-        layer.name
-        for layer in compressible_layers(quantized, quant.include, quant.exclude)
-        if type(layer.module.weight.data) in (torch.Tensor, nn.Parameter)
-    )
+def _is_float(model: nn.Module, name: str) -> bool:
+    return type(model.get_submodule(name).weight) in (torch.Tensor, nn.Parameter)
 
 
 def _selected(quant: QuantSpec) -> Any:
