@@ -18,6 +18,7 @@ EXPORTS: dict[str, str] = {
     # recipes
     "QuantSpec": "engine.specs",
     "PruneSpec": "engine.specs",
+    "TRANSFORMER_EXCLUDE": "engine.specs",
     "quantize_model": "engine.apply",
     "prune_model": "engine.apply",
     "compress_model": "engine.apply",
@@ -95,7 +96,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; a test holds this list to EXPOR
         topk_accuracy,
     )
     from .engine.quant import QuantizedTensor, dequantize, fake_quantize, quantize
-    from .engine.specs import PruneSpec, QuantSpec
+    from .engine.specs import TRANSFORMER_EXCLUDE, PruneSpec, QuantSpec
     from .errors import (
         BudgetError,
         CalibrationError,

@@ -141,3 +141,24 @@ def fragile_model() -> tuple[nn.Module, list]:
     inputs = torch.randn(512, 16, generator=torch.Generator().manual_seed(3))
     inputs[:, 0] = 0.0
     return model, classification_batches(model, inputs, batch_size=128)
+
+
+def costly_sensitive_model() -> tuple[nn.Module, torch.Tensor]:
+    """An MLP whose big layer ``big`` (8,448 weights) hurts int4 slightly more alone than its
+    small layer ``small`` (1,028) does, and bare inputs for a metric relative to the float
+    outputs.
+
+    Each row of ``big`` holds a larger weight (2.0) on an input that is always zero: it
+    widens the row's int4 range. Measured with the relative squared output error: int4
+    everywhere 0.045, ``big`` alone 0.025, ``small`` alone 0.019. Under a 0.03 budget
+    keeping either layer float passes; ``small`` costs about 8 times fewer bytes, so it
+    recovers far more per byte.
+    """
+    model = seeded(
+        nn.Sequential(OrderedDict(big=nn.Linear(32, 256), act=nn.ReLU(), small=nn.Linear(256, 4)))
+    )
+    with torch.no_grad():
+        model.big.weight[:, 0] = 2.0
+    inputs = torch.randn(512, 32, generator=torch.Generator().manual_seed(3))
+    inputs[:, 0] = 0.0
+    return model.eval(), inputs

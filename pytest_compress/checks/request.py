@@ -33,7 +33,7 @@ class Recipe:
     @property
     def calibrates(self) -> bool:
         """Whether the recipe observes activation ranges on calibration data."""
-        return self.quantize is not None and self.quantize.quantizes_activations
+        return self.quantize is not None and self.quantize.needs_calibration
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from ..engine.specs import PruneSpec, QuantSpec
 from ..metrics import DEFAULT_METRIC, MetricKind
 from ..tuning.grids import format_setting
 from ..units import distinct, format_fraction, format_ratio, format_size
+
+PRESET_WORDS = re.compile(r"left float by the (@\w+) preset")
 
 if TYPE_CHECKING:  # they import torch; the plugin imports this module when it loads
     from ..tuning.keep_float import KeepFloatResult
@@ -217,6 +220,9 @@ class CompressionResult:
     def _adjustment_lines(self) -> list[str]:
         """The search (with its trail), the layers kept float, and recovery."""
         lines: list[str] = []
+        by_preset = preset_floats(self.skipped_layers)
+        if by_preset:
+            lines.append(f"left float by presets: {', '.join(by_preset)}")
         if self.search is not None:
             lines.extend(self.search.explain().split("\n  "))
         if self.keep_float is not None:
@@ -278,6 +284,12 @@ def _search_line(check: BudgetCheck, kind: str) -> str:
         f"regressed vs baseline: searched {kind} {found_text} is less compression than the "
         f"recorded {recorded} (beyond the tolerance)"
     )
+
+
+def preset_floats(skipped_layers: dict[str, str]) -> dict[str, str]:
+    """The layers a preset (``@embeddings``, ``@head``) left float, with the preset."""
+    found = {name: PRESET_WORDS.match(why) for name, why in skipped_layers.items()}
+    return {name: match[1] for name, match in found.items() if match}
 
 
 def _spec_dict(spec: Any) -> dict[str, Any] | None:

@@ -15,7 +15,8 @@ The tuning loop runs here too, each of its evaluations an ordinary check:
    result reported is the chosen trial's, or the closest one when no setting passes;
 3. when the result breaks a budget that more compression breaks (the metric's), each
    layer is compressed alone and ranked (``layer_sensitivity``, capped);
-4. ``keep_float="auto"`` keeps the most sensitive layers float until every budget holds.
+4. ``keep_float="auto"`` keeps layers float, most metric recovered per byte first, until
+   every budget holds (``rank_layers_per_byte``: every compressed layer is a candidate).
 """
 
 from __future__ import annotations
@@ -32,16 +33,18 @@ from torch import nn
 
 from ..engine.apply import compress_model, copy_model
 from ..engine.batches import model_device
-from ..engine.layers import computed_weights, skipped_layers
+from ..engine.layers import computed_weights, preset_members, skipped_layers
 from ..engine.measure import evaluate, metric_source, model_size, reference_outputs, sparsity
 from ..engine.metrics import BuiltinMetric, builtin_metric
 from ..errors import BudgetError, ModelError
 from ..fileformat.container import compressed_size
 from ..metrics import DEFAULT_METRIC, MetricKind
 from ..tuning.keep_float import (
+    KeepFloatCandidate,
     KeepFloatResult,
     keep_float_auto,
     keep_float_specs,
+    rank_layers_per_byte,
     require_matches,
 )
 from ..tuning.recovery import RecoveryResult, pruning_masks, recover_compressed
@@ -270,7 +273,8 @@ class _CheckRun:
         """The modules with a weight matrix that ``recipe`` leaves uncompressed, and why."""
         model = self.layered_model
         selected = {layer.name for layer in touched_layers(model, recipe.quantize, recipe.prune)}
-        return skipped_layers(model, selected)
+        excluded = [p for spec in (recipe.quantize, recipe.prune) if spec for p in spec.exclude]
+        return skipped_layers(model, selected, preset_members(model, excluded))
 
     def evaluate(self, model: nn.Module) -> float:
         metric = self.inputs.metric
@@ -361,7 +365,17 @@ class _CheckRun:
     ) -> KeepFloatResult:
         # A passing recipe, or one that only misses a size or sparsity floor, has no
         # ranking: nothing to keep float, and keep_float_auto says so without evaluating.
-        ranking = sensitivity.ranked if sensitivity is not None else ()
+        ranking: tuple[KeepFloatCandidate, ...] = ()
+        if sensitivity is not None:
+            calibration = self.calibration.batches
+            ranking = rank_layers_per_byte(
+                self.layered_model,
+                result.quantize,
+                result.prune,
+                calibration if calibration is not None else self.batches,
+                sensitivity=sensitivity,
+                calibration_data=calibration,
+            )
         return keep_float_auto(
             self.layered_model,
             ranking,

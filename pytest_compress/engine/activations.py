@@ -1,4 +1,5 @@
-"""Run-time activation compression: forward hooks that fake-quantize or prune a layer's output.
+"""Run-time activation compression: forward hooks that fake-quantize or prune a layer's
+output, and a forward pre-hook that fake-quantizes its input per token.
 
 The hooks are small callable objects (not closures) so ``copy.deepcopy`` copies them
 with their module. ``add_activation_hook`` registers one and records it on its module
@@ -16,12 +17,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 from torch.utils.hooks import RemovableHandle
 
-from .quant import QuantizedTensor, dequantize, quantize_with
+from .quant import (
+    QuantizedTensor,
+    choose_qparams,
+    dequantize,
+    fake_quantize_with,
+    quant_range,
+    quantize_with,
+)
 
 # The module attribute holding the engine's activation hooks on that module, in the order
 # they were registered (the order they run in). Set in the module's __dict__, as the
@@ -39,6 +49,8 @@ class ActivationHook:
 
     __slots__ = ("__dict__", "_handle")
     _handle: RemovableHandle
+    # A pre-hook sees (module, args) before forward and may return new args.
+    pre: ClassVar[bool] = False
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -68,6 +80,41 @@ class ActivationFakeQuantize(ActivationHook):
             f"ActivationFakeQuantize(scale={self.scale!r}, zero_point={self.zero_point}, "
             f"bits={self.bits})"
         )
+
+
+class ActivationDynamicQuantize(ActivationHook):
+    """Rounds a layer's floating input at run time, per token: one symmetric scale per row
+    of features (``per_token_fake_quantize``), computed from that row alone. No calibration:
+    this is what dynamic-activation int8 runtimes do before an int8 matrix product."""
+
+    pre = True
+
+    def __init__(self, bits: int) -> None:
+        self.bits = int(bits)
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple | None:  # type: ignore[override]
+        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+            return None  # an Embedding's indices, or nothing to round
+        axis = 1 if isinstance(module, _ConvNd) else -1
+        return (per_token_fake_quantize(args[0], self.bits, axis), *args[1:])
+
+    def __repr__(self) -> str:
+        return f"ActivationDynamicQuantize(bits={self.bits})"
+
+
+def per_token_fake_quantize(x: torch.Tensor, bits: int, feature_axis: int = -1) -> torch.Tensor:
+    """``x`` rounded onto a symmetric ``bits`` grid with one scale per token: per index of
+    every axis but ``feature_axis`` (a Linear's last axis, a convolution's channels), the
+    scale is that row's largest magnitude over the features. Rounds half to even."""
+    if x.dim() == 0 or x.numel() == 0:
+        return x
+    rows = x.movedim(feature_axis, -1)
+    flat = rows.reshape(-1, rows.shape[-1])
+    low, high = flat.amin(dim=1), flat.amax(dim=1)
+    scale, zero_point = choose_qparams(low, high, bits=bits, symmetric=True)
+    qmin, qmax = quant_range(bits, symmetric=True)
+    rounded = fake_quantize_with(flat, scale, zero_point, qmin=qmin, qmax=qmax, axis=0)
+    return rounded.reshape(rows.shape).movedim(-1, feature_axis)
 
 
 class ActivationPrune(ActivationHook):
@@ -111,7 +158,8 @@ def at_least(values: torch.Tensor, bound: float) -> torch.Tensor:
     return values >= float(rounded)
 
 
-ACTIVATION_HOOKS = (ActivationFakeQuantize, ActivationPrune)
+ACTIVATION_HOOKS = (ActivationFakeQuantize, ActivationDynamicQuantize, ActivationPrune)
+AnyActivationHook = ActivationFakeQuantize | ActivationDynamicQuantize | ActivationPrune
 
 
 def _hooks_on(module: nn.Module) -> list[ActivationHook]:
@@ -125,7 +173,10 @@ def add_activation_hook(module: nn.Module, hook: ActivationHook) -> RemovableHan
     """
     if not isinstance(hook, ActivationHook):
         raise TypeError(f"hook must be an ActivationHook, got {type(hook).__name__}")
-    handle = module.register_forward_hook(hook)
+    if hook.pre:
+        handle = module.register_forward_pre_hook(hook)  # type: ignore[arg-type]
+    else:
+        handle = module.register_forward_hook(hook)
     hook._handle = handle
     module.__dict__[_HOOKS_ATTR] = [*_hooks_on(module), hook]
     return handle
@@ -149,9 +200,7 @@ def remove_activation_hooks(
             del module.__dict__[_HOOKS_ATTR]  # as if no hook had ever been added
 
 
-def activation_hooks(
-    model: nn.Module,
-) -> Iterator[tuple[str, ActivationFakeQuantize | ActivationPrune]]:
+def activation_hooks(model: nn.Module) -> Iterator[tuple[str, AnyActivationHook]]:
     """(module name, hook) for every activation hook of ours, in the order they run."""
     for name, module in model.named_modules():
         for hook in _hooks_on(module):

@@ -17,9 +17,14 @@ from torch import nn
 
 from ..errors import CalibrationError, DataError, ModelError, SpecError
 from . import prune as masks
-from .activations import ActivationFakeQuantize, ActivationPrune, add_activation_hook
-from .batches import call_model, model_device, split_batch, to_device
-from .layers import Layer, compressible_layers, fold_torch_pruning, matches, require_layers
+from .activations import (
+    ActivationDynamicQuantize,
+    ActivationFakeQuantize,
+    ActivationPrune,
+    add_activation_hook,
+)
+from .batches import call_model, model_device, padding_mask, split_batch, to_device
+from .layers import Layer, compressible_layers, fold_torch_pruning, require_layers, selector
 from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
@@ -117,7 +122,7 @@ def _required(spec: Any, argument: str) -> Any:
 
 
 def _check_calibration(spec: QuantSpec, calibration_data: Iterable[Any] | None) -> None:
-    if spec.quantizes_activations and calibration_data is None:
+    if spec.needs_calibration and calibration_data is None:
         raise DataError(
             f"quantize={spec.describe()!r} quantizes activations, which needs "
             "calibration_data: batches of inputs (or (inputs, targets) pairs) to observe "
@@ -196,7 +201,10 @@ def _quantize_in_place(
         for name in names:
             record.quantized[name] = params
     set_record(model, record)
-    if spec.activation_bits is not None:
+    if spec.activation_bits is not None and spec.observer == "dynamic":
+        for layer in layers:
+            add_activation_hook(layer.module, ActivationDynamicQuantize(spec.activation_bits))
+    elif spec.activation_bits is not None:
         assert calibration_data is not None
         _calibrate_activations(model, layers, spec, calibration_data)
 
@@ -210,8 +218,9 @@ def _parameters_to_quantize(
         weight = layer.module.weight
         axes[id(weight)] = layer.output_axis if spec.per_channel and weight.dim() >= 2 else None
     if spec.parameters == "all":
+        selected = selector(model, spec.include, spec.exclude)
         for module_name, module in model.named_modules():
-            if not matches(module_name, spec.include, spec.exclude):
+            if not selected(module_name):
                 continue
             for param in module.parameters(recurse=False):
                 if param.is_floating_point() and id(param) not in axes:
@@ -255,6 +264,9 @@ def _observe(
         with eval_mode(model), torch.inference_mode():
             for batch in calibration_data:
                 inputs, _ = split_batch(batch, need_targets=False)
+                mask = padding_mask(inputs)  # padded positions stay out of the ranges
+                for observer in observers.values():
+                    observer.mask = mask
                 call_model(model, to_device(inputs, device))
                 batches += 1
     finally:

@@ -43,6 +43,15 @@ def to_device(value: Any, device: torch.device | str) -> Any:
     return value
 
 
+def padding_mask(inputs: Any) -> torch.Tensor | None:
+    """The (batch, tokens) ``attention_mask`` of a dict batch (a tokenizer's output) as
+    booleans, True on real tokens; None when the batch carries none."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        return None
+    return mask != 0
+
+
 def is_numpy(value: Any) -> bool:
     """A NumPy array or scalar, told by its type's module: the engine does not import NumPy."""
     return type(value).__module__ == "numpy" and hasattr(value, "__array__")

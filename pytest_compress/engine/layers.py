@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..errors import ModelError
+from .specs import PRESETS
 
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (
@@ -23,6 +24,7 @@ COMPRESSIBLE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Embedding,
     nn.EmbeddingBag,
 )
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 COMPRESSIBLE_NAMES = "Linear, Conv1d/2d/3d, ConvTranspose1d/2d/3d, Embedding, EmbeddingBag"
 
 
@@ -60,6 +62,75 @@ class Layer:
         return 0 if isinstance(self.module, _CONV_TRANSPOSE) else 1
 
 
+def literal_pattern(name: str) -> str:
+    """An fnmatch pattern matching exactly ``name`` (``*``, ``?`` and ``[`` escaped)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def preset_members(model: nn.Module, patterns: Sequence[str]) -> dict[str, str]:
+    """The module names each preset among ``patterns`` stands for in ``model``, with the
+    preset: ``{"embed": "@embeddings", "lm_head": "@head"}``.
+
+    A module whose weight is tied to a member's (GPT-2's ``lm_head`` and ``wte``) is a
+    member too: one tensor cannot be both float and compressed.
+    """
+    members: dict[str, str] = {}
+    modules = dict(model.named_modules())
+    for preset in patterns:
+        if preset == "@embeddings":
+            names = [n for n, m in modules.items() if isinstance(m, _EMBEDDINGS)]
+        elif preset == "@head":
+            names = [head] if (head := output_head(model)) is not None else []
+        else:
+            continue
+        weights = {id(getattr(modules[n], "weight", None)) for n in names}
+        for name, module in modules.items():
+            if name in names or id(getattr(module, "weight", object())) in weights:
+                members.setdefault(name, preset)
+    return members
+
+
+def expand_presets(model: nn.Module, patterns: Sequence[str]) -> tuple[str, ...]:
+    """``patterns`` with each preset (``@embeddings``, ``@head``) replaced by the literal
+    names of its modules in ``model``: a preset that matches nothing adds nothing."""
+    if not any(p.startswith("@") for p in patterns):
+        return tuple(patterns)
+    members = preset_members(model, patterns)
+    expanded = [p for p in patterns if not p.startswith("@")]
+    expanded += [literal_pattern(name) for name in members]
+    return tuple(expanded)
+
+
+def output_head(model: nn.Module) -> str | None:
+    """The name of the module that produces the model's outputs: a Hugging Face model's
+    ``get_output_embeddings()``, else the last compressible layer registered (a
+    ``Sequential``'s last layer, a classifier defined last)."""
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if isinstance(head, nn.Module):
+        for name, module in model.named_modules():
+            if module is head:
+                return name
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, COMPRESSIBLE_TYPES) and isinstance(
+            getattr(module, "weight", None), nn.Parameter
+        ):
+            last = name
+    return last
+
+
+def selector(
+    model: nn.Module, include: Sequence[str], exclude: Sequence[str]
+) -> Callable[[str], bool]:
+    """Whether a module name of ``model`` passes ``include`` and ``exclude``, presets
+    resolved: an include made only of presets that match nothing selects nothing."""
+    wanted, unwanted = expand_presets(model, include), expand_presets(model, exclude)
+    if include and not wanted:
+        return lambda name: False
+    return lambda name: matches(name, wanted, unwanted)
+
+
 def matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
     """Whether a module name passes the include (any, when given) and exclude patterns."""
     if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
@@ -70,15 +141,19 @@ def matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
 def compressible_layers(
     model: nn.Module, include: Sequence[str] = (), exclude: Sequence[str] = ()
 ) -> list[Layer]:
-    """The selected compressible layers, each weight once even when tied between layers."""
+    """The selected compressible layers, each weight once even when tied between layers.
+
+    ``include`` / ``exclude`` are fnmatch patterns on module names, or presets
+    (``expand_presets``)."""
     refuse_reparametrized(model)
+    selected = selector(model, include, exclude)
     seen: set[int] = set()
     layers = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(module, COMPRESSIBLE_TYPES) or not isinstance(weight, nn.Parameter):
             continue
-        if id(weight) in seen or not matches(name, include, exclude):
+        if id(weight) in seen or not selected(name):
             continue
         seen.add(id(weight))
         layers.append(Layer(name, cast(WeightedModule, module)))
@@ -98,10 +173,15 @@ def require_layers(layers: list[Layer], include: Sequence[str], exclude: Sequenc
     )
 
 
-def skipped_layers(model: nn.Module, selected: set[str]) -> dict[str, str]:
+def skipped_layers(
+    model: nn.Module, selected: set[str], presets: dict[str, str] | None = None
+) -> dict[str, str]:
     """Every module holding a weight matrix (a floating parameter of 2 or more dimensions)
     that the recipe leaves uncompressed, by name, with why: a module type the engine does
-    not compress (its matrices named when not ``weight``), or the recipe's own selection."""
+    not compress (its matrices named when not ``weight``), a preset the recipe excludes
+    (``presets``: module name -> preset, from ``preset_members``), or the recipe's own
+    selection."""
+    presets = presets or {}
     compressed = {id(getattr(model.get_submodule(name), "weight", None)) for name in selected}
     skipped = {}
     for name, module in model.named_modules():
@@ -113,7 +193,9 @@ def skipped_layers(model: nn.Module, selected: set[str]) -> dict[str, str]:
         if not matrices:
             continue  # nothing left float here (a tied weight counts where it is compressed)
         shown = name or "(the model)"
-        if isinstance(module, COMPRESSIBLE_TYPES) and matrices == ["weight"]:
+        if isinstance(module, COMPRESSIBLE_TYPES) and matrices == ["weight"] and name in presets:
+            skipped[shown] = f"left float by the {presets[name]} preset ({PRESETS[presets[name]]})"
+        elif isinstance(module, COMPRESSIBLE_TYPES) and matrices == ["weight"]:
             skipped[shown] = "left out by the recipe's include/exclude (or keep_float)"
         else:
             which = "" if matrices == ["weight"] else f" ({', '.join(matrices)})"

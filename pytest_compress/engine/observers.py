@@ -13,6 +13,14 @@ _SAMPLE_TOTAL = 1 << 20
 _MSE_CANDIDATES = 64
 
 
+def _real_tokens(output: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``output``'s values at real tokens when its leading axes are the mask's (batch,
+    tokens); the whole output otherwise (a pooled vector, attention scores by head)."""
+    if mask is None or output.dim() < 3 or tuple(output.shape[:2]) != tuple(mask.shape):
+        return output
+    return output[mask.to(output.device)]
+
+
 class RangeObserver:
     """Watches a layer's outputs over calibration batches and picks a clipping range."""
 
@@ -24,12 +32,15 @@ class RangeObserver:
         self.samples: list[torch.Tensor] = []
         self.kept = 0
         self.calls = 0  # forwards seen, whether or not their output could be observed
+        # The batch's padding mask (True on real tokens), set by the calibration loop: an
+        # output laid out (batch, tokens, ...) is observed on its real tokens only.
+        self.mask: torch.Tensor | None = None
 
     def __call__(self, module: torch.nn.Module, inputs: tuple, output: object) -> None:
         self.calls += 1
         if not isinstance(output, torch.Tensor) or not output.is_floating_point():
             return
-        values = output.detach().reshape(-1).to(torch.float32)
+        values = _real_tokens(output.detach(), self.mask).reshape(-1).to(torch.float32)
         if values.numel() == 0:
             return
         low, high = values.amin().cpu(), values.amax().cpu()

@@ -17,16 +17,28 @@ from ..errors import SpecError
 # The bit widths the integer mapping supports (one bit would leave no zero point).
 MIN_BITS = 2
 MAX_BITS = 16
-OBSERVERS = ("minmax", "percentile", "mse")
+OBSERVERS = ("minmax", "percentile", "mse", "dynamic")
 PARAMETER_TARGETS = ("weights", "all")
 SCOPES = ("layer", "global")
 NORMS = ("l1", "l2")
 QUANT_SHORTHANDS = (
     f'"int{MIN_BITS}".."int{MAX_BITS}" (weights), '
-    f'"w<bits>a<bits>" such as "w8a8" or "w4a8" (weights and activations)'
+    f'"w<bits>a<bits>" such as "w8a8" or "w4a8" (weights and activations, static), '
+    f'"w<bits>a<bits>-dynamic" such as "w8a8-dynamic" (activations per token at run time)'
 )
+# Named selections, usable wherever a module-name pattern is (include, exclude, keep_float):
+# each resolves against the model (engine.layers.expand_presets).
+PRESETS = {
+    "@embeddings": "every nn.Embedding and nn.EmbeddingBag",
+    "@head": (
+        "the output head: a Hugging Face model's get_output_embeddings(), otherwise the "
+        "last compressible layer the model registers"
+    ),
+}
+# The transformer default: quantize the blocks, keep the token tables and the head float.
+TRANSFORMER_EXCLUDE = ("@embeddings", "@head")
 _INT_PATTERN = re.compile(r"int(\d+)")
-_WA_PATTERN = re.compile(r"w(\d+)a(\d+)")
+_WA_PATTERN = re.compile(r"w(\d+)a(\d+)(-dynamic)?")
 _NM_PATTERN = re.compile(r"(\d+):(\d+)")
 
 
@@ -39,13 +51,22 @@ def check_bits(bits: object, *, name: str = "bits") -> int:
 
 def _patterns(value: object, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        return (value,)
+        value = (value,)
     if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+        check_presets(value, name)
         return tuple(value)
     raise SpecError(
         f"{name} must be a module-name pattern or a sequence of them "
         f'(fnmatch style, e.g. "features.*"), got {value!r}'
     )
+
+
+def check_presets(patterns: tuple[str, ...] | list[str], name: str) -> None:
+    """``SpecError`` for a pattern that starts with ``@`` but names no preset."""
+    unknown = [p for p in patterns if p.startswith("@") and p not in PRESETS]
+    if unknown:
+        known = "; ".join(f"{preset} ({what})" for preset, what in PRESETS.items())
+        raise SpecError(f"{name}: unknown preset {unknown[0]!r}; the presets are {known}")
 
 
 def _fraction(value: object, name: str, *, low_open: bool, high_open: bool) -> float:
@@ -73,7 +94,12 @@ class QuantSpec:
     - ``activation_bits``: also fake-quantize the outputs of the selected layers at run
       time, per tensor, with ranges calibrated on data by ``observer``.
     - ``observer``: ``"minmax"``, ``"percentile"`` (``percentile`` of the values, e.g.
-      99.99) or ``"mse"`` (the clipping range with the least squared error).
+      99.99) or ``"mse"`` (the clipping range with the least squared error): static
+      per-tensor ranges of each selected layer's *output*, calibrated on data (padded
+      tokens skipped when a batch carries an ``attention_mask``). ``"dynamic"``: no
+      calibration; each selected layer's *input* is rounded at run time per token (one
+      symmetric scale per row of features, as int8 GEMM runtimes such as torchao's
+      dynamic-activation configs do).
     - ``include`` / ``exclude``: fnmatch patterns on module names.
     """
 
@@ -109,10 +135,16 @@ class QuantSpec:
     def quantizes_activations(self) -> bool:
         return self.activation_bits is not None
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Static activation ranges are observed on calibration data; dynamic ones are not."""
+        return self.activation_bits is not None and self.observer != "dynamic"
+
     def describe(self) -> str:
         """The recipe in words, e.g. ``int4 per-channel`` or ``w8a8 (minmax)``."""
         if self.activation_bits is not None:
-            words = f"w{self.bits}a{self.activation_bits} ({self.observer})"
+            how = "dynamic per-token" if self.observer == "dynamic" else self.observer
+            words = f"w{self.bits}a{self.activation_bits} ({how})"
         else:
             words = f"int{self.bits}"
         words += " symmetric" if self.symmetric else ""
@@ -258,8 +290,11 @@ def as_quant_spec(value: QuantSpec | str | None) -> QuantSpec | None:
                 return QuantSpec(bits=bits)
         elif match := _WA_PATTERN.fullmatch(text):
             weight_bits, activation_bits = int(match[1]), int(match[2])
+            observer = "dynamic" if match[3] else "minmax"
             if all(MIN_BITS <= b <= MAX_BITS for b in (weight_bits, activation_bits)):
-                return QuantSpec(bits=weight_bits, activation_bits=activation_bits)
+                return QuantSpec(
+                    bits=weight_bits, activation_bits=activation_bits, observer=observer
+                )
     raise SpecError(f"quantize must be a QuantSpec or one of {QUANT_SHORTHANDS}; got {value!r}")
 
 

@@ -84,8 +84,10 @@ import torch
 from torch import nn
 
 from ..engine.activations import (
+    ActivationDynamicQuantize,
     ActivationFakeQuantize,
     ActivationPrune,
+    AnyActivationHook,
     activation_hooks,
     add_activation_hook,
     remove_activation_hooks,
@@ -332,6 +334,8 @@ def _hook_entries(model: nn.Module) -> list[list]:
                     int(hook.qmax),
                 ]
             )
+        elif isinstance(hook, ActivationDynamicQuantize):
+            hooks.append([name, "dyn", int(hook.bits)])
         else:
             hooks.append([name, "prune", float(hook.beta)])
     return hooks
@@ -376,6 +380,15 @@ def compressed_size(model: nn.Module) -> int:
     """
     header, blobs = _encode(model, "the model")
     return _PREFIX.size + len(header) + sum(len(blob) for blob in blobs)
+
+
+def stored_sizes(model: nn.Module) -> dict[str, int]:
+    """Bytes each ``state_dict`` entry takes in the file ``save_compressed`` writes (its
+    blob; an entry stored as an alias of a tied tensor takes 0). Their sum plus the
+    header is ``compressed_size(model)``."""
+    entries, blobs = _encode_tensors(model)
+    sizes = iter(len(blob) for blob in blobs)
+    return {entry["k"]: 0 if "a" in entry else next(sizes) for entry in entries}
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -590,9 +603,7 @@ def _parse_tensors(
     return stored, aliases
 
 
-def _parse_hooks(
-    value: object, model: nn.Module
-) -> list[tuple[str, ActivationFakeQuantize | ActivationPrune]]:
+def _parse_hooks(value: object, model: nn.Module) -> list[tuple[str, AnyActivationHook]]:
     if not isinstance(value, list):
         raise _BadFile("header has no hook list")
     modules = dict(model.named_modules())
@@ -601,7 +612,7 @@ def _parse_hooks(
         f"the header lists {len(value)} activation hooks, more than "
         f"{MAX_HOOKS_PER_MODULE} for each of the model's {len(modules)} modules",
     )
-    hooks: list[tuple[str, ActivationFakeQuantize | ActivationPrune]] = []
+    hooks: list[tuple[str, AnyActivationHook]] = []
     for entry in value:
         _check(
             isinstance(entry, list) and 2 <= len(entry) <= 7 and isinstance(entry[0], str),
@@ -618,6 +629,9 @@ def _parse_hooks(
             qmax = _int_in(params[4], qmin, qmin + (1 << bits) - 1, f"hook on {name!r}: qmax")
             zero_point = _int_in(params[1], qmin, qmax, f"hook on {name!r}: zero point")
             hooks.append((name, ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)))
+        elif kind == "dyn" and len(params) == 1:
+            bits = _int_in(params[0], MIN_BITS, MAX_BITS, f"hook on {name!r}: bits")
+            hooks.append((name, ActivationDynamicQuantize(bits)))
         elif kind == "prune" and len(params) == 1:
             hooks.append(
                 (

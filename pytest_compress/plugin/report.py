@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import strict_json
+from ..checks.result import preset_floats
 from ..files import write_text_atomically
 from ..metrics import MetricKind
 from ..tables import fit_table, narrowed, shorten, text_table, wrap_items
@@ -81,6 +82,10 @@ def row(entry: Entry) -> list[str]:
 def recipe_cell(entry: Entry) -> str:
     """The recipe, then how it was adjusted: ``prune 83% (...) [search sparsity 0.83, 7 evals]``."""
     notes = []
+    by_preset = preset_floats(entry.get("skipped_layers") or {})
+    if by_preset:
+        presets = " ".join(sorted(set(by_preset.values())))
+        notes.append(f"float by preset: {len(by_preset)} layers ({presets})")
     search = entry.get("search")
     if search:
         found = format_setting(search["search"], search["chosen"]) if search["passed"] else "none"
@@ -225,6 +230,50 @@ def cache_lines(entries: Sequence[Entry], notes: Sequence[str]) -> list[str]:
             "--compress-no-cache measures all)"
         )
     return lines + list(notes)
+
+
+# Checks on one model, data set and metric: their metrics and sizes compare.
+SAME_SUBJECT = ("model", "data", "metric", "higher_is_better", "device")
+
+
+def dominated_lines(entries: Sequence[Entry]) -> list[str]:
+    """One line per check that kept layers float (``keep_float``) while a check of a simpler
+    recipe on the same model, data and metric came out smaller *and* better: the mixed
+    precision bought nothing."""
+    lines = []
+    ordered = sorted_entries(entries)
+    simple = [e for e in ordered if not (e.get("keep_float") or {}).get("kept_float")]
+    for entry in ordered:
+        kept = (entry.get("keep_float") or {}).get("kept_float")
+        if not kept:
+            continue
+        better = [
+            other
+            for other in simple
+            if all(other[key] == entry[key] for key in SAME_SUBJECT)
+            and other["compressed_size"] < entry["compressed_size"]
+            and _better(other, entry)
+        ]
+        if better:
+            best = min(better, key=lambda e: (e["compressed_size"], e["check"]))
+            kind = metric_kind(entry)
+            lines.append(
+                f"dominated: {entry['check']} keeps {', '.join(kept)} float, yet "
+                f"{best['check']} ({best['recipe']}) is smaller "
+                f"({format_size(best['compressed_size'])} < "
+                f"{format_size(entry['compressed_size'])}) and better ({entry['metric']} "
+                f"{kind.value(best['compressed_metric'])} vs "
+                f"{kind.value(entry['compressed_metric'])}): the simpler recipe wins"
+            )
+    return lines
+
+
+def _better(entry: Entry, other: Entry) -> bool:
+    """``entry``'s compressed metric is strictly better than ``other``'s (NaN never is)."""
+    mine, theirs = entry["compressed_metric"], other["compressed_metric"]
+    if mine is None or theirs is None or mine != mine or theirs != theirs:
+        return False
+    return bool(mine > theirs if entry["higher_is_better"] else mine < theirs)
 
 
 def baseline_lines(

@@ -40,6 +40,7 @@ from .report import (
     append_text,
     baseline_lines,
     cache_lines,
+    dominated_lines,
     markdown_table,
     sorted_entries,
     terminal_table,
@@ -225,7 +226,7 @@ class CompressSession:
             terminalreporter.write_sep("=", "compression report")
             for line in terminal_table(self.entries, terminal_width(terminalreporter)):
                 terminalreporter.write_line(line)
-            for line in [*self._cache_lines(), *self.notes]:
+            for line in [*self._notes_under_table(), *self.notes]:
                 terminalreporter.write_line(line)
         elif self.write_errors:
             terminalreporter.write_sep("=", "pytest-compress")
@@ -255,11 +256,11 @@ class CompressSession:
             report,
             True,
             lambda: write_json_report(
-                report, self.entries, device=self.options.device, notes=self._cache_lines()
+                report, self.entries, device=self.options.device, notes=self._notes_under_table()
             ),
         ):
             self.notes.append(f"JSON report written to {report}")
-        table = markdown_table(self.entries, self._cache_lines())
+        table = markdown_table(self.entries, self._notes_under_table())
         if markdown is not None and self._attempt(
             "Markdown report", markdown, True, lambda: write_text(markdown, table)
         ):
@@ -274,10 +275,9 @@ class CompressSession:
                 lambda: append_text(summary, table),
             )
 
-    def _cache_lines(self) -> list[str]:
-        return cache_lines(
-            self.entries, [self.input_notes[key] for key in sorted(self.input_notes)]
-        )
+    def _notes_under_table(self) -> list[str]:
+        notes = [self.input_notes[key] for key in sorted(self.input_notes)]
+        return cache_lines(self.entries, notes) + dominated_lines(self.entries)
 
     def _gate_baseline(self) -> None:
         """Compare with the stored baseline, or write it: a first run records, an update

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..engine.apply import compress_model, copy_model, prune_model
-from ..engine.layers import Layer, compressible_layers, matches
+from ..engine.layers import Layer, compressible_layers, literal_pattern, selector
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec, describe_recipe
 from ..errors import SpecError
 from ..metrics import MetricKind
@@ -40,27 +40,24 @@ DEFAULT_LIMIT = DEFAULT_SENSITIVITY_LAYERS
 SHOWN_IN_MESSAGE = 3
 
 
-def literal_pattern(name: str) -> str:
-    """An fnmatch pattern matching exactly ``name`` (``*``, ``?`` and ``[`` escaped)."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
 _Spec = TypeVar("_Spec", QuantSpec, PruneSpec)
 
 
-def _applies(spec: _Spec | None, layer: Layer) -> TypeGuard[_Spec]:
-    return spec is not None and matches(layer.name, spec.include, spec.exclude)
+def _applies(spec: _Spec | None, model: nn.Module, layer: Layer) -> TypeGuard[_Spec]:
+    return spec is not None and selector(model, spec.include, spec.exclude)(layer.name)
 
 
 def touched_layers(
     model: nn.Module, quantize: QuantSpec | None, prune: PruneSpec | None
 ) -> list[Layer]:
     """The compressible layers the recipe compresses, in model order."""
-    return [
-        layer
-        for layer in compressible_layers(model)
-        if _applies(quantize, layer) or _applies(prune, layer)
-    ]
+    chosen = {
+        layer.name
+        for spec in (quantize, prune)
+        if spec is not None
+        for layer in compressible_layers(model, spec.include, spec.exclude)
+    }
+    return [layer for layer in compressible_layers(model) if layer.name in chosen]
 
 
 def _check_limit(limit: object) -> int | None:
@@ -140,10 +137,12 @@ def _compress_alone(
     calibration_data: Iterable[Any] | None,
 ) -> nn.Module:
     only = (literal_pattern(layer.name),)
-    layer_quant = replace(quantize, include=only, exclude=()) if _applies(quantize, layer) else None
+    layer_quant = (
+        replace(quantize, include=only, exclude=()) if _applies(quantize, model, layer) else None
+    )
     layer_prune = None
     base = model
-    if _applies(prune, layer):
+    if _applies(prune, model, layer):
         assert prune is not None
         if global_reference is not None:
             base = copy_model(model)

@@ -288,6 +288,61 @@ def test_keep_float_auto_keeps_the_fragile_layer_and_passes(pytester):
     result.stdout.fnmatch_lines(["*int6 per-channel*[[]float: fc1 (+*)[]]*ok"])
 
 
+COSTLY = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.models import costly_sensitive_model as _costly
+
+
+@pytest.fixture(scope="session")
+def costly_net():
+    return _costly()[0]
+
+
+@pytest.fixture(scope="session")
+def costly_inputs():
+    return list(_costly()[1].split(128))  # bare inputs: mse compares with the float outputs
+"""
+
+
+def test_keep_float_auto_keeps_the_cheapest_recovery_and_names_a_simpler_winner(pytester):
+    """The big layer hurts more alone, the small one recovers more per byte; int6 on the same
+    model is both smaller and better than int4 with a layer kept float, and the report says so."""
+    root = str(Path(__file__).resolve().parents[2])
+    tests = """
+        import pytest
+
+        @pytest.mark.compress(quantize="int4", keep_float="auto", metric="mse",
+                              max_accuracy_drop=1.2, model="costly_net", data="costly_inputs")
+        def test_int4_mixed(compression):
+            assert compression.keep_float.kept == ("small",)
+
+        @pytest.mark.compress(quantize="int6", metric="mse", max_accuracy_drop=1.2,
+                              model="costly_net", data="costly_inputs")
+        def test_int6():
+            pass
+        """
+    make_project(pytester, tests, conftest_extra=COSTLY.format(root=root))
+    result = pytester.runpytest("--compress-report=report.json")
+    result.assert_outcomes(passed=2)
+    report = read_json(pytester.path / "report.json")
+    mixed, int6 = sorted(report["checks"], key=lambda c: c["check"])
+    drops = {layer["layer"]: layer["drop"] for layer in mixed["sensitivity"]["layers"]}
+    assert drops["big"] > drops["small"] > 0  # by drop alone "big" would be kept float
+    assert mixed["keep_float"]["kept_float"] == ["small"]
+    assert [c["layer"] for c in mixed["keep_float"]["ranking"]] == ["small", "big"]
+    assert int6["compressed_size"] < mixed["compressed_size"]
+    assert int6["compressed_metric"] < mixed["compressed_metric"]
+    line = (
+        "dominated: test_project.py::test_int4_mixed keeps small float, yet "
+        "test_project.py::test_int6 (int6 per-channel) is smaller (* < *) and better "
+        "(mse * vs *): the simpler recipe wins"
+    )
+    result.stdout.fnmatch_lines([line])
+    assert any(note.startswith("dominated: test_project.py::test_int4_mixed") for note in
+               report["notes"])
+
+
 def test_keep_float_patterns_leave_those_layers_uncompressed(pytester):
     make_project(
         pytester,

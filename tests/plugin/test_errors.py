@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -65,11 +66,16 @@ TESTS = textwrap.dedent(
 )
 
 
+NEXT_REPORT = re.compile(r"_+ (ERROR at \w+ of )?test\w* _+$|=+ .* =+$")
+
+
 def section(result: pytest.RunResult, test: str) -> str:
-    text = result.stdout.str()
+    """One test's report, up to the next one or the short summary (cut or not by width)."""
+    text = result.stdout.str().split("short test summary info", 1)[0]
     start = text.index(f"{test} _")  # "_ test _" or "_ ERROR at setup of test _"
-    end = text.find("\n____", start + 1)
-    return text[start : end if end != -1 else len(text)]
+    rest = text[start:].split("\n")
+    ends = [i for i, line in enumerate(rest) if i and NEXT_REPORT.match(line)]
+    return "\n".join(rest[: ends[0]] if ends else rest)
 
 
 def test_user_errors_keep_their_traceback_and_library_errors_read_as_one_line(

@@ -132,3 +132,45 @@ def reference_perplexity() -> float:
         )
         total, count = total + float(loss), count + int((labels != -100).sum())
     return float(torch.exp(torch.tensor(total / count)))
+
+
+DEFAULTS = """
+import json
+import pytest
+from pytest_compress import TRANSFORMER_EXCLUDE, QuantSpec
+
+def record(name, result):
+    with open(f"{name}.json", "w") as stream:
+        json.dump(result.to_dict(), stream)
+
+@pytest.mark.compress(quantize="w8a8-dynamic", model="encoder", data="token_batches",
+                      metric="cosine", max_accuracy_drop=0.02)
+def test_dynamic(compression):
+    record("dynamic", compression)
+
+@pytest.mark.compress(
+    quantize=QuantSpec(bits=4, activation_bits=8, observer="dynamic", exclude=TRANSFORMER_EXCLUDE),
+    model="classifier", data="labelled_batches", max_accuracy_drop=0.5)
+def test_blocks_only(compression):
+    record("blocks_only", compression)
+"""
+
+
+@pytest.mark.usefixtures("transformers_imported")
+def test_transformer_defaults_on_hugging_face_models(pytester: pytest.Pytester) -> None:
+    """w8a8-dynamic needs no calibration data; the presets keep BERT's three token tables
+    and its classifier head float, and the result says which preset left each float."""
+    pytester.makeconftest(textwrap.dedent(CONFTEST))
+    pytester.makepyfile(test_hf=textwrap.dedent(DEFAULTS))
+    result = pytester.runpytest("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+    result.assert_outcomes(passed=2)
+    dynamic = json.loads((pytester.path / "dynamic.json").read_text())
+    assert dynamic["recipe"] == "w8a8 (dynamic per-token) per-channel"
+    assert dynamic["quantize"]["observer"] == "dynamic"
+    assert 0.98 <= dynamic["compressed_metric"] < 1.0  # activations rounded: not exact
+    blocks = json.loads((pytester.path / "blocks_only.json").read_text())
+    skipped = blocks["skipped_layers"]
+    for table in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        assert skipped[f"bert.embeddings.{table}"].startswith("left float by the @embeddings")
+    assert skipped["classifier"].startswith("left float by the @head preset")
+    assert "bert.encoder.layer.0.attention.self.query" not in skipped
