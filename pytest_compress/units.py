@@ -28,6 +28,10 @@ SIZE_FORMS = (
     "(units B, kB, MB, GB, KiB, MiB, GiB)"
 )
 _SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*")
+# Durations in seconds; "us" for a micro sign nobody can type.
+DURATION_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6}
+DURATION_FORMS = 'a number of seconds, or a string such as "5 ms", "250 us", "1.5 s"'
+_DURATION_PATTERN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(\S*)\s*")
 _MAX_EXTRA_DIGITS = 6
 
 
@@ -51,6 +55,26 @@ def parse_size(value: object) -> int:
     except InvalidOperation as error:  # the pattern admits only digits, but be explicit
         raise ValueError(f"expected {SIZE_FORMS}, got {value!r}") from error
     return int(number * SIZE_UNITS[unit or "b"])
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number of seconds or a string such as ``"5 ms"``; ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected {DURATION_FORMS}, got {value!r}")
+    if isinstance(value, str):
+        match = _DURATION_PATTERN.fullmatch(value)
+        unit = match[2].lower() if match else None
+        if match is None or (unit and unit not in DURATION_UNITS):
+            raise ValueError(f"expected {DURATION_FORMS}, got {value!r}")
+        return float(match[1]) * DURATION_UNITS[unit or "s"]
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"a duration must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def format_duration(seconds: float) -> str:
+    """``12.3 ms``: milliseconds with one decimal below a second, else seconds."""
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def format_size(size: float, extra_digits: int = 0) -> str:

@@ -17,7 +17,7 @@ from pytest_compress.checks import fingerprint
 PACKAGE = Path(pytest_compress.__file__).parent
 README = PACKAGE.parent / "README.md"
 # Each layer may import its own modules and those of the layers before it.
-LAYERS = ("shared", "engine", "fileformat", "tuning", "checks", "plugin")
+LAYERS = ("shared", "engine", "fileformat", "runtimes", "tuning", "checks", "plugin")
 STDLIB_ONLY = "shared"
 THIRD_PARTY = {"torch", "torchvision", "numpy", "pytest", "hypothesis", "_pytest"}
 # Where a user's shorthand ("int8", 0.8) becomes a spec: the marker and the exported functions.

@@ -9,7 +9,13 @@ import pytest
 from pytest_compress.budgets import Budgets, at_least, at_most
 from pytest_compress.metrics import MetricKind
 from pytest_compress.tuning.trial import Trial
-from pytest_compress.units import distinct, format_size, parse_size
+from pytest_compress.units import (
+    distinct,
+    format_duration,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 from tests.results import make_result
 
 # --- sizes ------------------------------------------------------------------------------
@@ -39,6 +45,36 @@ def test_parse_size_accepts_bytes_and_decimal_and_binary_units(text, expected):
 def test_parse_size_rejects_what_is_not_a_size(bad):
     with pytest.raises(ValueError, match="size|MB"):
         parse_size(bad)
+
+
+# --- durations --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("5 ms", 0.005),
+        ("250us", 0.00025),
+        ("2 \u00b5s", 2e-6),
+        ("1.5 s", 1.5),
+        (" 3 ", 3.0),
+        (2, 2.0),
+        (0.25, 0.25),
+    ],
+)
+def test_parse_duration_accepts_seconds_and_units(value, seconds):
+    assert parse_duration(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("bad", ["5 min", "ms", "-1 ms", "", -1, math.nan, math.inf, True, None])
+def test_parse_duration_rejects_what_is_not_a_duration(bad):
+    with pytest.raises(ValueError, match="duration|seconds"):
+        parse_duration(bad)
+
+
+def test_format_duration():
+    assert format_duration(0.01234) == "12.3 ms"
+    assert format_duration(2.5) == "2.50 s"
 
 
 def test_format_size_uses_decimal_units():
