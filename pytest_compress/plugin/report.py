@@ -23,7 +23,7 @@ from ..files import write_text_atomically
 from ..metrics import MetricKind
 from ..tables import fit_table, narrowed, shorten, text_table, wrap_items
 from ..tuning.grids import format_setting
-from ..units import format_fraction, format_ratio, format_size
+from ..units import distinct, format_fraction, format_ratio, format_size
 from .reach import NOT_IN_RUN
 
 JSON_SCHEMA_VERSION = 1
@@ -65,7 +65,8 @@ def verdict(entry: Entry) -> str:
 def row(entry: Entry) -> list[str]:
     """One table row: test, recipe, metric before -> after, drop, size before -> after, ..."""
     kind = metric_kind(entry)
-    metric = f"{kind.value(entry['float_metric'])} -> {kind.value(entry['compressed_metric'])}"
+    before, after = distinct(entry["float_metric"], entry["compressed_metric"], kind.value)
+    metric = f"{before} -> {after}"
     size = f"{format_size(entry['float_size'])} -> {format_size(entry['compressed_size'])}"
     return [
         entry["check"],
