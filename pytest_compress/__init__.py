@@ -57,6 +57,7 @@ EXPORTS: dict[str, str] = {
     "RecoveryResult": "tuning.recovery",
     # checks and verdicts
     "CompressionResult": "checks.result",
+    "Compressed": "runtimes.deployed",
     "Budgets": "budgets",
     "BudgetCheck": "budgets",
     "BudgetExceeded": "budgets",
@@ -108,6 +109,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; a test holds this list to EXPOR
         SpecError,
     )
     from .fileformat.container import compressed_size, load_compressed, save_compressed
+    from .runtimes.deployed import Compressed
     from .tuning.keep_float import KeepFloatResult
     from .tuning.recovery import RecoveryResult, finetune, recover_compressed
     from .tuning.search import SearchResult

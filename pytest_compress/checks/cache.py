@@ -90,6 +90,7 @@ class DeployedEntry:
     metric: float
     size: int
     saved_as: str
+    sparsity: float  # NaN for an artifact whose weights cannot be read
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,9 @@ def _read(value: Any, kind: type[Entry]) -> Entry | None:
             if not isinstance(item, int) or item < 0:
                 return None
         elif not isinstance(item, (int, float)) or (
-            f.name == "sparsity" and not (math.isfinite(item) and 0 <= item <= 1)
+            f.name == "sparsity"
+            and not (math.isfinite(item) and 0 <= item <= 1)
+            and not (kind is DeployedEntry and math.isnan(item))
         ):
             return None
     # JSON writes 1.0 as 1.0, but a hand-edited entry may say 1: keep the declared types

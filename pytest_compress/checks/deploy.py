@@ -9,6 +9,7 @@ the float model in eager PyTorch, interleaved, on the same batches, threads and 
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.apply import copy_model
 from ..engine.batches import call_model, split_batch
 from ..engine.state import eval_mode
 from ..errors import CompressError
-from ..runtimes.deployed import Deployed
+from ..files import write_atomically
+from ..runtimes.deployed import Compressed, Deployed, files_size, size_words
 from ..runtimes.latency import LatencyMeasurement, measure_latency_ratio
 from .request import Recipe
 
@@ -104,3 +107,61 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def from_compressor(
+    compressor: Any,
+    label: str,
+    model: nn.Module,
+    calibration: Iterable[Any] | None,
+    workdir: Path,
+) -> tuple[Deployed, nn.Module | None]:
+    """What the user's ``compressor(model, calibration_data)`` made of a *copy* of
+    ``model`` (it is never trusted with the original), as a ``Deployed``; and the module
+    itself when it returned one (its weights can be measured: sparsity)."""
+    made = compressor(copy_model(model), calibration)
+    if isinstance(made, nn.Module):
+        path = workdir / "compressed.pt"
+        buffer = io.BytesIO()
+        torch.save(made.state_dict(), buffer)
+        write_atomically(path, [buffer.getvalue()])
+        files = (path,)
+        words = f"torch.save of the state_dict {label} returned"
+        module = made.eval()
+        return (
+            Deployed(
+                runtime=label,
+                predict=lambda inputs: call_model(module, inputs),
+                files=files,
+                size_bytes=files_size(files),
+                saved_as=size_words(files, words),
+            ),
+            module,
+        )
+    if isinstance(made, Compressed):
+        return _compressed(made, label), None
+    raise CompressError(
+        f"the compressor {label} returned a {type(made).__name__}; return the compressed "
+        "torch.nn.Module, or pytest_compress.Compressed(predict=..., path=...) for an "
+        "artifact that is not one"
+    )
+
+
+def _compressed(made: Compressed, label: str) -> Deployed:
+    if not callable(made.predict):
+        raise CompressError(f"the compressor {label} returned Compressed with a predict that "
+                            f"is not callable: {made.predict!r}")  # fmt: skip
+    missing = [str(path) for path in made.files if not path.is_file()]
+    if missing:
+        raise CompressError(
+            f"the compressor {label} returned Compressed(path=...) naming files that do not "
+            f"exist: {missing}; its size is the bytes of the files that load back"
+        )
+    names = ", ".join(path.name for path in made.files)
+    return Deployed(
+        runtime=label,
+        predict=made.predict,
+        files=made.files,
+        size_bytes=files_size(made.files),
+        saved_as=size_words(made.files, f"{names} from {label}"),
+    )

@@ -101,6 +101,12 @@ class PreparedInputs:
             calibration=calibration_print,
         )
 
+    def compressor_key(self, label: str, compressor: Any) -> str | None:
+        """What a ``compressor=`` deployment is cached under: its code and closure (as a
+        metric's), or None when they cannot be fingerprinted (then it is not cached)."""
+        fingerprint = self._fingerprint("compressor", label, compressor, metric_fingerprint)
+        return None if fingerprint is None else f"compressor {fingerprint}"
+
     def _fingerprint(
         self, kind: str, label: str, value: Any, compute: Callable[[Any], str]
     ) -> str | None:

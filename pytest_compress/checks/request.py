@@ -16,6 +16,8 @@ from ..engine.specs import PruneSpec, QuantSpec, describe_recipe
 from ..errors import SpecError
 
 KEEP_FLOAT_AUTO = "auto"
+# Check.runtime of a check deployed by the user's compressor fixture (compressor=).
+COMPRESSOR = "compressor"
 KEEP_FLOAT_FORMS = '"auto" or module-name patterns such as ["fc1", "features.*"]'
 
 
@@ -67,7 +69,8 @@ class Check:
     budgets: Budgets = field(default_factory=Budgets)
     adjustments: Adjustments = field(default_factory=Adjustments)
     higher_is_better: bool = True
-    # "simulate" (fake quantization in eager PyTorch), or a real runtime that deploys it.
+    # "simulate" (fake quantization in eager PyTorch), a real runtime that deploys it, or
+    # COMPRESSOR: the user's compressor fixture deploys it (the recipe, if any, is simulated).
     runtime: str = "simulate"
 
     def at(self, recipe: Recipe) -> Check:
@@ -105,6 +108,8 @@ class CheckInputs:
     calibration: Any = None
     calibration_label: str = "calibration data"
     recovery: Recovery | None = None
+    compressor: Any = None
+    compressor_label: str = "compressor"
 
 
 def check_keep_float(value: object) -> str | tuple[str, ...]:

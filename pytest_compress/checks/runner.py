@@ -70,10 +70,10 @@ from .cache import (
     ReferenceEntry,
     ResultCache,
 )
-from .deploy import PredictModule, deploy, time_deployed
+from .deploy import PredictModule, deploy, from_compressor, time_deployed
 from .inputs import PreparedInputs
 from .materialize import EvaluationData, resolve_device
-from .request import Check, CheckInputs, Recipe
+from .request import COMPRESSOR, Check, CheckInputs, Recipe
 from .result import CompressionResult
 
 
@@ -419,9 +419,10 @@ class _CheckRun:
     def one(self, check: Check) -> CompressionResult:
         """Compress, measure and judge ``check``'s recipe (or serve it from the cache); on a
         runtime, deploy it too and judge the deployed artifact."""
-        simulated = self.simulated(check)
         if check.runtime == "simulate":
-            return simulated
+            return self.simulated(check)
+        # a compressor may come without a recipe: then there is no simulation beside it
+        simulated = None if check.recipe == Recipe() else self.simulated(check)
         return self.deployed(check, simulated)
 
     def simulated(self, check: Check) -> CompressionResult:
@@ -554,31 +555,29 @@ class _CheckRun:
 
     # --- a real runtime ------------------------------------------------------------
 
-    def deployed(self, check: Check, simulated: CompressionResult) -> CompressionResult:
-        """``simulated``'s recipe deployed on the check's runtime: its metric and artifact
-        size (from the cache when an earlier run deployed the same), and its latency
-        against the float model when a budget asks (always measured: it is the machine's)."""
+    def deployed(self, check: Check, simulated: CompressionResult | None) -> CompressionResult:
+        """The check deployed on its runtime (or by its compressor): the artifact's metric,
+        bytes and sparsity (from the cache when an earlier run deployed the same), and its
+        latency against the float model when a budget asks (always measured: it is the
+        machine's). ``simulated`` is the same recipe in simulation, when there is one."""
         if self.runner.device != "cpu":
             raise CompressError(
-                f"runtime={check.runtime!r} runs on the CPU; use --compress-device=cpu"
+                f"a deployed check ({self.deployer(check)}) runs on the CPU; use "
+                "--compress-device=cpu"
             )
-        timings = dict(simulated.timings)
+        started = time.perf_counter()
         store = self.store(check)
-        entry, artifact = store.deployed(check.runtime), None
-        served = entry is not None
+        key = self.deploy_key(check)
+        entry = None if key is None else store.deployed(key)
+        served, artifact = entry is not None, None
+        timings: dict[str, float] = {}
         if entry is None:
-            begun = time.perf_counter()
-            artifact = self.deploy(check)
-            timings["deploy"] = time.perf_counter() - begun
-            begun = time.perf_counter()
-            entry = DeployedEntry(
-                self.evaluate(PredictModule(artifact)), artifact.size_bytes, artifact.saved_as
-            )
-            timings["evaluate_deployed"] = time.perf_counter() - begun
-            store.put_deployed(check.runtime, entry)
+            entry, artifact = self.measure_deployed(check, simulated, timings)
+            if key is not None:
+                store.put_deployed(key, entry)
         latency = None
         if any(name in LATENCY_BUDGETS for name in check.budgets):
-            artifact = artifact or self.deploy(check)
+            artifact = artifact or self.deploy(check)[0]
             latency = time_deployed(
                 self.inputs.model,
                 artifact,
@@ -587,24 +586,87 @@ class _CheckRun:
                 threads=self.runner.threads,
             )
             timings["latency"] = latency.seconds
-        timings["total"] = sum(v for k, v in timings.items() if k != "total")
-        numbers = CheckEntry(
-            simulated.float_metric, simulated.float_size, entry.metric, entry.size,
-            simulated.sparsity,
-        )  # fmt: skip
-        deployment = {
-            "runtime": check.runtime,
-            "simulated_metric": simulated.compressed_metric,
-            "simulated_size": simulated.compressed_size,
-            "saved_as": entry.saved_as,
-            "latency_measured": latency,
+        if simulated is not None:
+            float_metric, float_size = simulated.float_metric, simulated.float_size
+        else:
+            reference = self.reference(store)[0]
+            float_metric, float_size = reference.metric, reference.size
+        numbers = CheckEntry(float_metric, float_size, entry.metric, entry.size, entry.sparsity)
+        timings = {
+            **(simulated.timings if simulated else {}),
+            **timings,
+            "total": time.perf_counter() - started + (simulated.seconds if simulated else 0.0),
         }
-        cached = simulated.cached and served  # latency is never cached: the machine's own
-        return self.verdict(check, numbers, timings, cached=cached, deployment=deployment)
+        result = self.verdict(
+            check,
+            numbers,
+            timings,
+            cached=served and (simulated is None or simulated.cached),
+            deployment={
+                "runtime": self.deployer(check),
+                "simulated_metric": None if simulated is None else simulated.compressed_metric,
+                "simulated_size": None if simulated is None else simulated.compressed_size,
+                "saved_as": entry.saved_as,
+                "latency_measured": latency,
+            },
+        )
+        return dataclasses.replace(result, recipe=self.recipe_words(check))
 
-    def deploy(self, check: Check) -> Deployed:
+    def deployer(self, check: Check) -> str:
+        """``onnxruntime``, or ``compressor <fixture>``."""
+        if check.runtime == COMPRESSOR:
+            return f"compressor {self.inputs.compressor_label}"
+        return check.runtime
+
+    def recipe_words(self, check: Check) -> str:
+        if check.runtime != COMPRESSOR:
+            return check.recipe.describe()
+        if check.recipe == Recipe():
+            return self.deployer(check)
+        return f"{self.deployer(check)} (as {check.recipe.describe()})"
+
+    def deploy_key(self, check: Check) -> str | None:
+        """What the deployed entry is cached under besides the check's keys."""
+        if check.runtime != COMPRESSOR:
+            return check.runtime
+        inputs = self.inputs
+        return self.runner.inputs.compressor_key(inputs.compressor_label, inputs.compressor)
+
+    def measure_deployed(
+        self, check: Check, simulated: CompressionResult | None, timings: dict[str, float]
+    ) -> tuple[DeployedEntry, Deployed]:
+        begun = time.perf_counter()
+        artifact, module = self.deploy(check)
+        timings["deploy"] = time.perf_counter() - begun
+        begun = time.perf_counter()
+        metric = self.evaluate(module if module is not None else PredictModule(artifact))
+        timings["evaluate_deployed"] = time.perf_counter() - begun
+        if module is not None:
+            zeros = sparsity(module).overall
+        elif simulated is not None and check.runtime != COMPRESSOR:
+            zeros = simulated.sparsity  # the runtime got the recipe's pruned weights
+        elif "min_sparsity" in check.budgets:
+            raise CompressError(
+                f"min_sparsity needs the compressed weights, and {self.deployer(check)} "
+                "returned Compressed(...), whose weights cannot be read: return the "
+                "torch.nn.Module to have its sparsity measured"
+            )
+        else:
+            zeros = math.nan
+        return DeployedEntry(metric, artifact.size_bytes, artifact.saved_as, zeros), artifact
+
+    def deploy(self, check: Check) -> tuple[Deployed, nn.Module | None]:
         recipe = check.recipe
-        return deploy(
+        if check.runtime == COMPRESSOR:
+            calibration = self.calibration.batches
+            return from_compressor(
+                self.inputs.compressor,
+                self.deployer(check),
+                self.inputs.model,
+                calibration,
+                self.runner.workdir(),
+            )
+        artifact = deploy(
             check.runtime,
             self.inputs.model,
             recipe,
@@ -613,6 +675,7 @@ class _CheckRun:
             self.runner.workdir(),
             self.runner.threads,
         )
+        return artifact, None
 
     # --- the verdict ---------------------------------------------------------------
 

@@ -69,7 +69,11 @@ def pytest_collection_modifyitems(
         except MarkerError as error:
             problems.append((item, f"{item.nodeid}: {error}"))
             continue
-        missing = _missing_recover_fixtures(item, check) or _missing_metric(item, check)
+        missing = (
+            _missing_recover_fixtures(item, check)
+            or _missing_metric(item, check)
+            or _missing_compressor(item, check)
+        )
         if missing:
             problems.append((item, f"{item.nodeid}: {missing}"))
             continue
@@ -108,6 +112,17 @@ def _missing_recover_fixtures(item: pytest.Item, check: CheckRequest) -> str | N
         if not manager.getfixturedefs(name, item):
             return f"{argument}: no fixture named {name!r} is visible to this test; name {forms}"
     return None
+
+
+def _missing_compressor(item: pytest.Item, check: CheckRequest) -> str | None:
+    """Why ``compressor=`` names no fixture visible to the test, or None."""
+    name = check.fixtures.compressor
+    if name is None or item.session._fixturemanager.getfixturedefs(name, item):
+        return None
+    return (
+        f"compressor: no fixture named {name!r} is visible to this test; name a fixture "
+        "returning a callable (model, calibration_data) -> nn.Module or Compressed(...)"
+    )
 
 
 def _missing_metric(item: pytest.Item, check: CheckRequest) -> str | None:

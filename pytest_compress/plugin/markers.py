@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..budgets import BUDGET_NAMES, BUDGETS, Budgets
-from ..checks.request import Adjustments, Check, Recipe, check_keep_float
+from ..checks.request import COMPRESSOR, Adjustments, Check, Recipe, check_keep_float
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
 from ..metrics import BuiltinName, MetricKind, builtin_name
 from ..runtimes.registry import check_runtime, missing_extra, unsupported
@@ -50,6 +50,7 @@ class Fixtures:
     calibration_data: str = DEFAULT_CALIBRATION_FIXTURE
     recover: str | None = None
     recover_data: str = DEFAULT_RECOVER_DATA_FIXTURE
+    compressor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ MARKER_SIGNATURE = inspect.Signature(
         _keyword("metric", DEFAULT_METRIC_FIXTURE, "str"),
         _keyword("calibration_data", DEFAULT_CALIBRATION_FIXTURE, "str"),
         _keyword("runtime", "simulate", "str"),
+        _keyword("compressor", None, "str | None"),
         _keyword("search", None, "str | None"),
         _keyword("keep_float", None, "str | list[str] | tuple[str, ...] | None"),
         _keyword("recover", None, "str | None"),
@@ -105,7 +107,15 @@ MARKER_LINE = (
 # that does not exist, such as max_cosine_drop, gets the list of arguments instead).
 HINT_CUTOFF = 0.75
 # The arguments that name a fixture in the marker; the callable also takes objects there.
-FIXTURE_ARGUMENTS = ("model", "data", "metric", "calibration_data", "recover", "recover_data")
+FIXTURE_ARGUMENTS = (
+    "model",
+    "data",
+    "metric",
+    "calibration_data",
+    "recover",
+    "recover_data",
+    "compressor",
+)
 # The compress fixture's callable takes what the marker takes, from the same table: model
 # and data may come first by position, and every fixture argument defaults to None (the
 # marker's default fixture).
@@ -171,6 +181,7 @@ def parse_marker(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> CheckReque
             if not (name == "metric" and builtin)
         },
         recover=None if recover is None else fixture_name(recover, "recover"),
+        compressor=_optional_name(values["compressor"], "compressor"),
     )
     # a built-in metric travels by name, as an object a call gives: the runner makes it
     return CheckRequest(check, fixtures, {"metric": values["metric"]} if builtin else {})
@@ -228,7 +239,10 @@ def parse_check(values: Mapping[str, Any], explicit: Mapping[str, Any] | None = 
     actually written) that contradicts it is a ``MarkerError``.
     """
     search = values.get("search")
-    recipe = parse_recipe(values.get("quantize"), values.get("prune"), searched=search is not None)
+    compressor = values.get("compressor") is not None
+    recipe = parse_recipe(
+        values.get("quantize"), values.get("prune"), searched=search is not None or compressor
+    )
     budgets = parse_budgets({name: values.get(name) for name in BUDGET_NAMES})
     higher_is_better = flag(values.get("higher_is_better", True), "higher_is_better")
     builtin = metric_builtin(values.get("metric"))
@@ -250,12 +264,35 @@ def parse_check(values: Mapping[str, Any], explicit: Mapping[str, Any] | None = 
         search=_search(search, recipe, budgets),
         keep_float=_keep_float(values.get("keep_float")),
     )
-    runtime = _runtime(values.get("runtime", "simulate"), recipe, budgets, adjustments)
+    if compressor:
+        runtime = _compressor(values.get("runtime"), recipe, budgets, adjustments)
+    else:
+        runtime = _runtime(values.get("runtime", "simulate"), recipe, budgets, adjustments)
     if runtime != "simulate" and values.get("recover") is not None:
         raise MarkerError(
             "runtime", f"{runtime!r} deploys the recipe as it is; recover= is for simulated checks"
         )
     return Check(recipe, budgets, adjustments, higher_is_better=higher_is_better, runtime=runtime)
+
+
+def _compressor(runtime: Any, recipe: Recipe, budgets: Budgets, adjustments: Adjustments) -> str:
+    """``COMPRESSOR``: the check deploys with the user's compressor fixture. A recipe given
+    beside it is the simulation it is compared with (``max_fidelity_gap`` needs one)."""
+    if runtime not in (None, "simulate"):
+        raise MarkerError(
+            "compressor", f"deploys the model itself; drop runtime={runtime!r} (one or the other)"
+        )
+    if adjustments.search is not None or adjustments.keep_float is not None:
+        raise MarkerError(
+            "compressor", "deploys what it returns; search= and keep_float= adjust a recipe"
+        )
+    if "max_fidelity_gap" in budgets and recipe == Recipe():
+        raise MarkerError(
+            "max_fidelity_gap",
+            "compares the compressor's model with the simulation of a recipe; give the recipe "
+            'it implements too, e.g. quantize="int8"',
+        )
+    return COMPRESSOR
 
 
 def _runtime(value: Any, recipe: Recipe, budgets: Budgets, adjustments: Adjustments) -> str:
@@ -351,6 +388,10 @@ def metric_builtin(value: Any) -> BuiltinName | None:
         return builtin_name(value)
     except ValueError as error:
         raise MarkerError("metric", str(error)) from None
+
+
+def _optional_name(value: Any, argument: str) -> str | None:
+    return None if value is None else fixture_name(value, argument)
 
 
 def fixture_name(value: Any, argument: str) -> str:

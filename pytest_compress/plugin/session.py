@@ -391,7 +391,26 @@ def resolve_inputs(request: pytest.FixtureRequest, check: CheckRequest) -> Check
         calibration=calibration,
         calibration_label=calibration_label,
         recovery=_recovery(request, check),
+        **_compressor(request, check),
     )
+
+
+def _compressor(request: pytest.FixtureRequest, check: CheckRequest) -> dict[str, Any]:
+    """``compressor`` and ``compressor_label`` of the check's inputs, when it has one."""
+    fixtures, given = check.fixtures, check.given
+    if fixtures.compressor is None and "compressor" not in given:
+        return {}
+    compressor, label = _resolve(
+        request, given.get("compressor"), fixtures.compressor or "", "compressor"
+    )
+    if not callable(compressor):
+        pytest.fail(
+            f"pytest-compress: the compressor {label!r} must be a callable "
+            f"(model, calibration_data) -> nn.Module or Compressed, got "
+            f"{type(compressor).__name__}",
+            pytrace=False,
+        )
+    return {"compressor": compressor, "compressor_label": label}
 
 
 def _recovery(request: pytest.FixtureRequest, check: CheckRequest) -> Recovery | None:

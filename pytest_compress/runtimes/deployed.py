@@ -36,6 +36,26 @@ class Deployed:
         return self.files[0]
 
 
+@dataclass(frozen=True)
+class Compressed:
+    """What a ``compressor=`` fixture's callable may return for an artifact that is not a
+    torch module: an ONNX file built by the team's own pipeline, a TensorRT engine, a
+    ``torch.export`` program.
+
+    - ``predict(inputs)``: runs the artifact on a batch's inputs (as the batches give them:
+      a tensor, a tuple, a dict) and returns its outputs as torch tensors.
+    - ``path``: the file(s) that load back into the artifact; their bytes are its size.
+    """
+
+    predict: Callable[[Any], Any]
+    path: str | os.PathLike | tuple[str | os.PathLike, ...]
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        paths = self.path if isinstance(self.path, tuple) else (self.path,)
+        return tuple(Path(p) for p in paths)
+
+
 def files_size(files: tuple[Path, ...]) -> int:
     """The bytes the files take, as ``os.stat`` reports them."""
     return sum(os.stat(path).st_size for path in files)

@@ -471,7 +471,8 @@ DOCUMENTED_MARKER = (
     "max_size_ratio=None, max_size=None, min_sparsity=None, max_fidelity_gap=None, "
     "max_latency_ratio=None, max_latency=None, model='compress_model', "
     "data='compress_data', higher_is_better=True, metric='compress_metric', "
-    "calibration_data='compress_calibration_data', runtime='simulate', search=None, "
+    "calibration_data='compress_calibration_data', runtime='simulate', compressor=None, "
+    "search=None, "
     "keep_float=None, recover=None, recover_data='compress_train_data')"
 )
 
