@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .metrics import MetricKind
-from .units import SIZE_FORMS, distinct, format_fraction, format_ratio, format_size, parse_size
+from .units import (
+    DURATION_FORMS,
+    SIZE_FORMS,
+    distinct,
+    format_fraction,
+    format_ratio,
+    format_size,
+    parse_duration,
+    parse_size,
+)
 
 EPSILON = 1e-9
 
@@ -49,6 +58,18 @@ def non_negative(
             raise ValueError(f"must not be negative ({forms}), got {value!r}")
         if most is not None and number > most:
             raise ValueError(f"must be at most {most:g} ({forms}): {beyond}; got {value!r}")
+        return number
+
+    return parse
+
+
+def positive(forms: str) -> Callable[[object], float]:
+    """A parser of finite numbers > 0 (a ratio of times: 0 no model can reach)."""
+
+    def parse(value: object) -> float:
+        number = _number(value, forms)
+        if number <= 0:
+            raise ValueError(f"must be more than 0 ({forms}), got {value!r}")
         return number
 
     return parse
@@ -102,6 +123,21 @@ def size(value: object) -> int:
         raise ValueError(f"must be {SIZE_FORMS} and not negative, got {value!r}") from None
 
 
+def duration(value: object) -> float:
+    """Seconds from a number or a string such as ``"5 ms"``, more than 0."""
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ValueError(f"must be {DURATION_FORMS}, got {value!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0: no model runs in no time; got {value!r}")
+    return seconds
+
+
+def _milliseconds(seconds: float, extra_digits: int = 0) -> str:
+    return f"{seconds * 1000:.{2 + extra_digits}f} ms"
+
+
 @dataclass(frozen=True)
 class Budget:
     """One kind of budget.
@@ -122,6 +158,8 @@ class Budget:
       when it can): ``max_accuracy_drop=1`` for a fraction such as top-1 accuracy.
       The plugin asks at collection with what the marker says of the metric, and the
       runner again when the metric is known.
+    - ``needs_runtime``: it limits the deployed model (``runtime=``), which a simulated
+      check does not have; the plugin refuses it at collection without one.
     """
 
     name: str
@@ -133,6 +171,7 @@ class Budget:
     render: Callable[[float, MetricKind, int], str]
     parse: Callable[[object], float | int]
     cannot_fail: Callable[[float, MetricKind], str | None] = _never
+    needs_runtime: bool = False
 
     def holds(self, actual: float, limit: float) -> bool:
         return at_most(actual, limit) if self.upper else at_least(actual, limit)
@@ -207,8 +246,47 @@ BUDGETS: dict[str, Budget] = {
                 zero="sparsity is never below 0, so a floor of 0 cannot fail",
             ),
         ),
+        Budget(
+            "max_fidelity_gap",
+            "fidelity_gap",
+            upper=True,
+            eased_by_compression=False,
+            label="gap between simulated and deployed {metric}",
+            short="fidelity gap",
+            render=lambda v, m, d: m.difference(v, d),
+            parse=non_negative(
+                "in the metric's units: |deployed - simulated|, e.g. 0.005 = 0.5 pp"
+            ),
+            cannot_fail=_fraction_drop,
+            needs_runtime=True,
+        ),
+        Budget(
+            "max_latency_ratio",
+            "latency_ratio",
+            upper=True,
+            eased_by_compression=False,
+            label="latency ratio",
+            short="latency ratio",
+            render=lambda v, m, d: format_ratio(v, d),
+            parse=positive("compressed time per batch / float time per batch, e.g. 0.8"),
+            needs_runtime=True,
+        ),
+        Budget(
+            "max_latency",
+            "latency",
+            upper=True,
+            eased_by_compression=False,
+            label="latency per batch",
+            short="latency",
+            render=lambda v, m, d: _milliseconds(v, d),
+            parse=duration,
+            needs_runtime=True,
+        ),
     )
 }
+# The budgets that judge a deployed model's run time: measured afresh on every run (they
+# belong to the machine), judged on an interval rather than one number.
+LATENCY_BUDGETS = ("max_latency_ratio", "max_latency")
 # The budgets in the order a failure message lists them.
 BUDGET_NAMES = tuple(BUDGETS)
 # Not a budget: the check that every result whose compressed metric is NaN fails.

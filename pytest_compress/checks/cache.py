@@ -22,13 +22,14 @@ import json
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, fields
+from importlib import metadata
 from typing import Any, Protocol, TypeVar
 
 KEY_PREFIX = "pytest-compress/v1"
 CHECKSUM = "checksum"
 T = TypeVar("T")
 # The entries the persistent cache stores.
-Entry = TypeVar("Entry", "ReferenceEntry", "CheckEntry")
+Entry = TypeVar("Entry", "ReferenceEntry", "CheckEntry", "DeployedEntry")
 
 
 class IdentityMemo:
@@ -79,6 +80,16 @@ class CheckEntry:
     compressed_metric: float
     compressed_size: int
     sparsity: float
+
+
+@dataclass(frozen=True)
+class DeployedEntry:
+    """A recipe deployed on a runtime: its metric, the bytes of its artifact, and how it
+    was saved (the simulation of the same recipe is a ``CheckEntry`` of its own)."""
+
+    metric: float
+    size: int
+    saved_as: str
 
 
 @dataclass(frozen=True)
@@ -147,6 +158,15 @@ class ResultCache:
         self._put(f"{KEY_PREFIX}/check/{key}", entry)
         self._written.add(key)
 
+    def deployed(self, key: str) -> DeployedEntry | None:
+        if not self._read or f"deployed/{key}" in self._written:
+            return None
+        return self._get(f"{KEY_PREFIX}/deployed/{key}", DeployedEntry)
+
+    def put_deployed(self, key: str, entry: DeployedEntry) -> None:
+        self._put(f"{KEY_PREFIX}/deployed/{key}", entry)
+        self._written.add(f"deployed/{key}")
+
     def _get(self, key: str, kind: type[Entry]) -> Entry | None:
         value = self._store.get(key, None)
         if not isinstance(value, dict):
@@ -156,7 +176,7 @@ class ResultCache:
             return None
         return _read(content, kind)
 
-    def _put(self, key: str, entry: ReferenceEntry | CheckEntry) -> None:
+    def _put(self, key: str, entry: ReferenceEntry | CheckEntry | DeployedEntry) -> None:
         content = asdict(entry)
         self._store.set(key, {**content, CHECKSUM: checksum(key, content)})
 
@@ -179,7 +199,10 @@ def _read(value: Any, kind: type[Entry]) -> Entry | None:
         item = value[f.name]
         if isinstance(item, bool):
             return None
-        if f.type == "int":
+        if f.type == "str":
+            if not isinstance(item, str):
+                return None
+        elif f.type == "int":
             if not isinstance(item, int) or item < 0:
                 return None
         elif not isinstance(item, (int, float)) or (
@@ -212,6 +235,13 @@ class CheckStore:
     def put_check(self, entry: CheckEntry) -> None:
         self.cache.put_check(self.keys.check, entry)
 
+    def deployed(self, runtime: str) -> DeployedEntry | None:
+        return self.cache.deployed(combine(self.keys.check, runtime, runtime_versions(runtime)))
+
+    def put_deployed(self, runtime: str, entry: DeployedEntry) -> None:
+        key = combine(self.keys.check, runtime, runtime_versions(runtime))
+        self.cache.put_deployed(key, entry)
+
 
 class NoStore:
     """A check that is not cached: nothing is found, nothing is kept."""
@@ -227,3 +257,25 @@ class NoStore:
 
     def put_check(self, entry: CheckEntry) -> None:
         pass
+
+    def deployed(self, runtime: str) -> DeployedEntry | None:
+        return None
+
+    def put_deployed(self, runtime: str, entry: DeployedEntry) -> None:
+        pass
+
+
+# The packages whose versions decide what a runtime makes of a recipe.
+RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "torchao": ("torchao",)}
+
+
+def runtime_versions(runtime: str) -> str:
+    """``onnxruntime 1.32.0, onnx 1.23.2, ...``: part of a deployed entry's key."""
+    return ", ".join(f"{name} {_version(name)}" for name in RUNTIME_PACKAGES.get(runtime, ()))
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"

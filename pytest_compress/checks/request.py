@@ -67,6 +67,8 @@ class Check:
     budgets: Budgets = field(default_factory=Budgets)
     adjustments: Adjustments = field(default_factory=Adjustments)
     higher_is_better: bool = True
+    # "simulate" (fake quantization in eager PyTorch), or a real runtime that deploys it.
+    runtime: str = "simulate"
 
     def at(self, recipe: Recipe) -> Check:
         """This check with a concrete recipe: one evaluation of a search or of keep_float."""

@@ -19,10 +19,12 @@ from ..engine.specs import PruneSpec, QuantSpec
 from ..metrics import DEFAULT_METRIC, MetricKind
 from ..tuning.grids import format_setting
 from ..units import distinct, format_fraction, format_ratio, format_size
+from .deployed_text import deployed_lines
 
 PRESET_WORDS = re.compile(r"left float by the (@\w+) preset")
 
 if TYPE_CHECKING:  # they import torch; the plugin imports this module when it loads
+    from ..runtimes.latency import LatencyMeasurement
     from ..tuning.keep_float import KeepFloatResult
     from ..tuning.recovery import RecoveryResult
     from ..tuning.search import SearchResult
@@ -30,7 +32,13 @@ if TYPE_CHECKING:  # they import torch; the plugin imports this module when it l
 
 # The budgets whose line in a failure message is the headline of its measurement
 # (``accuracy 97.2% -> 92.2%: drop 5.0 pp > 0.5 pp allowed``, ``size ... (ratio ...)``).
-_HEADLINE_BUDGETS = ("max_accuracy_drop", "max_size_ratio")
+_HEADLINE_BUDGETS = (
+    "max_accuracy_drop",
+    "max_size_ratio",
+    "max_fidelity_gap",
+    "max_latency_ratio",
+    "max_latency",
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +82,32 @@ class CompressionResult:
     keep_float: KeepFloatResult | None = None
     sensitivity: SensitivityResult | None = None
     recovery: RecoveryResult | None = None
+    # A deployed check (runtime= not "simulate"): compressed_metric and compressed_size are
+    # the runtime's artifact's; the simulation of the same recipe measured beside it.
+    runtime: str = "simulate"
+    simulated_metric: float | None = None
+    simulated_size: int | None = None
+    saved_as: str = ""
+    # The deployed model timed against the float one, when a latency budget asked.
+    latency_measured: LatencyMeasurement | None = None
+
+    @property
+    def fidelity_gap(self) -> float:
+        """|deployed metric - simulated metric|; NaN for a simulated check."""
+        if self.simulated_metric is None:
+            return math.nan
+        return abs(self.compressed_metric - self.simulated_metric)
+
+    @property
+    def latency_ratio(self) -> float:
+        """Compressed time per batch / float time per batch (the median round); NaN untimed."""
+        return math.nan if self.latency_measured is None else self.latency_measured.ratio
+
+    @property
+    def latency(self) -> float:
+        """Seconds per batch of the deployed model (median); NaN untimed."""
+        timed = self.latency_measured
+        return math.nan if timed is None else timed.compressed_ms / 1000
 
     @property
     def violations(self) -> list[BudgetCheck]:
@@ -97,10 +131,28 @@ class CompressionResult:
         """This result with its budgets checked: each against the field its registry entry
         names (``Budget.measures``)."""
         measured = {budget.measures: getattr(self, budget.measures) for budget in BUDGETS.values()}
-        checks = self.budgets.check(measured)
+        checks = [self._on_interval(check) for check in self.budgets.check(measured)]
         if math.isnan(self.compressed_metric):  # fails whatever the budgets: nothing to judge
             checks.append(BudgetCheck(NAN_CHECK, math.nan, math.nan, ok=False))
         return dataclasses.replace(self, checks=tuple(checks))
+
+    def _on_interval(self, check: BudgetCheck) -> BudgetCheck:
+        """A latency ratio is judged on its interval: it breaks when the whole interval lies
+        above the budget, holds when the whole lies at or below it, and in between (the
+        time cap reached) on the median; an absolute latency on its median."""
+        timed = self.latency_measured
+        if check.budget != "max_latency_ratio" or timed is None:
+            return check
+        verdict = timed.verdict(check.limit)
+        ok = verdict == "pass" or (verdict == "noisy" and timed.ratio <= check.limit)
+        return dataclasses.replace(check, ok=ok)
+
+    @property
+    def noisy(self) -> bool:
+        """The latency interval straddles the ratio budget at the time cap: judged on the
+        median, without the certainty a clear interval gives."""
+        timed, limit = self.latency_measured, self.budgets.max_latency_ratio
+        return timed is not None and limit is not None and timed.verdict(limit) == "noisy"
 
     def with_checks(self, extra: list[BudgetCheck]) -> CompressionResult:
         return dataclasses.replace(self, checks=(*self.checks, *extra))
@@ -122,6 +174,7 @@ class CompressionResult:
         if self.sensitivity is not None:  # the blame sits under the metric it explains
             lines.append(self.sensitivity.summary())
         lines.append(self._size_line(by_budget.get("max_size_ratio")))
+        lines.extend(deployed_lines(self, by_budget))
         lines.extend(self._budget_lines(by_budget, eased_by_compression=True))
         if "min_sparsity" not in by_budget and self.prune is not None:
             lines.append(f"sparsity {format_fraction(self.sparsity)}")
@@ -163,7 +216,18 @@ class CompressionResult:
             "keep_float": None if self.keep_float is None else self.keep_float.to_dict(),
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
             "recovery": None if self.recovery is None else self.recovery.to_dict(),
+            "runtime": self.runtime,
+            "simulated_metric": self.simulated_metric,
+            "simulated_size": self.simulated_size,
+            "fidelity_gap": None if self.simulated_metric is None else self.fidelity_gap,
+            "saved_as": self.saved_as,
+            "latency": None if self.latency_measured is None else self._latency_dict(),
         }
+
+    def _latency_dict(self) -> dict[str, Any]:
+        timed = self.latency_measured
+        assert timed is not None
+        return {**dataclasses.asdict(timed), "noisy": self.noisy}
 
     # --- the lines of explain() -----------------------------------------------------
 

@@ -23,22 +23,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..budgets import LATENCY_BUDGETS
 from ..engine.apply import compress_model, copy_model
 from ..engine.batches import model_device
 from ..engine.layers import computed_weights, preset_members, skipped_layers
 from ..engine.measure import evaluate, metric_source, model_size, reference_outputs, sparsity
 from ..engine.metrics import BuiltinMetric, builtin_metric
-from ..errors import BudgetError, ModelError
+from ..errors import BudgetError, CompressError, ModelError
 from ..fileformat.container import compressed_size
 from ..metrics import DEFAULT_METRIC, MetricKind
+from ..runtimes.deployed import Deployed
+from ..runtimes.latency import DEFAULT_MAX_SECONDS
 from ..tuning.keep_float import (
     KeepFloatCandidate,
     KeepFloatResult,
@@ -56,7 +61,16 @@ from ..tuning.sensitivity import (
     touched_layers,
 )
 from ..tuning.trial import Trial
-from .cache import CheckEntry, CheckStore, IdentityMemo, NoStore, ReferenceEntry, ResultCache
+from .cache import (
+    CheckEntry,
+    CheckStore,
+    DeployedEntry,
+    IdentityMemo,
+    NoStore,
+    ReferenceEntry,
+    ResultCache,
+)
+from .deploy import PredictModule, deploy, time_deployed
 from .inputs import PreparedInputs
 from .materialize import EvaluationData, resolve_device
 from .request import Check, CheckInputs, Recipe
@@ -81,6 +95,8 @@ class CheckRunner:
       breaks its metric budget; None measures none (unless ``keep_float="auto"``).
     - ``results``: the persistent cache, or None to measure everything and store nothing.
     - ``notes``: what the reports should say about data and the cache, by topic.
+    - ``latency_seconds``: the time cap of each latency measurement; ``threads``: torch's
+      and the runtime's threads while one is timed.
     """
 
     def __init__(
@@ -91,8 +107,13 @@ class CheckRunner:
         sensitivity_limit: int | None,
         results: ResultCache | None,
         notes: dict[str, str] | None = None,
+        latency_seconds: float = DEFAULT_MAX_SECONDS,
+        threads: int = 1,
     ) -> None:
         self.device = device
+        self.latency_seconds = latency_seconds
+        self.threads = threads
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.sensitivity_limit = sensitivity_limit
         self.results = results
         self.references = IdentityMemo()
@@ -102,6 +123,13 @@ class CheckRunner:
         self.inputs = PreparedInputs(
             device=device, cache_mb=cache_mb, fingerprints=results is not None, notes=notes
         )
+
+    def workdir(self) -> Path:
+        """A fresh folder for one deployment's files, inside the session's scratch folder
+        (removed with the runner, or when the process ends)."""
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="pytest-compress-")
+        return Path(tempfile.mkdtemp(dir=self._scratch.name))
 
     def run(self, check: Check, inputs: CheckInputs) -> CompressionResult:
         """Compress a copy of ``inputs.model`` as ``check`` says, measure, and judge it.
@@ -389,7 +417,15 @@ class _CheckRun:
     # --- one check of a concrete recipe --------------------------------------------
 
     def one(self, check: Check) -> CompressionResult:
-        """Compress, measure and judge ``check``'s recipe (or serve it from the cache)."""
+        """Compress, measure and judge ``check``'s recipe (or serve it from the cache); on a
+        runtime, deploy it too and judge the deployed artifact."""
+        simulated = self.simulated(check)
+        if check.runtime == "simulate":
+            return simulated
+        return self.deployed(check, simulated)
+
+    def simulated(self, check: Check) -> CompressionResult:
+        """The recipe in simulation: fake-quantized (and pruned) weights in eager PyTorch."""
         started = time.perf_counter()
         store = self.store(check)
         stored = store.check()
@@ -516,10 +552,78 @@ class _CheckRun:
         # metric_after is the check's own evaluation of the recovered copy, filled in later
         return result.model, result.with_metrics(before, before)
 
+    # --- a real runtime ------------------------------------------------------------
+
+    def deployed(self, check: Check, simulated: CompressionResult) -> CompressionResult:
+        """``simulated``'s recipe deployed on the check's runtime: its metric and artifact
+        size (from the cache when an earlier run deployed the same), and its latency
+        against the float model when a budget asks (always measured: it is the machine's)."""
+        if self.runner.device != "cpu":
+            raise CompressError(
+                f"runtime={check.runtime!r} runs on the CPU; use --compress-device=cpu"
+            )
+        timings = dict(simulated.timings)
+        store = self.store(check)
+        entry, artifact = store.deployed(check.runtime), None
+        served = entry is not None
+        if entry is None:
+            begun = time.perf_counter()
+            artifact = self.deploy(check)
+            timings["deploy"] = time.perf_counter() - begun
+            begun = time.perf_counter()
+            entry = DeployedEntry(
+                self.evaluate(PredictModule(artifact)), artifact.size_bytes, artifact.saved_as
+            )
+            timings["evaluate_deployed"] = time.perf_counter() - begun
+            store.put_deployed(check.runtime, entry)
+        latency = None
+        if any(name in LATENCY_BUDGETS for name in check.budgets):
+            artifact = artifact or self.deploy(check)
+            latency = time_deployed(
+                self.inputs.model,
+                artifact,
+                self.batches,
+                max_seconds=self.runner.latency_seconds,
+                threads=self.runner.threads,
+            )
+            timings["latency"] = latency.seconds
+        timings["total"] = sum(v for k, v in timings.items() if k != "total")
+        numbers = CheckEntry(
+            simulated.float_metric, simulated.float_size, entry.metric, entry.size,
+            simulated.sparsity,
+        )  # fmt: skip
+        deployment = {
+            "runtime": check.runtime,
+            "simulated_metric": simulated.compressed_metric,
+            "simulated_size": simulated.compressed_size,
+            "saved_as": entry.saved_as,
+            "latency_measured": latency,
+        }
+        cached = simulated.cached and served  # latency is never cached: the machine's own
+        return self.verdict(check, numbers, timings, cached=cached, deployment=deployment)
+
+    def deploy(self, check: Check) -> Deployed:
+        recipe = check.recipe
+        return deploy(
+            check.runtime,
+            self.inputs.model,
+            recipe,
+            self.batches,
+            self.calibration.batches if recipe.calibrates else None,
+            self.runner.workdir(),
+            self.runner.threads,
+        )
+
     # --- the verdict ---------------------------------------------------------------
 
     def verdict(
-        self, check: Check, entry: CheckEntry, timings: dict[str, float], *, cached: bool
+        self,
+        check: Check,
+        entry: CheckEntry,
+        timings: dict[str, float],
+        *,
+        cached: bool,
+        deployment: dict[str, Any] | None = None,
     ) -> CompressionResult:
         """The result of measured (or stored) numbers: drops, ratio, and the budgets' checks."""
         metric = self.metric(check)
@@ -545,6 +649,7 @@ class _CheckRun:
             device=self.runner.device,
             cached=cached,
             skipped_layers=self.skipped(check.recipe),
+            **(deployment or {}),
         )
         return result.judged()
 

@@ -136,9 +136,7 @@ def output_head(model: nn.Module) -> str | None:
                 return name
     last = None
     for name, module in model.named_modules():
-        if is_compressible(module) and isinstance(
-            getattr(module, "weight", None), nn.Parameter
-        ):
+        if is_compressible(module) and isinstance(getattr(module, "weight", None), nn.Parameter):
             last = name
     return last
 

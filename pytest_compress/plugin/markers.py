@@ -18,10 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..budgets import BUDGET_NAMES, Budgets
+from ..budgets import BUDGET_NAMES, BUDGETS, Budgets
 from ..checks.request import Adjustments, Check, Recipe, check_keep_float
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
 from ..metrics import BuiltinName, MetricKind, builtin_name
+from ..runtimes.registry import check_runtime, missing_extra, unsupported
 from ..tuning.grids import check_search
 
 DEFAULT_MODEL_FIXTURE = "compress_model"
@@ -84,6 +85,7 @@ MARKER_SIGNATURE = inspect.Signature(
         _keyword("higher_is_better", True, "bool"),
         _keyword("metric", DEFAULT_METRIC_FIXTURE, "str"),
         _keyword("calibration_data", DEFAULT_CALIBRATION_FIXTURE, "str"),
+        _keyword("runtime", "simulate", "str"),
         _keyword("search", None, "str | None"),
         _keyword("keep_float", None, "str | list[str] | tuple[str, ...] | None"),
         _keyword("recover", None, "str | None"),
@@ -244,15 +246,44 @@ def parse_check(values: Mapping[str, Any], explicit: Mapping[str, Any] | None = 
     vacuous = budgets.cannot_fail(MetricKind("metric", higher_is_better, percent=False))
     if vacuous is not None:
         raise MarkerError(*vacuous)
-    return Check(
-        recipe,
-        budgets,
-        Adjustments(
-            search=_search(search, recipe, budgets),
-            keep_float=_keep_float(values.get("keep_float")),
-        ),
-        higher_is_better=higher_is_better,
+    adjustments = Adjustments(
+        search=_search(search, recipe, budgets),
+        keep_float=_keep_float(values.get("keep_float")),
     )
+    runtime = _runtime(values.get("runtime", "simulate"), recipe, budgets, adjustments)
+    if runtime != "simulate" and values.get("recover") is not None:
+        raise MarkerError(
+            "runtime", f"{runtime!r} deploys the recipe as it is; recover= is for simulated checks"
+        )
+    return Check(recipe, budgets, adjustments, higher_is_better=higher_is_better, runtime=runtime)
+
+
+def _runtime(value: Any, recipe: Recipe, budgets: Budgets, adjustments: Adjustments) -> str:
+    """The runtime, checked against the recipe, the budgets and the installed extras."""
+    try:
+        runtime = check_runtime("simulate" if value is None else value)
+    except ValueError as error:
+        raise MarkerError("runtime", str(error)) from None
+    if runtime == "simulate":
+        for name in budgets:
+            if BUDGETS[name].needs_runtime:
+                raise MarkerError(
+                    name,
+                    "limits the deployed model, and a simulated check has none (fake "
+                    "quantization in eager PyTorch is neither the runtime's numbers nor a "
+                    'speed measurement); add runtime="onnxruntime" or runtime="torchao"',
+                )
+        return runtime
+    if adjustments.search is not None or adjustments.auto_keep_float:
+        raise MarkerError(
+            "runtime",
+            f'{runtime!r} deploys one fixed recipe; search= and keep_float="auto" explore '
+            "recipes in simulation: find the recipe there, then deploy it",
+        )
+    reason = unsupported(runtime, recipe.quantize, recipe.prune) or missing_extra(runtime)
+    if reason is not None:
+        raise MarkerError("runtime", reason)
+    return runtime
 
 
 def parse_recipe(quantize: Any, prune: Any, *, searched: bool = False) -> Recipe:

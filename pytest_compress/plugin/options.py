@@ -15,12 +15,17 @@ from typing import Any, Literal
 
 import pytest
 
+from ..runtimes.latency import DEFAULT_MAX_SECONDS
 from ..tuning.grids import DEFAULT_SENSITIVITY_LAYERS
 
 DEFAULT_BASELINE = ".compress-baseline.json"
 DEFAULT_TOLERANCE = 0.005
 DEFAULT_DEVICE = "cpu"
 DEFAULT_CACHE_MB = 1024.0
+# Latency: rounds stop when the ratio's interval is tight or after this many seconds; one
+# thread, the same for torch and the runtime, makes the ratio repeatable on a shared machine.
+DEFAULT_LATENCY_SECONDS = DEFAULT_MAX_SECONDS
+DEFAULT_THREADS = 1
 _DEVICE_PATTERN = re.compile(r"cpu|cuda(?::(\d+))?")
 
 
@@ -40,6 +45,8 @@ class Options:
     cache_mb: float = DEFAULT_CACHE_MB
     sensitivity: bool = True
     sensitivity_layers: int = DEFAULT_SENSITIVITY_LAYERS
+    latency_seconds: float = DEFAULT_LATENCY_SECONDS
+    threads: int = DEFAULT_THREADS
 
 
 # (name, help, metavar or None for a flag)
@@ -93,6 +100,18 @@ OPTIONS: tuple[tuple[str, str, str | None], ...] = (
         f"{DEFAULT_SENSITIVITY_LAYERS})",
         "N",
     ),
+    (
+        "compress-latency-seconds",
+        "at most this many seconds of timing rounds per latency budget, when the ratio's "
+        f"interval is not tight sooner (default: {DEFAULT_LATENCY_SECONDS:g})",
+        "SECONDS",
+    ),
+    (
+        "compress-threads",
+        "threads for torch and the runtime while a latency budget is timed "
+        f"(default: {DEFAULT_THREADS})",
+        "N",
+    ),
 )
 
 
@@ -118,6 +137,12 @@ def read_options(config: pytest.Config) -> Options:
             f"such as {DEFAULT_SENSITIVITY_LAYERS}; got "
             f"{_option(config, 'compress-sensitivity-layers')!r}"
         )
+    threads = _number(config, "compress-threads", DEFAULT_THREADS)
+    if threads < 1 or threads != int(threads):
+        raise pytest.UsageError(
+            f"--compress-threads must be a whole number of threads, at least 1; got "
+            f"{_option(config, 'compress-threads')!r}"
+        )
     return Options(
         report=_path(config, "compress-report"),
         markdown=_path(config, "compress-markdown"),
@@ -133,6 +158,8 @@ def read_options(config: pytest.Config) -> Options:
         ),
         sensitivity=not _option(config, "compress-no-sensitivity"),
         sensitivity_layers=int(layers),
+        latency_seconds=_number(config, "compress-latency-seconds", DEFAULT_LATENCY_SECONDS),
+        threads=int(threads),
     )
 
 

@@ -130,6 +130,8 @@ class CompressSession:
                 sensitivity_limit=options.sensitivity_layers if options.sensitivity else None,
                 results=self.results,
                 notes=self.input_notes,  # written there, sent to the controller by workers
+                latency_seconds=options.latency_seconds,
+                threads=options.threads,
             )
         return self._runner
 

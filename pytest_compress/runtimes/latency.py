@@ -21,6 +21,9 @@ from ..errors import DataError
 
 Verdict = Literal["pass", "fail", "noisy"]
 CONFIDENCE = 0.95
+# The time cap of one measurement: long enough for a tight interval on a quiet machine,
+# short enough to run on every push.
+DEFAULT_MAX_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def measure_latency_ratio(
     compressed_call: Callable[[Any], Any],
     batches: Iterable[Any],
     *,
-    max_seconds: float = 3.0,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
     target_halfwidth: float = 0.05,
     min_rounds: int = 5,
     warmup: int = 2,

@@ -106,7 +106,7 @@ def deploy_onnx(
         exported = directory / "float.onnx"
         export_onnx(model, example_inputs, exported, prune=prune)
     source = Path(exported)
-    static = quant.quantizes_activations
+    static = quant.needs_calibration  # "w8a8-dynamic" is ONNX Runtime's dynamic int8
     target = directory / ("w8a8.onnx" if static else "int8.onnx")
     with _staging(target) as staging:
         staged = staging / target.name

@@ -29,9 +29,14 @@ _FORMATS = {
     "torchao": {(8, None), (8, 8), (4, None)},
     "onnxruntime": {(8, None), (8, 8)},
 }
-# The activation observers a calibrated runtime can honour (torchao calibrates nothing:
-# it quantizes activations per token at run time, so only the default is meaningful there).
-_OBSERVERS = {"torchao": ("minmax",), "onnxruntime": ("minmax", "percentile")}
+# The activation observers each runtime can honour. torchao calibrates nothing: it rounds
+# activations per token at run time ("w8a8-dynamic" says so; plain "w8a8" is accepted and
+# its simulation's static ranges show up as the fidelity gap). ONNX Runtime calibrates
+# static QDQ ranges, or rounds dynamically per tensor (quantize_dynamic) for "dynamic".
+_OBSERVERS = {
+    "torchao": ("minmax", "dynamic"),
+    "onnxruntime": ("minmax", "percentile", "dynamic"),
+}
 
 
 def check_runtime(runtime: object) -> str:

@@ -339,8 +339,9 @@ def test_keep_float_auto_keeps_the_cheapest_recovery_and_names_a_simpler_winner(
         "(mse * vs *): the simpler recipe wins"
     )
     result.stdout.fnmatch_lines([line])
-    assert any(note.startswith("dominated: test_project.py::test_int4_mixed") for note in
-               report["notes"])
+    assert any(
+        note.startswith("dominated: test_project.py::test_int4_mixed") for note in report["notes"]
+    )
 
 
 def test_keep_float_patterns_leave_those_layers_uncompressed(pytester):

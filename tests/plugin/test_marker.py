@@ -468,10 +468,11 @@ def test_strict_markers_knows_the_compress_marker(pytester):
 
 DOCUMENTED_MARKER = (
     "compress(quantize=None, prune=None, max_accuracy_drop=None, max_relative_drop=None, "
-    "max_size_ratio=None, max_size=None, min_sparsity=None, model='compress_model', "
+    "max_size_ratio=None, max_size=None, min_sparsity=None, max_fidelity_gap=None, "
+    "max_latency_ratio=None, max_latency=None, model='compress_model', "
     "data='compress_data', higher_is_better=True, metric='compress_metric', "
-    "calibration_data='compress_calibration_data', search=None, keep_float=None, "
-    "recover=None, recover_data='compress_train_data')"
+    "calibration_data='compress_calibration_data', runtime='simulate', search=None, "
+    "keep_float=None, recover=None, recover_data='compress_train_data')"
 )
 
 
