@@ -20,11 +20,15 @@ from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
 from .engine.specs import (
+    FLOAT_FORMATS,
+    FORMATS,
     MAX_BITS,
+    METHODS,
     MIN_BITS,
     NORMS,
     OBSERVERS,
     PARAMETER_TARGETS,
+    SCALE_DTYPES,
     SCOPES,
     PruneSpec,
     QuantSpec,
@@ -168,12 +172,72 @@ def float_tensors(
     return _nasty_tensors(shapes, dtype, bands)
 
 
+def _choices(values: object, name: str, allowed: Sequence[Any]) -> tuple:
+    """``values`` as a non-empty tuple of members of ``allowed``, else ``InvalidArgument``."""
+    if isinstance(values, str) or not isinstance(values, Sequence) or not values:
+        raise InvalidArgument(f"{name} must be a non-empty sequence, got {values!r}")
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise InvalidArgument(f"{name}: {unknown[0]!r} is not one of {tuple(allowed)}")
+    return tuple(dict.fromkeys(values))
+
+
+def _check_group_sizes(group_sizes: object) -> tuple[int | None, ...]:
+    if isinstance(group_sizes, str) or not isinstance(group_sizes, Sequence) or not group_sizes:
+        raise InvalidArgument(f"group_sizes must be a non-empty sequence, got {group_sizes!r}")
+    for size in group_sizes:
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
+            raise InvalidArgument(f"group_sizes: {size!r} is neither None nor a positive int")
+    return tuple(dict.fromkeys(group_sizes))
+
+
+@st.composite
+def _integer_specs(draw, bits, group_sizes, methods, activation):
+    group_size = draw(st.sampled_from(group_sizes))
+    return QuantSpec(
+        bits=draw(bits),
+        symmetric=draw(st.booleans()),
+        per_channel=True if group_size is not None else draw(st.booleans()),
+        parameters=draw(st.sampled_from(PARAMETER_TARGETS)),
+        group_size=group_size,
+        allow_short_rows=group_size is not None,
+        scale_dtype=draw(st.sampled_from((None, *SCALE_DTYPES))),
+        method=draw(st.sampled_from(methods)),
+        **{name: draw(strategy) for name, strategy in activation.items()},
+    )
+
+
+@st.composite
+def _float_specs(draw, formats):
+    fmt = draw(st.sampled_from(formats))
+    scaled = fmt.startswith("fp8")
+    return QuantSpec(
+        format=fmt,
+        per_channel=draw(st.booleans()) if scaled else True,
+        scale_dtype=draw(st.sampled_from((None, *SCALE_DTYPES))) if scaled else None,
+        parameters=draw(st.sampled_from(PARAMETER_TARGETS)),
+    )
+
+
 def quant_specs(
-    *, min_bits: int = MIN_BITS, max_bits: int = MAX_BITS, activations: bool = False
+    *,
+    min_bits: int = MIN_BITS,
+    max_bits: int = MAX_BITS,
+    activations: bool = False,
+    group_sizes: Sequence[int | None] = (None, 32, 128),
+    methods: Sequence[str] = ("rtn", "mse"),
+    formats: Sequence[str] = ("int",),
 ) -> st.SearchStrategy[QuantSpec]:
     """Valid ``QuantSpec`` values with ``min_bits <= bits <= max_bits`` (within 2..16).
 
-    With ``activations=True`` every spec also quantizes activations (its
+    Integer specs draw their ``group_size`` from ``group_sizes`` (None: per channel or
+    per tensor; a group-wise spec allows layers with fewer inputs, so it applies to any
+    model), their rounding method from ``methods`` (``"gptq"`` needs calibration data, so
+    it is left out unless asked for) and any ``scale_dtype``. ``formats`` adds float
+    formats (``"fp16"``, ``"bf16"``, ``"fp8-e4m3"``, ``"fp8-e5m2"``), whose width is
+    their own; the default draws integer specs only.
+
+    With ``activations=True`` every integer spec also quantizes activations (its
     ``activation_bits`` in the same range, any observer); otherwise none does.
     """
     for name, value in (("min_bits", min_bits), ("max_bits", max_bits)):
@@ -188,6 +252,11 @@ def quant_specs(
     if min_bits > max_bits:
         raise InvalidArgument(f"min_bits={min_bits} is greater than max_bits={max_bits}")
     _check_flag(activations, "activations")
+    sizes = _check_group_sizes(group_sizes)
+    chosen_methods = _choices(methods, "methods", METHODS)
+    chosen_formats = _choices(formats, "formats", FORMATS)
+    if activations and "int" not in chosen_formats:
+        raise InvalidArgument('activations=True quantizes activations of "int" specs only')
     bits = st.integers(min_bits, max_bits)
     activation = {}
     if activations:
@@ -196,14 +265,13 @@ def quant_specs(
             "observer": st.sampled_from(OBSERVERS),
             "percentile": st.floats(50, 100, exclude_min=True),
         }
-    return st.builds(
-        QuantSpec,
-        bits=bits,
-        symmetric=st.booleans(),
-        per_channel=st.booleans(),
-        parameters=st.sampled_from(PARAMETER_TARGETS),
-        **activation,
-    )
+    floats = tuple(f for f in chosen_formats if f in FLOAT_FORMATS)
+    drawn = []
+    if "int" in chosen_formats:
+        drawn.append(_integer_specs(bits, sizes, chosen_methods, activation))
+    if floats:
+        drawn.append(_float_specs(floats))
+    return st.one_of(drawn)
 
 
 def _weight_prune_specs(structure: str, amounts, thresholds, extra) -> st.SearchStrategy:

@@ -184,3 +184,44 @@ def test_prune_specs_cover_every_way_of_choosing_weights():
 def test_prune_specs_rejects_bad_arguments(kwargs, message):
     with pytest.raises(InvalidArgument, match=message):
         prune_specs(**kwargs)
+
+
+def test_quant_specs_cover_group_sizes_methods_and_scale_dtypes():
+    for condition in (
+        lambda s: s.group_size == 32 and s.allow_short_rows,
+        lambda s: s.group_size is None and not s.per_channel,
+        lambda s: s.method == "mse",
+        lambda s: s.scale_dtype == "bfloat16",
+    ):
+        assert condition(find(quant_specs(), condition, settings=FIRST_FOUND))
+
+
+@given(quant_specs(formats=("int", "fp16", "bf16", "fp8-e4m3", "fp8-e5m2"), methods=("gptq",)))
+def test_quant_specs_draw_float_formats_when_asked(spec):
+    assert isinstance(spec, QuantSpec)
+    if spec.is_float:
+        assert spec.bits in (8, 16) and spec.symmetric and spec.method == "rtn"
+    else:
+        assert spec.method == "gptq" and spec.needs_calibration
+
+
+def test_quant_specs_find_each_float_format():
+    specs = quant_specs(formats=("fp16", "bf16", "fp8-e4m3", "fp8-e5m2"))
+    for fmt in ("fp16", "bf16", "fp8-e4m3", "fp8-e5m2"):
+        assert find(specs, lambda s, f=fmt: s.format == f, settings=FIRST_FOUND).format == fmt
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"group_sizes": ()}, "group_sizes"),
+        ({"group_sizes": (0,)}, "group_sizes"),
+        ({"methods": ("round",)}, "methods"),
+        ({"formats": "fp16"}, "formats"),
+        ({"formats": ("fp4",)}, "formats"),
+        ({"formats": ("fp16",), "activations": True}, "activations"),
+    ],
+)
+def test_quant_specs_reject_bad_new_arguments(kwargs, message):
+    with pytest.raises(InvalidArgument, match=message):
+        quant_specs(**kwargs).example()

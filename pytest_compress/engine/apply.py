@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -24,6 +24,11 @@ from .activations import (
     add_activation_hook,
 )
 from .batches import call_model, model_device, padding_mask, split_batch, to_device
+from .clipping import mse_qparams
+from .floats import FloatParams, cast_to_format, float_params
+from .gptq import gptq_layer
+from .groups import input_size
+from .hessian import hessians as collect_hessians
 from .layers import Layer, compressible_layers, fold_torch_pruning, require_layers, selector
 from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
@@ -123,11 +128,14 @@ def _required(spec: Any, argument: str) -> Any:
 
 def _check_calibration(spec: QuantSpec, calibration_data: Iterable[Any] | None) -> None:
     if spec.needs_calibration and calibration_data is None:
-        raise DataError(
-            f"quantize={spec.describe()!r} quantizes activations, which needs "
-            "calibration_data: batches of inputs (or (inputs, targets) pairs) to observe "
-            "activation ranges on"
+        why = (
+            "rounds weights by GPTQ, which needs calibration_data: batches of inputs (or "
+            "(inputs, targets) pairs) to measure each layer's inputs on"
+            if spec.method == "gptq"
+            else "quantizes activations, which needs calibration_data: batches of inputs "
+            "(or (inputs, targets) pairs) to observe activation ranges on"
         )
+        raise DataError(f"quantize={spec.describe()!r} {why}")
 
 
 # --- pruning -------------------------------------------------------------------------
@@ -187,17 +195,30 @@ def _quantize_in_place(
     layers = compressible_layers(model, spec.include, spec.exclude)
     require_layers(layers, spec.include, spec.exclude)
     record = CompressionRecord(dict(get_record(model).quantized))
-    for names, param, axis in _parameters_to_quantize(model, layers, spec):
-        scale, zero_point, axis = compute_qparams(
-            param.detach(), bits=spec.bits, symmetric=spec.symmetric, axis=axis, name=names[0]
-        )
-        qmin, qmax = quant_range(spec.bits, symmetric=spec.symmetric)
-        values = fake_quantize_with(
-            param.detach(), scale, zero_point, qmin=qmin, qmax=qmax, axis=axis
-        )
+    selected = _parameters_to_quantize(model, layers, spec)
+    _check_group_size(selected, spec)
+    hessians: dict[str, torch.Tensor] = {}
+    if spec.method == "gptq":
+        assert calibration_data is not None
+        hessians = collect_hessians(model, layers, calibration_data)
+    by_weight = {id(layer.module.weight): layer for layer in layers}
+    for names, param, axis in selected:
+        layer = by_weight.get(id(param))
+        hessian = hessians.get(layer.name) if layer is not None else None
+        params: QuantParams | FloatParams
+        if hessian is not None and layer is not None:
+            values, params = gptq_layer(
+                layer,
+                hessian,
+                bits=spec.bits,
+                symmetric=spec.symmetric,
+                group_size=spec.group_size,
+                scale_dtype=_scale_dtype(spec),
+            )
+        else:
+            values, params = _round_parameter(param.detach(), names[0], axis, spec)
         with torch.no_grad():
             param.copy_(values)
-        params = QuantParams(scale, zero_point, spec.bits, axis, qmin, qmax)
         for name in names:
             record.quantized[name] = params
     set_record(model, record)
@@ -207,6 +228,61 @@ def _quantize_in_place(
     elif spec.activation_bits is not None:
         assert calibration_data is not None
         _calibrate_activations(model, layers, spec, calibration_data)
+
+
+def _scale_dtype(spec: QuantSpec) -> torch.dtype | None:
+    """The scales' dtype: the spec's, else float16 group-wise and the default otherwise."""
+    if spec.scale_dtype is not None:
+        return cast(torch.dtype, getattr(torch, spec.scale_dtype))
+    return torch.float16 if spec.group_size is not None else None
+
+
+def _round_parameter(
+    x: torch.Tensor, name: str, axis: int | None, spec: QuantSpec
+) -> tuple[torch.Tensor, QuantParams | FloatParams]:
+    """``x`` rounded by the spec's format and method (all but GPTQ), and its mapping."""
+    if spec.is_float:
+        float_mapping = float_params(
+            x, spec.format, axis=axis, name=name, scale_dtype=_scale_dtype(spec)
+        )
+        return cast_to_format(x, float_mapping, name), float_mapping
+    group_size = spec.group_size if axis is not None else None
+    choose = mse_qparams if spec.method == "mse" else compute_qparams
+    scale, zero_point, axis = choose(
+        x,
+        bits=spec.bits,
+        symmetric=spec.symmetric,
+        axis=axis,
+        name=name,
+        group_size=group_size,
+        scale_dtype=_scale_dtype(spec),
+    )
+    qmin, qmax = quant_range(spec.bits, symmetric=spec.symmetric)
+    values = fake_quantize_with(
+        x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis, group_size=group_size
+    )
+    return values, QuantParams(scale, zero_point, spec.bits, axis, qmin, qmax, group_size)
+
+
+def _check_group_size(
+    selected: list[tuple[list[str], nn.Parameter, int | None]], spec: QuantSpec
+) -> None:
+    """``SpecError`` naming every weight whose rows are shorter than ``group_size``,
+    unless the spec allows them (``allow_short_rows``: such rows are one group each)."""
+    if spec.group_size is None or spec.allow_short_rows:
+        return
+    short = [
+        f"{names[0]} ({input_size(param.shape, axis)} inputs per channel)"
+        for names, param, axis in selected
+        if axis is not None and input_size(param.shape, axis) < spec.group_size
+    ]
+    if short:
+        raise SpecError(
+            f"QuantSpec.group_size={spec.group_size} is larger than the input dimension of "
+            f"{', '.join(short[:5])}{' and more' if len(short) > 5 else ''}; use a smaller "
+            "group_size, exclude those layers, or allow_short_rows=True to quantize each "
+            "such row as one group (per channel)"
+        )
 
 
 def _parameters_to_quantize(

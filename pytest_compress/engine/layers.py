@@ -31,7 +31,7 @@ COMPRESSIBLE_NAMES = (
 )
 
 
-def _is_transformers_conv1d(module: nn.Module) -> bool:
+def is_transformers_conv1d(module: nn.Module) -> bool:
     """transformers' ``Conv1D``: a Linear whose weight is stored (in, out), told by its
     class's name and package (the engine never imports transformers)."""
     return any(
@@ -42,12 +42,12 @@ def _is_transformers_conv1d(module: nn.Module) -> bool:
 
 def is_compressible(module: nn.Module) -> bool:
     """A layer type the engine compresses (its weight must still be a Parameter)."""
-    return isinstance(module, COMPRESSIBLE_TYPES) or _is_transformers_conv1d(module)
+    return isinstance(module, COMPRESSIBLE_TYPES) or is_transformers_conv1d(module)
 
 
 def _stores_in_out(module: nn.Module) -> bool:
     """Weights stored (in, out, ...): ConvTranspose and transformers' Conv1D."""
-    return isinstance(module, _CONV_TRANSPOSE) or _is_transformers_conv1d(module)
+    return isinstance(module, _CONV_TRANSPOSE) or is_transformers_conv1d(module)
 
 
 class WeightedModule(nn.Module):

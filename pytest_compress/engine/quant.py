@@ -1,20 +1,25 @@
-"""Tensor-level quantization: the affine min/max mapping and its symmetric variant.
+"""Tensor-level quantization: the affine min/max mapping and its symmetric variant,
+per tensor, per channel or per group of a channel's inputs (``groups.py``).
 
 Numerics follow PyTorch's quantization kernels: the range is widened to include 0 so
 that 0.0 is exactly representable, codes are rounded half to even and clamped to
 [qmin, qmax]. Scales are computed in float64 and stored as float32 (float64 for float64
 input), and codes are computed in the scale's dtype; a constant tensor gets a scale that
-makes its round trip exact instead of dividing by a zero range.
+makes its round trip exact instead of dividing by a zero range. A scale stored in a
+narrower dtype (float16 or bfloat16, as group-wise checkpoints ship them) is rounded *up*
+to it, so the range still fits, and the codes are computed with that rounded scale.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
 from ..errors import ModelError, SpecError
+from .groups import group_count, group_rows, ungroup_rows
 from .specs import check_bits
 
 
@@ -28,7 +33,8 @@ class QuantizedTensor:
     """Integer codes with the parameters that map them back to real values.
 
     ``real = (codes - zero_point) * scale``; along ``axis`` when per-channel, in which
-    case ``scale`` and ``zero_point`` have one entry per channel.
+    case ``scale`` and ``zero_point`` have one entry per channel; with ``group_size`` they
+    are (channels, groups): one entry per group of a channel's inputs (``groups.py``).
     """
 
     codes: torch.Tensor
@@ -39,6 +45,7 @@ class QuantizedTensor:
     qmin: int
     qmax: int
     dtype: torch.dtype = torch.float32
+    group_size: int | None = None
 
     @property
     def shape(self) -> torch.Size:
@@ -80,8 +87,12 @@ def choose_qparams(
     *,
     bits: int,
     symmetric: bool = False,
+    scale_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale (see ``scale_dtype_for``) and zero point (int32) for the range [min_val, max_val].
+
+    ``scale_dtype`` float16 or bfloat16 stores the scale rounded up to that dtype (a
+    scale too large for it becomes infinite: ``compute_qparams`` refuses it).
 
     The range is widened to include 0. Affine: ``scale = (max - min) / (L - 1)`` with
     ``L = 2**bits`` levels. Symmetric: zero point 0 and ``scale = max|x| / ((L - 1) / 2)``
@@ -99,14 +110,11 @@ def choose_qparams(
         scale = (hi - lo) / (qmax - qmin)
         # hi - lo overflows float64 for float64 ranges wider than its largest finite value.
         scale = torch.where(torch.isfinite(scale), scale, hi / (qmax - qmin) - lo / (qmax - qmin))
-    scale_dtype = scale_dtype_for(min_val.dtype)
-    # Rounding a scale down would push the range's ends past qmin/qmax, and a subnormal
-    # scale can lose most of its bits, so spread ranges get at least the smallest normal.
-    scale = torch.clamp(scale.to(scale_dtype), min=torch.finfo(scale_dtype).tiny)
-    # A constant c keeps scale |c| exactly (c is representable in the scale's dtype), even
-    # when c is subnormal: c is then one code from zero and round-trips exactly.
-    scale = torch.where(constant, magnitude.to(scale_dtype), scale)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if scale_dtype in (torch.float16, torch.bfloat16):
+        scale = torch.where(constant, magnitude, scale)
+        scale = round_up_to(torch.where(scale > 0, scale, torch.ones_like(scale)), scale_dtype)
+    else:
+        scale = _full_width_scale(scale, constant, magnitude, scale_dtype or min_val.dtype)
 
     if symmetric:
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
@@ -114,6 +122,27 @@ def choose_qparams(
         scale64 = scale.to(torch.float64)
         zero_point = torch.clamp(qmin - torch.round(lo / scale64), qmin, qmax).to(torch.int32)
     return scale, zero_point
+
+
+def round_up_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Positive float64 ``x`` as the nearest ``dtype`` value that is not smaller."""
+    rounded = x.to(dtype)
+    below = rounded.to(torch.float64) < x
+    return torch.where(below, torch.nextafter(rounded, torch.full_like(rounded, math.inf)), rounded)
+
+
+def _full_width_scale(
+    scale: torch.Tensor, constant: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """A float64 scale stored as float32 (float64 for a float64 ``dtype``)."""
+    scale_dtype = scale_dtype_for(dtype)
+    # Rounding a scale down would push the range's ends past qmin/qmax, and a subnormal
+    # scale can lose most of its bits, so spread ranges get at least the smallest normal.
+    scale = torch.clamp(scale.to(scale_dtype), min=torch.finfo(scale_dtype).tiny)
+    # A constant c keeps scale |c| exactly (c is representable in the scale's dtype), even
+    # when c is subnormal: c is then one code from zero and round-trips exactly.
+    scale = torch.where(constant, magnitude.to(scale_dtype), scale)
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def _per_channel(
@@ -171,6 +200,17 @@ def _values(
     return grouped.reshape(codes.shape).to(dtype)
 
 
+def _grouped(
+    x: torch.Tensor, params: tuple[torch.Tensor, ...], axis: int | None, group_size: int | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], int | None]:
+    """``x`` and ``params`` as per-row ones when group-wise (``groups.py``), else as given."""
+    if group_size is None:
+        return x, params, axis
+    if axis is None:
+        raise SpecError("group-wise quantization needs the output channels' axis, got None")
+    return group_rows(x, axis, group_size), tuple(p.reshape(-1) for p in params), 0
+
+
 def quantize_with(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -179,12 +219,16 @@ def quantize_with(
     qmin: int,
     qmax: int,
     axis: int | None = None,
+    group_size: int | None = None,
 ) -> torch.Tensor:
     """Integer codes (int32) of ``x`` for given parameters: ``clamp(round(x / s) + z)``.
 
-    Rounds half to even, as ``torch.round`` and PyTorch's kernels do.
+    Rounds half to even, as ``torch.round`` and PyTorch's kernels do. With ``group_size``,
+    ``scale`` and ``zero_point`` are (channels, groups) along ``axis``.
     """
-    return _codes(x, scale, zero_point, qmin, qmax, axis).to(torch.int32)
+    rows, (s, z), row_axis = _grouped(x, (scale, zero_point), axis, group_size)
+    codes = _codes(rows, s, z, qmin, qmax, row_axis).to(torch.int32)
+    return codes if group_size is None else ungroup_rows(codes, x.shape, axis or 0)
 
 
 def fake_quantize_with(
@@ -195,12 +239,15 @@ def fake_quantize_with(
     qmin: int,
     qmax: int,
     axis: int | None = None,
+    group_size: int | None = None,
 ) -> torch.Tensor:
     """``x`` rounded onto the grid of given parameters, in ``x``'s dtype.
 
     Equal to dequantizing ``quantize_with(x, ...)``, without materialising integer codes.
     """
-    return _values(_codes(x, scale, zero_point, qmin, qmax, axis), scale, zero_point, axis, x.dtype)
+    rows, (s, z), row_axis = _grouped(x, (scale, zero_point), axis, group_size)
+    values = _values(_codes(rows, s, z, qmin, qmax, row_axis), s, z, row_axis, x.dtype)
+    return values if group_size is None else ungroup_rows(values, x.shape, axis or 0)
 
 
 def _normalise_axis(x: torch.Tensor, axis: int | None) -> int | None:
@@ -213,6 +260,15 @@ def _normalise_axis(x: torch.Tensor, axis: int | None) -> int | None:
     return axis % x.dim()
 
 
+def _check_group_size(group_size: object, axis: int | None) -> None:
+    if group_size is None:
+        return
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise SpecError(f"group_size must be None or a positive int, got {group_size!r}")
+    if axis is None:
+        raise SpecError("group_size needs axis: the output channels whose inputs are grouped")
+
+
 def compute_qparams(
     x: torch.Tensor,
     *,
@@ -220,28 +276,49 @@ def compute_qparams(
     symmetric: bool = False,
     axis: int | None = None,
     name: str = "tensor",
+    group_size: int | None = None,
+    scale_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int | None]:
     """(scale, zero point, normalised axis) of ``x``'s min/max range, validating everything.
 
-    ``name`` appears in the error raised for NaN or infinite values.
+    Per tensor, per channel along ``axis``, or with ``group_size`` one (scale, zero point)
+    per group of each channel's inputs, shaped (channels, groups). ``scale_dtype`` as in
+    ``choose_qparams``. ``name`` appears in the errors raised for NaN or infinite values.
     """
     check_bits(bits)
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         check_finite(x, name)  # raises: names the tensor and its dtype
     axis = _normalise_axis(x, axis)
+    _check_group_size(group_size, axis)
+    rows = x if group_size is None else group_rows(x, cast(int, axis), group_size)
+    row_axis = axis if group_size is None else 0
+    channels = () if row_axis is None else (rows.shape[row_axis],)
     if x.numel() == 0:
-        channels = () if axis is None else (x.shape[axis],)
-        return (
-            torch.ones(channels, dtype=scale_dtype_for(x.dtype)),
-            torch.zeros(channels, dtype=torch.int32),
-            axis,
+        scale = torch.ones(channels, dtype=scale_dtype or scale_dtype_for(x.dtype))
+        zero_point = torch.zeros(channels, dtype=torch.int32)
+    else:
+        low, high = _reduce_dims(rows, row_axis)
+        # min and max propagate NaN and infinity, so one look at them replaces a full pass.
+        if not bool(torch.isfinite(low).all() & torch.isfinite(high).all()):
+            check_finite(x, name)
+        scale, zero_point = choose_qparams(
+            low, high, bits=bits, symmetric=symmetric, scale_dtype=scale_dtype
         )
-    low, high = _reduce_dims(x, axis)
-    # min and max propagate NaN and infinity, so one look at them replaces a full pass.
-    if not bool(torch.isfinite(low).all() & torch.isfinite(high).all()):
-        check_finite(x, name)
-    scale, zero_point = choose_qparams(low, high, bits=bits, symmetric=symmetric)
+        check_scale(scale, name)
+    if group_size is not None:
+        shape = (x.shape[cast(int, axis)], group_count(x.shape, cast(int, axis), group_size))
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
     return scale, zero_point, axis
+
+
+def check_scale(scale: torch.Tensor, name: str) -> None:
+    """``ModelError`` naming ``name`` when a scale overflowed its (narrow) dtype."""
+    if scale.numel() and not bool(torch.isfinite(scale).all()):
+        raise ModelError(
+            f"{name}: a quantization scale overflows {str(scale.dtype).removeprefix('torch.')} "
+            f"(largest {torch.finfo(scale.dtype).max:g}); store scales as "
+            'scale_dtype="float32"'
+        )
 
 
 def quantize(
@@ -251,22 +328,38 @@ def quantize(
     symmetric: bool = False,
     axis: int | None = None,
     name: str = "tensor",
+    group_size: int | None = None,
+    scale_dtype: torch.dtype | None = None,
 ) -> QuantizedTensor:
-    """Quantize ``x`` to ``bits``-bit integer codes, per tensor or per channel along ``axis``.
+    """Quantize ``x`` to ``bits``-bit integer codes, per tensor, per channel along ``axis``,
+    or per group of ``group_size`` of each channel's inputs (see ``compute_qparams``).
 
     ``name`` appears in the error raised for NaN or infinite values.
     """
     scale, zero_point, axis = compute_qparams(
-        x, bits=bits, symmetric=symmetric, axis=axis, name=name
+        x,
+        bits=bits,
+        symmetric=symmetric,
+        axis=axis,
+        name=name,
+        group_size=group_size,
+        scale_dtype=scale_dtype,
     )
     qmin, qmax = quant_range(bits, symmetric=symmetric)
-    codes = quantize_with(x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis)
-    return QuantizedTensor(codes, scale, zero_point, bits, axis, qmin, qmax, x.dtype)
+    codes = quantize_with(
+        x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis, group_size=group_size
+    )
+    return QuantizedTensor(codes, scale, zero_point, bits, axis, qmin, qmax, x.dtype, group_size)
 
 
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
     """Real values of ``q``: ``(codes - zero_point) * scale``, in the original dtype."""
-    return _values(q.codes, q.scale, q.zero_point, q.axis, q.dtype)
+    if q.group_size is None:
+        return _values(q.codes, q.scale, q.zero_point, q.axis, q.dtype)
+    axis = cast(int, q.axis)
+    rows = group_rows(q.codes, axis, q.group_size)
+    values = _values(rows, q.scale.reshape(-1), q.zero_point.reshape(-1), 0, q.dtype)
+    return ungroup_rows(values, q.codes.shape, axis)
 
 
 def fake_quantize(
@@ -276,10 +369,20 @@ def fake_quantize(
     symmetric: bool = False,
     axis: int | None = None,
     name: str = "tensor",
+    group_size: int | None = None,
+    scale_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``dequantize(quantize(x, ...))``: ``x`` rounded onto the quantization grid."""
     scale, zero_point, axis = compute_qparams(
-        x, bits=bits, symmetric=symmetric, axis=axis, name=name
+        x,
+        bits=bits,
+        symmetric=symmetric,
+        axis=axis,
+        name=name,
+        group_size=group_size,
+        scale_dtype=scale_dtype,
     )
     qmin, qmax = quant_range(bits, symmetric=symmetric)
-    return fake_quantize_with(x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis)
+    return fake_quantize_with(
+        x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis, group_size=group_size
+    )

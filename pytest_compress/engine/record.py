@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .floats import FloatParams
 from .quant import QuantizedTensor, dequantize, quantize_with
 
 _RECORD_ATTR = "_pytest_compress_record"
@@ -21,7 +22,9 @@ _RECORD_ATTR = "_pytest_compress_record"
 
 @dataclass(frozen=True)
 class QuantParams:
-    """The mapping a parameter was fake-quantized with: codes = clamp(round(w / s) + z)."""
+    """The mapping a parameter was fake-quantized with: codes = clamp(round(w / s) + z),
+    per tensor, per channel along ``axis``, or per group of ``group_size`` of a channel's
+    inputs (``scale`` and ``zero_point`` then (channels, groups))."""
 
     scale: torch.Tensor
     zero_point: torch.Tensor
@@ -29,15 +32,22 @@ class QuantParams:
     axis: int | None
     qmin: int
     qmax: int
+    group_size: int | None = None
 
     @classmethod
     def of(cls, q: QuantizedTensor) -> QuantParams:
-        return cls(q.scale, q.zero_point, q.bits, q.axis, q.qmin, q.qmax)
+        return cls(q.scale, q.zero_point, q.bits, q.axis, q.qmin, q.qmax, q.group_size)
 
     def codes_of(self, values: torch.Tensor, name: str) -> QuantizedTensor:
         """The codes behind fake-quantized ``values``; ``ModelError`` if they left the grid."""
         codes = quantize_with(
-            values, self.scale, self.zero_point, qmin=self.qmin, qmax=self.qmax, axis=self.axis
+            values,
+            self.scale,
+            self.zero_point,
+            qmin=self.qmin,
+            qmax=self.qmax,
+            axis=self.axis,
+            group_size=self.group_size,
         )
         q = QuantizedTensor(
             codes,
@@ -48,6 +58,7 @@ class QuantParams:
             self.qmin,
             self.qmax,
             values.dtype,
+            self.group_size,
         )
         if not torch.equal(dequantize(q), values):
             raise ModelError(
@@ -59,9 +70,10 @@ class QuantParams:
 
 @dataclass
 class CompressionRecord:
-    """Per state_dict key, the quantization mapping of each fake-quantized tensor."""
+    """Per state_dict key, the quantization mapping of each fake-quantized tensor: integer
+    codes (``QuantParams``) or a float format (``FloatParams``)."""
 
-    quantized: dict[str, QuantParams] = field(default_factory=dict)
+    quantized: dict[str, QuantParams | FloatParams] = field(default_factory=dict)
 
 
 def get_record(model: nn.Module) -> CompressionRecord:

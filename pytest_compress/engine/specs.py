@@ -18,13 +18,25 @@ from ..errors import SpecError
 MIN_BITS = 2
 MAX_BITS = 16
 OBSERVERS = ("minmax", "percentile", "mse", "dynamic")
+# Weight formats: integer codes with scales, or a float dtype (fp8 with a scale per channel).
+FORMATS = ("int", "fp16", "bf16", "fp8-e4m3", "fp8-e5m2")
+FLOAT_FORMATS = FORMATS[1:]
+# The bits a float format stores per weight, and the aliases QuantSpec.format accepts.
+FORMAT_BITS = {"fp16": 16, "bf16": 16, "fp8-e4m3": 8, "fp8-e5m2": 8}
+_FORMAT_ALIASES = {"fp8": "fp8-e4m3", "float16": "fp16", "bfloat16": "bf16"}
+# Rounding methods: to nearest, nearest within an MSE-searched clipping range, GPTQ.
+METHODS = ("rtn", "mse", "gptq")
+SCALE_DTYPES = ("float32", "float16", "bfloat16")
 PARAMETER_TARGETS = ("weights", "all")
 SCOPES = ("layer", "global")
 NORMS = ("l1", "l2")
 QUANT_SHORTHANDS = (
     f'"int{MIN_BITS}".."int{MAX_BITS}" (weights), '
     f'"w<bits>a<bits>" such as "w8a8" or "w4a8" (weights and activations, static), '
-    f'"w<bits>a<bits>-dynamic" such as "w8a8-dynamic" (activations per token at run time)'
+    f'"w<bits>a<bits>-dynamic" such as "w8a8-dynamic" (activations per token at run time), '
+    f'"int<bits>-g<G>" such as "int4-g128" (one scale per G weights), a suffix "-mse" or '
+    f'"-gptq" on an int shorthand (the rounding method, e.g. "int4-g128-gptq"), '
+    f'"fp16", "bf16", "fp8" (e4m3) or "fp8-e5m2"'
 )
 # Named selections, usable wherever a module-name pattern is (include, exclude, keep_float):
 # each resolves against the model (engine.layers.expand_presets).
@@ -37,7 +49,7 @@ PRESETS = {
 }
 # The transformer default: quantize the blocks, keep the token tables and the head float.
 TRANSFORMER_EXCLUDE = ("@embeddings", "@head")
-_INT_PATTERN = re.compile(r"int(\d+)")
+_INT_PATTERN = re.compile(r"int(\d+)(?:-g(\d+))?(?:-(rtn|mse|gptq))?")
 _WA_PATTERN = re.compile(r"w(\d+)a(\d+)(-dynamic)?")
 _NM_PATTERN = re.compile(r"(\d+):(\d+)")
 
@@ -84,10 +96,30 @@ def _fraction(value: object, name: str, *, low_open: bool, high_open: bool) -> f
 class QuantSpec:
     """How to quantize a model.
 
-    - ``bits``: weight bits, 2 to 16.
-    - ``symmetric``: zero point fixed at 0 (signed codes) instead of the affine min/max mapping.
+    - ``format``: ``"int"`` (integer codes with scales and zero points, the default), or a
+      float format: ``"fp16"``, ``"bf16"`` (weights cast, round to nearest even, no scale),
+      ``"fp8-e4m3"`` (alias ``"fp8"``) or ``"fp8-e5m2"`` (a scale per output channel,
+      ``amax / 448`` or ``amax / 57344``, as torchao's float8 weight-only config).
+    - ``bits``: weight bits, 2 to 16 (integer format; default 8). A float format fixes
+      its own width (16 or 8), which ``bits`` then holds.
+    - ``symmetric``: zero point fixed at 0 (signed codes) instead of the affine min/max
+      mapping (default False). Float formats are symmetric by nature (``True``).
     - ``per_channel``: one scale per output channel of each weight (biases and other
       1-D parameters are always per tensor).
+    - ``group_size``: one scale and zero point per group of ``group_size`` consecutive
+      weights along the input dimension of each output channel (a conv weight's input
+      dimension is ``in_channels / groups * kh * kw``, flattened); the last group of a row
+      may be shorter. A layer whose input dimension is shorter than ``group_size`` is an
+      error naming it, unless ``allow_short_rows=True`` (such rows are then one group:
+      per channel).
+    - ``scale_dtype``: how scales are stored, ``"float32"``, ``"float16"`` or
+      ``"bfloat16"``. Default: float16 for group-wise scales (as int4-g128 checkpoints
+      ship them), float32 otherwise (float64 for float64 weights). A narrow scale is
+      rounded up (so the range still fits) and the simulation uses it exactly.
+    - ``method``: ``"rtn"`` (round to nearest), ``"mse"`` (per channel or group, the
+      clipping range among shrink factors 1.0, 0.98, ..., 0.5 of min/max with the least
+      squared weight error; no data) or ``"gptq"`` (GPTQ on the calibration data: rounds
+      column by column, compensating each error on the columns not yet rounded).
     - ``parameters``: ``"weights"`` (the weights of Linear, Conv*, ConvTranspose* and
       Embedding layers) or ``"all"`` (every floating-point parameter, biases and
       normalisation layers included: whole-model parameter quantization).
@@ -103,8 +135,8 @@ class QuantSpec:
     - ``include`` / ``exclude``: fnmatch patterns on module names.
     """
 
-    bits: int = 8
-    symmetric: bool = False
+    bits: int = None  # type: ignore[assignment]  # None -> 8, or the float format's width
+    symmetric: bool = None  # type: ignore[assignment]  # None -> False (True for floats)
     per_channel: bool = True
     parameters: str = "weights"
     activation_bits: int | None = None
@@ -112,12 +144,27 @@ class QuantSpec:
     percentile: float = 99.99
     include: tuple[str, ...] = field(default=())
     exclude: tuple[str, ...] = field(default=())
+    group_size: int | None = None
+    allow_short_rows: bool = False
+    scale_dtype: str | None = None
+    format: str = "int"
+    method: str = "rtn"
 
     def __post_init__(self) -> None:
-        check_bits(self.bits, name="QuantSpec.bits")
+        fmt = _FORMAT_ALIASES.get(self.format, self.format)
+        if fmt not in FORMATS:
+            raise SpecError(
+                f"QuantSpec.format must be one of {FORMATS} (or 'fp8' for 'fp8-e4m3'), "
+                f"got {self.format!r}"
+            )
+        object.__setattr__(self, "format", fmt)
+        if fmt == "int":
+            self._check_integer()
+        else:
+            self._check_float()
         if self.activation_bits is not None:
             check_bits(self.activation_bits, name="QuantSpec.activation_bits")
-        for flag in ("symmetric", "per_channel"):
+        for flag in ("per_channel", "allow_short_rows"):
             if not isinstance(getattr(self, flag), bool):
                 raise SpecError(f"QuantSpec.{flag} must be True or False")
         if self.parameters not in PARAMETER_TARGETS:
@@ -131,24 +178,106 @@ class QuantSpec:
         object.__setattr__(self, "include", _patterns(self.include, "QuantSpec.include"))
         object.__setattr__(self, "exclude", _patterns(self.exclude, "QuantSpec.exclude"))
 
+    def _check_integer(self) -> None:
+        object.__setattr__(self, "bits", 8 if self.bits is None else self.bits)
+        check_bits(self.bits, name="QuantSpec.bits")
+        object.__setattr__(
+            self, "symmetric", bool(self.symmetric) if self.symmetric is None else self.symmetric
+        )
+        if not isinstance(self.symmetric, bool):
+            raise SpecError(f"QuantSpec.symmetric must be True or False, got {self.symmetric!r}")
+        if self.method not in METHODS:
+            raise SpecError(f"QuantSpec.method must be one of {METHODS}, got {self.method!r}")
+        if self.scale_dtype is not None and self.scale_dtype not in SCALE_DTYPES:
+            raise SpecError(
+                f"QuantSpec.scale_dtype must be None (automatic) or one of {SCALE_DTYPES}, "
+                f"got {self.scale_dtype!r}"
+            )
+        if self.group_size is None:
+            return
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
+            raise SpecError(
+                f"QuantSpec.group_size must be None (per channel) or a positive int such as "
+                f"128, got {self.group_size!r}"
+            )
+        if self.group_size <= 0:
+            raise SpecError(f"QuantSpec.group_size must be a positive int, got {self.group_size}")
+        if not self.per_channel:
+            raise SpecError(
+                "QuantSpec.group_size gives each output channel one scale per group; "
+                "per_channel=False (one scale per tensor) contradicts it"
+            )
+
+    def _check_float(self) -> None:
+        fmt, width = self.format, FORMAT_BITS[self.format]
+        wrong = {
+            "bits": self.bits not in (None, width),
+            "symmetric": self.symmetric not in (None, True),
+            "group_size": self.group_size is not None,
+            "method": self.method != "rtn",
+            "activation_bits": self.activation_bits is not None,
+        }
+        if not fmt.startswith("fp8"):
+            wrong["per_channel"] = self.per_channel is not True
+            wrong["scale_dtype"] = self.scale_dtype is not None
+        elif self.scale_dtype is not None and self.scale_dtype not in SCALE_DTYPES:
+            wrong["scale_dtype"] = True
+        bad = [name for name, is_wrong in wrong.items() if is_wrong]
+        if bad:
+            allowed = (
+                "per_channel (True: a scale per output channel, False: one per tensor), "
+                f"scale_dtype (one of {SCALE_DTYPES}), parameters, include and exclude"
+                if fmt.startswith("fp8")
+                else "parameters, include and exclude (the cast has no scale)"
+            )
+            raise SpecError(
+                f"QuantSpec(format={fmt!r}) takes no {bad[0]}={getattr(self, bad[0])!r}: "
+                f"a float format fixes bits ({width}), is symmetric and rounds to nearest; "
+                f"it accepts {allowed}"
+            )
+        object.__setattr__(self, "bits", width)
+        object.__setattr__(self, "symmetric", True)
+
+    @property
+    def is_float(self) -> bool:
+        """A float format (fp16, bf16, fp8) rather than integer codes."""
+        return self.format != "int"
+
     @property
     def quantizes_activations(self) -> bool:
         return self.activation_bits is not None
 
     @property
     def needs_calibration(self) -> bool:
-        """Static activation ranges are observed on calibration data; dynamic ones are not."""
-        return self.activation_bits is not None and self.observer != "dynamic"
+        """Static activation ranges and GPTQ use calibration data; dynamic ranges do not."""
+        static = self.activation_bits is not None and self.observer != "dynamic"
+        return static or self.method == "gptq"
 
     def describe(self) -> str:
-        """The recipe in words, e.g. ``int4 per-channel`` or ``w8a8 (minmax)``."""
+        """The recipe in words, e.g. ``int4 per-channel``, ``int4 g128, gptq`` or ``bf16``."""
+        if self.is_float:
+            words = self.format.replace("-", " ")
+            if self.format.startswith("fp8"):
+                words += " per-channel" if self.per_channel else " per-tensor"
+            if self.scale_dtype is not None:
+                words += f" ({self.scale_dtype} scales)"
+            return words + (", all parameters" if self.parameters == "all" else "")
         if self.activation_bits is not None:
             how = "dynamic per-token" if self.observer == "dynamic" else self.observer
             words = f"w{self.bits}a{self.activation_bits} ({how})"
         else:
             words = f"int{self.bits}"
         words += " symmetric" if self.symmetric else ""
-        words += " per-channel" if self.per_channel else " per-tensor"
+        if self.group_size is not None:
+            words += f" g{self.group_size}"
+            if self.scale_dtype not in (None, "float16"):
+                words += f" ({self.scale_dtype} scales)"
+        else:
+            words += " per-channel" if self.per_channel else " per-tensor"
+            if self.scale_dtype not in (None, "float32"):
+                words += f" ({self.scale_dtype} scales)"
+        if self.method != "rtn":
+            words += f", {self.method}"
         if self.parameters == "all":
             words += ", all parameters"
         return words
@@ -286,8 +415,9 @@ def as_quant_spec(value: QuantSpec | str | None) -> QuantSpec | None:
         text = value.strip().lower()
         if match := _INT_PATTERN.fullmatch(text):
             bits = int(match[1])
-            if MIN_BITS <= bits <= MAX_BITS:
-                return QuantSpec(bits=bits)
+            group = int(match[2]) if match[2] else None
+            if MIN_BITS <= bits <= MAX_BITS and (group is None or group > 0):
+                return QuantSpec(bits=bits, group_size=group, method=match[3] or "rtn")
         elif match := _WA_PATTERN.fullmatch(text):
             weight_bits, activation_bits = int(match[1]), int(match[2])
             observer = "dynamic" if match[3] else "minmax"
@@ -295,6 +425,8 @@ def as_quant_spec(value: QuantSpec | str | None) -> QuantSpec | None:
                 return QuantSpec(
                     bits=weight_bits, activation_bits=activation_bits, observer=observer
                 )
+        elif text in (*FLOAT_FORMATS, *_FORMAT_ALIASES):
+            return QuantSpec(format=text)
     raise SpecError(f"quantize must be a QuantSpec or one of {QUANT_SHORTHANDS}; got {value!r}")
 
 

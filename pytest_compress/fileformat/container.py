@@ -6,11 +6,11 @@ is what the compressed model really costs. No pickle is involved: the loader onl
 a JSON header and raw little-endian numbers, checking every length against the file and
 the target model before allocating anything.
 
-File layout, version 1 (all integers little-endian)::
+File layout, version 2 (all integers little-endian)::
 
     offset  size  field
     0       4     magic b"PTCZ"
-    4       2     format version (uint16), 1
+    4       2     format version (uint16), 2 (version 1 files still load)
     6       4     header length H in bytes (uint32)
     10      4     CRC-32 of everything after these 14 bytes (uint32)
     14      H     header: zlib-compressed UTF-8 JSON (below)
@@ -24,13 +24,17 @@ The header is ``{"t": [tensor, ...], "h": [hook, ...]}``. A tensor is one of
 - ``{"k": key, "d": dtype, "s": shape, "e": layout, "L": nbytes, ...}`` with ``dtype``
   a torch dtype name (``"float32"``, ``"int64"``, ``"bool"``, ...) and ``nbytes`` the
   length of its blob. Optional fields: ``"q": [bits, axis, qmin, qmax, scale dtype,
-  scale shape]`` when the tensor is quantized, ``"n"`` (stored element count) for a
-  sparse layout and ``"w"`` (gap width in bits) for the gaps layout.
+  scale shape, group size]`` when the tensor is quantized to integer codes (group size
+  null, or G for group-wise scales shaped (channels, groups); version 1 has no group
+  size), ``"f": [format, axis, scale dtype, scale shape]`` when it is cast to a float
+  format (``"fp16"``, ``"bf16"``, ``"fp8-e4m3"``, ``"fp8-e5m2"``; scale dtype and shape
+  null for fp16 and bf16, axis null for one scale per tensor), ``"n"`` (stored element
+  count) for a sparse layout and ``"w"`` (gap width in bits) for the gaps layout.
 
 A tensor's blob is, in order:
 
 1. quantized only: the scales (raw ``scale dtype``), then the zero points minus
-   ``qmin``, bit-packed at ``bits`` bits;
+   ``qmin``, bit-packed at ``bits`` bits; float format with a scale (fp8): the scales;
 2. the index of the stored elements, by layout:
    ``"dense"``: nothing, every element is stored;
    ``"mask"``: one bit per element, set where the element is stored;
@@ -39,10 +43,12 @@ A tensor's blob is, in order:
    ``2**w - 1`` is bridged by filler entries that each skip ``2**w - 1`` and store a zero,
    so the stored positions are ``cumsum(gap + 1) - 1``;
 3. the stored elements in flat (C) order: codes minus ``qmin`` bit-packed at ``bits`` bits
-   for a quantized tensor, raw element bytes otherwise.
+   for a quantized tensor, the format's raw bytes (2 or 1 per element) for a float
+   format (a value is ``float32(element) * scale`` of its channel for fp8), raw element
+   bytes otherwise.
 
-Elements that are not stored are zero: the zero point of their channel for a quantized
-tensor (dequantized to exactly 0.0), 0 / 0.0 / False otherwise (a ``-0.0`` left out by a
+Elements that are not stored are zero: the zero point of their channel (or group) for a
+quantized tensor (dequantized to exactly 0.0), 0 / 0.0 / False otherwise (a ``-0.0`` left out by a
 sparse layout comes back as ``+0.0``, equal under ``torch.equal`` and in every output).
 The writer picks whichever layout is smallest, preferring dense, then mask, on a tie.
 
@@ -92,6 +98,8 @@ from ..engine.activations import (
     add_activation_hook,
     remove_activation_hooks,
 )
+from ..engine.floats import FLOAT_DTYPES, FloatParams
+from ..engine.groups import group_count, per_element
 from ..engine.quant import QuantizedTensor, dequantize
 from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
 from ..engine.specs import MAX_BITS, MIN_BITS
@@ -110,7 +118,8 @@ from .encoding import (
 )
 
 MAGIC = b"PTCZ"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_VERSIONS = (1, 2)  # version 1: no group-wise scales, no float formats
 _PREFIX = struct.Struct("<4sHII")  # magic, version, header length, CRC-32 of the rest
 # Bounds on a header, from the model it is loaded into (see "Bounds" in the docstring).
 MAX_DIMS = 8
@@ -153,9 +162,12 @@ def _raw_bytes(t: torch.Tensor) -> np.ndarray:
 
 
 def _zero_points_along(
-    zero_point: torch.Tensor, axis: int | None, shape: tuple[int, ...]
+    zero_point: torch.Tensor, axis: int | None, shape: tuple[int, ...], group_size: int | None
 ) -> np.ndarray:
     """Each element's zero point (its code for 0.0), as a flat int64 array."""
+    if group_size is not None and axis is not None:
+        spread = per_element(zero_point.detach().cpu().to(torch.int64), shape, axis, group_size)
+        return spread.reshape(-1).numpy()
     view = [1] * len(shape)
     if axis is not None:
         view[axis] = -1
@@ -191,11 +203,15 @@ def _checked_qparams(key: str, values: torch.Tensor, params: QuantParams) -> int
             raise ModelError(f"{key}: axis {axis} is out of range for shape {tuple(values.shape)}")
         axis %= values.dim()
     channels = 1 if axis is None else values.shape[axis]
+    if params.group_size is not None:
+        if axis is None or params.group_size <= 0:
+            raise ModelError(f"{key}: group-wise scales need an axis and a positive group size")
+        channels *= group_count(values.shape, axis, params.group_size)
     scale, zero_point = params.scale, params.zero_point
     if scale.numel() != channels or zero_point.shape != scale.shape:
         raise ModelError(
-            f"{key}: {channels} channel(s), but a scale of shape {tuple(scale.shape)} and a "
-            f"zero point of shape {tuple(zero_point.shape)}"
+            f"{key}: {channels} channel(s) or groups, but a scale of shape "
+            f"{tuple(scale.shape)} and a zero point of shape {tuple(zero_point.shape)}"
         )
     if scale.dim() > MAX_DIMS:
         raise ModelError(f"{key}: a scale of {scale.dim()} dimensions; at most {MAX_DIMS}")
@@ -212,7 +228,7 @@ def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tu
     quantized = params.codes_of(values.detach().cpu(), key)  # ModelError if off the grid
     codes = quantized.codes.reshape(-1).numpy().astype(np.int64)
     zero_point = params.zero_point.detach().cpu()
-    nonzero = codes != _zero_points_along(zero_point, axis, tuple(values.shape))
+    nonzero = codes != _zero_points_along(zero_point, axis, tuple(values.shape), params.group_size)
     layout = choose_layout(nonzero, params.bits)
     index, positions = encode_index(nonzero, layout)
     blob = b"".join(
@@ -233,6 +249,35 @@ def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tu
         params.qmax,
         _DTYPE_NAMES[params.scale.dtype],
         list(params.scale.shape),
+        params.group_size,
+    ]
+    return entry, blob
+
+
+def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[dict, bytes]:
+    """Scales (fp8), index and the format's raw bytes of a tensor cast to a float format."""
+    if values.dtype not in _DTYPE_NAMES or not values.is_floating_point():
+        raise ModelError(f"{key} is cast to {params.format} but has dtype {values.dtype}")
+    scale = params.scale
+    if scale is not None:
+        axis = params.axis
+        channels = 1 if axis is None else values.shape[axis]
+        if scale.numel() != channels or scale.dtype not in _DTYPE_NAMES or scale.dim() > 1:
+            raise ModelError(f"{key}: {channels} channel(s), but a scale of {scale.numel()}")
+    stored = params.elements(values.detach().cpu(), key)  # ModelError if off the format
+    nonzero = (stored.to(torch.float32) != 0).reshape(-1).numpy()
+    layout = choose_layout(nonzero, 8 * stored.element_size())
+    index, positions = encode_index(nonzero, layout)
+    rows = _raw_bytes(stored)
+    elements = rows.tobytes() if layout.name == "dense" else rows[positions].tobytes()
+    head = b"" if scale is None else _raw_bytes(scale).tobytes()
+    blob = head + index + elements
+    entry = _tensor_entry(key, values, layout, positions.size, len(blob))
+    entry["f"] = [
+        params.format,
+        params.axis,
+        None if scale is None else _DTYPE_NAMES[scale.dtype],
+        None if scale is None else list(scale.shape),
     ]
     return entry, blob
 
@@ -258,9 +303,18 @@ def _encode_raw(key: str, t: torch.Tensor) -> tuple[dict, bytes]:
     return _tensor_entry(key, t, layout, positions.size, len(index) + len(values)), index + values
 
 
-def _same_params(a: QuantParams, b: QuantParams) -> bool:
+def _same_params(a: QuantParams | FloatParams, b: QuantParams | FloatParams) -> bool:
+    if isinstance(a, FloatParams) or isinstance(b, FloatParams):
+        return a is b or (
+            isinstance(a, FloatParams)
+            and isinstance(b, FloatParams)
+            and (a.format, a.axis) == (b.format, b.axis)
+            and (a.scale is None) == (b.scale is None)
+            and (a.scale is None or b.scale is None or torch.equal(a.scale, b.scale))
+        )
     return a is b or (
-        (a.bits, a.axis, a.qmin, a.qmax) == (b.bits, b.axis, b.qmin, b.qmax)
+        (a.bits, a.axis, a.qmin, a.qmax, a.group_size)
+        == (b.bits, b.axis, b.qmin, b.qmax, b.group_size)
         and a.scale.dtype == b.scale.dtype
         and torch.equal(a.scale, b.scale)
         and torch.equal(a.zero_point, b.zero_point)
@@ -303,8 +357,11 @@ def _encode_tensors(model: nn.Module) -> tuple[list[dict], list[bytes]]:
             # Tied but recorded differently: store both, each with its own record.
         elif storage is not None:
             first_key[storage] = key
-        if key in quantized:
-            entry, blob = _encode_quantized(key, t, quantized[key])
+        mapping = quantized.get(key)
+        if isinstance(mapping, FloatParams):
+            entry, blob = _encode_float(key, t, mapping)
+        elif mapping is not None:
+            entry, blob = _encode_quantized(key, t, mapping)
         else:
             entry, blob = _encode_raw(key, t)
         entries.append(entry)
@@ -453,10 +510,24 @@ class _Quant:
     qmax: int
     scale_dtype: torch.dtype
     scale_shape: tuple[int, ...]
+    group_size: int | None = None
 
     @property
     def channels(self) -> int:
+        """The number of scales: channels, or channels x groups."""
         return math.prod(self.scale_shape)
+
+
+@dataclass(frozen=True)
+class _Float:
+    format: str
+    axis: int | None
+    scale_dtype: torch.dtype | None
+    scale_shape: tuple[int, ...] | None
+
+    @property
+    def scales(self) -> int:
+        return 0 if self.scale_shape is None else math.prod(self.scale_shape)
 
 
 @dataclass(frozen=True)
@@ -470,6 +541,7 @@ class _Stored:
     stored: int
     nbytes: int
     quant: _Quant | None
+    floating: _Float | None = None
 
     @property
     def numel(self) -> int:
@@ -483,6 +555,10 @@ class _Stored:
             index = packed_size(self.numel, 1)
         else:
             index = packed_size(self.stored, self.layout.gap_bits)
+        if self.floating is not None:
+            f = self.floating
+            scales = f.scales * _itemsize(f.scale_dtype) if f.scale_dtype is not None else 0
+            return [scales, index, self.stored * _itemsize(FLOAT_DTYPES[f.format])]
         if self.quant is None:
             return [index, self.stored * _itemsize(self.dtype)]
         q = self.quant
@@ -498,10 +574,15 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _parse_quant(value: object, key: str, shape: tuple[int, ...]) -> _Quant:
-    if not isinstance(value, list) or len(value) != 6:
+def _parse_quant(value: object, key: str, shape: tuple[int, ...], version: int) -> _Quant:
+    if not isinstance(value, list) or len(value) != (6 if version == 1 else 7):
         raise _BadFile(f"{key}: malformed quantization {value!r}")
-    bits, axis, qmin, qmax, scale_dtype, scale_shape = value
+    bits, axis, qmin, qmax, scale_dtype, scale_shape, *rest = value
+    group_size = rest[0] if rest else None
+    _check(
+        group_size is None or (_is_int(group_size) and group_size > 0 and axis is not None),
+        f"{key}: group size {group_size!r} must be null or a positive integer with an axis",
+    )
     bits = _int_in(bits, MIN_BITS, MAX_BITS, f"{key}: bits")
     _check(
         axis is None or (_is_int(axis) and 0 <= axis < len(shape)),
@@ -513,14 +594,38 @@ def _parse_quant(value: object, key: str, shape: tuple[int, ...]) -> _Quant:
     _check(dtype.is_floating_point, f"{key}: scale dtype {scale_dtype} is not a float dtype")
     scale_shape = _shape(scale_shape, f"{key}: scale")
     channels = 1 if axis is None else shape[axis]
+    if group_size is not None:
+        channels *= group_count(shape, axis, group_size)
     _check(
         math.prod(scale_shape) == channels,
-        f"{key}: {math.prod(scale_shape)} scales for {channels} channel(s)",
+        f"{key}: {math.prod(scale_shape)} scales for {channels} channel(s) or groups",
     )
-    return _Quant(bits, axis, qmin, qmax, dtype, scale_shape)
+    return _Quant(bits, axis, qmin, qmax, dtype, scale_shape, group_size)
 
 
-def _parse_stored(entry: dict, key: str, target: torch.Tensor) -> _Stored:
+def _parse_float(value: object, key: str, shape: tuple[int, ...]) -> _Float:
+    if not isinstance(value, list) or len(value) != 4 or value[0] not in FLOAT_DTYPES:
+        raise _BadFile(f"{key}: malformed float format {str(value)[:80]}")
+    fmt, axis, scale_dtype, scale_shape = value
+    _check(
+        axis is None or (_is_int(axis) and 0 <= axis < len(shape)),
+        f"{key}: float format axis {axis!r} is out of range for shape {shape}",
+    )
+    if not fmt.startswith("fp8"):
+        _check(scale_dtype is None and scale_shape is None, f"{key}: {fmt} has no scale")
+        return _Float(fmt, None, None, None)
+    dtype = _dtype(scale_dtype, f"{key}: scale")
+    _check(dtype.is_floating_point, f"{key}: scale dtype {scale_dtype} is not a float dtype")
+    scales = _shape(scale_shape, f"{key}: scale")
+    channels = 1 if axis is None else shape[axis]
+    _check(
+        len(scales) <= 1 and math.prod(scales) == channels,
+        f"{key}: scales of shape {scales} for {channels} channel(s)",
+    )
+    return _Float(fmt, axis, dtype, scales)
+
+
+def _parse_stored(entry: dict, key: str, target: torch.Tensor, version: int) -> _Stored:
     dtype = _dtype(entry.get("d"), key)
     shape = _shape(entry.get("s"), key)
     _check(
@@ -538,16 +643,20 @@ def _parse_stored(entry: dict, key: str, target: torch.Tensor) -> _Stored:
         _int_in(entry.get("w"), 1, MAX_GAP_BITS, f"{key}: gap width") if name == "gaps" else 0
     )
     stored = numel if name == "dense" else _int_in(entry.get("n"), 0, numel, f"{key}: stored count")
-    quant = None
+    quant, floating = None, None
+    _check(version > 1 or "f" not in entry, f"{key}: a float format in a version-1 file")
+    _check("q" not in entry or "f" not in entry, f"{key}: both quantized and a float format")
     if "q" in entry:
-        quant = _parse_quant(entry["q"], key, shape)
-        _check(
-            dtype.is_floating_point,
-            f"{key}: a quantized tensor must have a float dtype, not {dtype}",
-        )
+        quant = _parse_quant(entry["q"], key, shape, version)
+    if "f" in entry:
+        floating = _parse_float(entry["f"], key, shape)
+    _check(
+        (quant is None and floating is None) or dtype.is_floating_point,
+        f"{key}: a quantized tensor must have a float dtype, not {dtype}",
+    )
     nbytes = _int_in(entry.get("L"), 0, 1 << 62, f"{key}: blob length")
     layout = Layout(cast(str, name), gap_bits)  # one of LAYOUTS, checked above
-    item = _Stored(key, dtype, shape, layout, stored, nbytes, quant)
+    item = _Stored(key, dtype, shape, layout, stored, nbytes, quant, floating)
     expected = sum(item.part_sizes())
     _check(
         nbytes == expected,
@@ -558,7 +667,7 @@ def _parse_stored(entry: dict, key: str, target: torch.Tensor) -> _Stored:
 
 
 def _parse_tensors(
-    value: object, target: dict[str, torch.Tensor]
+    value: object, target: dict[str, torch.Tensor], version: int
 ) -> tuple[list[_Stored], dict[str, tuple[str, bool]]]:
     """Validated stored entries and aliases (key -> (source, shares record))."""
     if not isinstance(value, list):
@@ -588,12 +697,12 @@ def _parse_tensors(
             )
             shares_record = entry.get("r", 0) == 1
             _check(
-                not shares_record or source.quant is not None,
+                not shares_record or source.quant is not None or source.floating is not None,
                 f"{key} shares the quantization of {source.key}, which is not quantized",
             )
             aliases[key] = (source.key, shares_record)
             continue
-        item = _parse_stored(entry, key, target[key])
+        item = _parse_stored(entry, key, target[key], version)
         seen[key] = item
         stored.append(item)
     missing = [key for key in target if key not in seen and key not in aliases]
@@ -680,8 +789,8 @@ def _bounded_json(text: bytes, max_objects: int) -> Any:
         raise _BadFile(f"the header is not valid JSON ({err})") from None
 
 
-def _read_header(f: Any, size: int, limits: tuple[int, int]) -> tuple[dict, int, int]:
-    """The header document, the data section's offset and the stored CRC.
+def _read_header(f: Any, size: int, limits: tuple[int, int]) -> tuple[dict, int, int, int]:
+    """The header document, the data section's offset, the stored CRC and the version.
 
     ``limits``: the most bytes the header may decompress to and the most JSON objects it
     may hold, both derived from the model (``_header_limit``).
@@ -702,7 +811,7 @@ def _read_header(f: Any, size: int, limits: tuple[int, int]) -> tuple[dict, int,
         f"format version {version} is newer than this pytest-compress reads "
         f"(up to {FORMAT_VERSION}); upgrade pytest-compress",
     )
-    _check(version == FORMAT_VERSION, f"unsupported format version {version}")
+    _check(version in _VERSIONS, f"unsupported format version {version}")
     _check(
         header_len <= size - _PREFIX.size,
         f"the header length {header_len} runs past the end of the {size}-byte file (truncated?)",
@@ -725,7 +834,7 @@ def _read_header(f: Any, size: int, limits: tuple[int, int]) -> tuple[dict, int,
         isinstance(doc, dict) and sorted(doc) == ["h", "t"],
         'the header is not a JSON object of exactly "t" and "h"',
     )
-    return doc, _PREFIX.size + header_len, crc
+    return doc, _PREFIX.size + header_len, crc, version
 
 
 def _check_crc(f: Any, expected: int) -> None:
@@ -771,9 +880,10 @@ def _decode_quantized(item: _Stored, parts: list[memoryview]) -> tuple[torch.Ten
     )
     _check(not stored.size or stored.max() <= q.qmax, f"{item.key}: a code exceeds qmax {q.qmax}")
     zp = torch.from_numpy(zero_point.astype(np.int32)).reshape(q.scale_shape)
-    codes = _zero_points_along(zp, q.axis, item.shape).astype(np.int32)  # a fresh copy
+    codes = _zero_points_along(zp, q.axis, item.shape, q.group_size).astype(np.int32)
+    codes = codes.copy()  # a fresh, writable copy
     codes[positions] = stored
-    params = QuantParams(scale, zp, q.bits, q.axis, q.qmin, q.qmax)
+    params = QuantParams(scale, zp, q.bits, q.axis, q.qmin, q.qmax, q.group_size)
     quantized = QuantizedTensor(
         torch.from_numpy(codes).reshape(item.shape),
         scale,
@@ -783,8 +893,36 @@ def _decode_quantized(item: _Stored, parts: list[memoryview]) -> tuple[torch.Ten
         q.qmin,
         q.qmax,
         item.dtype,
+        q.group_size,
     )
     return dequantize(quantized), params
+
+
+def _decode_float(item: _Stored, parts: list[memoryview]) -> tuple[torch.Tensor, FloatParams]:
+    f = item.floating
+    assert f is not None
+    scale_blob, index, values = parts
+    scale = None
+    if f.scale_dtype is not None and f.scale_shape is not None:
+        scale = torch.from_numpy(np.frombuffer(scale_blob, dtype=np.uint8).copy())
+        scale = scale.view(f.scale_dtype).reshape(f.scale_shape)
+        _check(
+            bool(torch.isfinite(scale).all() and (scale > 0).all()),
+            f"{item.key}: scales must be finite and positive",
+        )
+    dtype = FLOAT_DTYPES[f.format]
+    positions = decode_index(index, item.layout, item.numel, item.stored)
+    stored = np.zeros((item.numel, _itemsize(dtype)), dtype=np.uint8)
+    stored[positions if item.layout.name != "dense" else slice(None)] = np.frombuffer(
+        values, dtype=np.uint8
+    ).reshape(item.stored, -1)
+    elements = torch.from_numpy(stored.reshape(-1)).view(dtype).reshape(item.shape)
+    _check(
+        bool(torch.isfinite(elements.to(torch.float32)).all()),
+        f"{item.key}: {f.format} elements must be finite",
+    )
+    params = FloatParams(f.format, scale, f.axis)
+    return params.decode(elements, item.dtype), params
 
 
 def _split(blob: memoryview, sizes: list[int]) -> list[memoryview]:
@@ -797,11 +935,13 @@ def _split(blob: memoryview, sizes: list[int]) -> list[memoryview]:
 
 def _read_file(
     path: str, model: nn.Module, target: dict[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str, bool]], dict[str, QuantParams], list]:
+) -> tuple[
+    dict[str, torch.Tensor], dict[str, tuple[str, bool]], dict[str, QuantParams | FloatParams], list
+]:
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        doc, data_offset, crc = _read_header(f, size, _header_limit(model, target))
-        stored, aliases = _parse_tensors(doc.get("t"), target)
+        doc, data_offset, crc, version = _read_header(f, size, _header_limit(model, target))
+        stored, aliases = _parse_tensors(doc.get("t"), target, version)
         hooks = _parse_hooks(doc.get("h"), model)
         # Every length is now known from the model's own shapes: check the file against it
         # before reading the data, so a wrong file never costs more than its header.
@@ -817,13 +957,15 @@ def _read_file(
         f.seek(data_offset)
         data = memoryview(f.read(data_len))
     tensors: dict[str, torch.Tensor] = {}
-    quantized: dict[str, QuantParams] = {}
+    quantized: dict[str, QuantParams | FloatParams] = {}
     offset = 0
     for item in stored:
         parts = _split(data[offset : offset + item.nbytes], item.part_sizes())
         offset += item.nbytes
         try:
-            if item.quant is None:
+            if item.floating is not None:
+                tensors[item.key], quantized[item.key] = _decode_float(item, parts)
+            elif item.quant is None:
                 tensors[item.key] = _decode_raw(item, *parts)
             else:
                 tensors[item.key], quantized[item.key] = _decode_quantized(item, parts)

@@ -63,6 +63,12 @@ def unsupported(runtime: str, quant: QuantSpec | None, prune: PruneSpec | None) 
         )
     if quant is None:
         return f"runtime={runtime!r} deploys a quantized model: give quantize=...; {supports}"
+    if quant.is_float or quant.group_size is not None or quant.method != "rtn":
+        # the backends build their own round-to-nearest integer mapping
+        return (
+            f"runtime={runtime!r} deploys round-to-nearest integer weights with per-channel "
+            f"or per-tensor scales, not {quant.describe()!r}; {supports}"
+        )
     if (quant.bits, quant.activation_bits) not in _FORMATS[runtime]:
         return f"runtime={runtime!r} cannot run {_format(quant)!r}; {supports}"
     if quant.parameters == "all":

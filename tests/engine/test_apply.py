@@ -385,7 +385,7 @@ def test_include_that_matches_nothing_says_so() -> None:
         quantize_model(lenet(), QuantSpec(include=("decoder.*",)))
 
 
-@pytest.mark.parametrize("shorthand", ["int1", "int17", "fp8", "w8a1", "INT 8", ""])
+@pytest.mark.parametrize("shorthand", ["int1", "int17", "fp4", "int4-g0", "w8a1", "INT 8", ""])
 def test_unknown_quantize_shorthand_lists_valid_forms(shorthand) -> None:
     with pytest.raises(ValueError, match=r'"int2".."int16".*"w8a8"'):
         quantize_model(lenet(), shorthand)

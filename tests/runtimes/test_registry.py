@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pytest_compress.engine.specs import PruneSpec, QuantSpec
+from pytest_compress.engine.specs import PruneSpec, QuantSpec, as_quant_spec
 from pytest_compress.errors import SpecError
 from pytest_compress.runtimes import registry
 from pytest_compress.runtimes.registry import RUNTIMES, check_runtime, missing_extra, unsupported
@@ -127,3 +127,10 @@ def test_the_registry_and_the_package_import_neither_torch_nor_the_runtimes():
     )
     assert run.stdout.strip() == "[]"
     assert run.stderr == ""
+
+
+@pytest.mark.parametrize("runtime", ["torchao", "onnxruntime"])
+@pytest.mark.parametrize("quantize", ["int8-g128", "int8-gptq", "int8-mse", "fp16", "fp8"])
+def test_real_runtimes_refuse_the_simulated_only_formats(runtime, quantize):
+    reason = unsupported(runtime, as_quant_spec(quantize), None)
+    assert reason is not None and "round-to-nearest integer" in reason
