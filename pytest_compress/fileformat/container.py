@@ -488,7 +488,7 @@ def _finite_float(value: object, what: str, *, positive: bool) -> float:
 
 
 def _dtype(name: object, what: str) -> torch.dtype:
-    _check(isinstance(name, str) and name in _DTYPES, f"{what}: unknown dtype {name!r}")
+    _check(isinstance(name, str) and name in _DTYPES, f"{what}: unknown dtype {str(name)[:40]!r}")
     return _DTYPES[name]  # type: ignore[index]
 
 
@@ -576,7 +576,7 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 def _parse_quant(value: object, key: str, shape: tuple[int, ...], version: int) -> _Quant:
     if not isinstance(value, list) or len(value) != (6 if version == 1 else 7):
-        raise _BadFile(f"{key}: malformed quantization {value!r}")
+        raise _BadFile(f"{key}: malformed quantization {str(value)[:80]}")
     bits, axis, qmin, qmax, scale_dtype, scale_shape, *rest = value
     group_size = rest[0] if rest else None
     _check(
@@ -638,7 +638,9 @@ def _parse_stored(entry: dict, key: str, target: torch.Tensor, version: int) -> 
     )
     numel = math.prod(shape)
     name = entry.get("e")
-    _check(name in LAYOUTS, f"{key}: unknown encoding {name!r} (expected one of {LAYOUTS})")
+    _check(
+        name in LAYOUTS, f"{key}: unknown encoding {str(name)[:40]!r} (expected one of {LAYOUTS})"
+    )
     gap_bits = (
         _int_in(entry.get("w"), 1, MAX_GAP_BITS, f"{key}: gap width") if name == "gaps" else 0
     )

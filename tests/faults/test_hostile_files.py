@@ -21,7 +21,11 @@ from torch import nn
 
 from pytest_compress.engine.apply import compress_model
 from pytest_compress.errors import FileFormatError, ModelError
-from pytest_compress.fileformat.container import load_compressed, save_compressed
+from pytest_compress.fileformat.container import (
+    FORMAT_VERSION,
+    load_compressed,
+    save_compressed,
+)
 
 PREFIX = struct.Struct("<4sHII")
 MAX_SECONDS = 5.0
@@ -46,7 +50,7 @@ def write(path: Path, header_text: str, data: bytes) -> Path:
     """A file with this header and data, and a CRC that matches them."""
     header = zlib.compress(header_text.encode("utf-8"), 9)
     crc = zlib.crc32(data, zlib.crc32(header))
-    path.write_bytes(PREFIX.pack(b"PTCZ", 1, len(header), crc) + header + data)
+    path.write_bytes(PREFIX.pack(b"PTCZ", FORMAT_VERSION, len(header), crc) + header + data)
     return path
 
 
