@@ -299,6 +299,15 @@ class CompressionResult:
         if check.budget == "baseline_search":
             return self._baseline_search_line(check)
         reference = check.reference if check.reference is not None else check.limit
+        if check.budget == "baseline_latency":
+            ratio, recorded = format_ratio(check.actual), format_ratio(reference)
+            allowed = format_ratio(check.limit)
+            if check.ok:
+                return f"latency ratio {ratio} vs baseline {recorded} (up to {allowed}): ok"
+            return (
+                f"regressed vs baseline: latency ratio {ratio} (its whole interval) above "
+                f"baseline {recorded} + tolerance ({allowed})"
+            )
         if check.budget == "baseline_size":
             size, recorded = distinct(check.actual, reference, format_size)
             if check.ok:

@@ -13,7 +13,11 @@ which only a hand edit can put there, makes the file invalid.
 
 A later run compares: the compressed metric may be worse than the recorded one by at most
 ``tolerance`` (absolute, in the metric's units), and the compressed size may grow by at
-most ``SIZE_GROWTH`` (1 %).
+most ``SIZE_GROWTH`` (1 %). A check timed by a latency budget also records its latency
+ratio; a later run regresses when the whole 95 % interval of its ratio lies above the
+recorded ratio times ``1 + latency_tolerance`` (``DEFAULT_LATENCY_TOLERANCE``, 25 %:
+twice the run-to-run spread measured on a quiet 2-core machine, 13.5 % of the median
+over 40 runs, so noise does not fail a build while a model a quarter slower does).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ..tuning.grids import less_compression
 
 SCHEMA_VERSION = 1
 SIZE_GROWTH = 0.01
+DEFAULT_LATENCY_TOLERANCE = 0.25
 # What each entry stores: the gated numbers, and enough context for a reviewer.
 RECORDED_FIELDS = (
     "test",
@@ -86,16 +91,19 @@ class Baseline:
         return cls(path, _validated(document, path))
 
     def compare(
-        self, check_id: str, result: CompressionResult, tolerance: float
+        self,
+        check_id: str,
+        result: CompressionResult,
+        tolerance: float,
+        latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE,
     ) -> list[BudgetCheck] | None:
         """The baseline gate for one check's result; None when the check is new."""
         recorded = self.checks.get(check_id)
         if recorded is None:
             return None
         searched = _search_gate(result, recorded, tolerance)
-        if searched is not None:
-            return searched
-        return _ordinary_gate(result, recorded, tolerance)
+        gate = searched if searched is not None else _ordinary_gate(result, recorded, tolerance)
+        return gate + _latency_gate(result, recorded, latency_tolerance)
 
     def triage(
         self, produced: Iterable[str], why_kept: Callable[[str], str | None]
@@ -146,6 +154,19 @@ def _ordinary_gate(
     ]
 
 
+def _latency_gate(
+    result: CompressionResult, recorded: Mapping[str, Any], latency_tolerance: float
+) -> list[BudgetCheck]:
+    """The latency ratio within ``1 + latency_tolerance`` of the recorded one, judged on the
+    interval (the whole of it above the limit regresses); nothing when either side is
+    untimed."""
+    timed, before = result.latency_measured, recorded.get("latency_ratio")
+    if timed is None or isinstance(before, bool) or not isinstance(before, (int, float)):
+        return []
+    limit = before * (1 + latency_tolerance)
+    return [BudgetCheck("baseline_latency", timed.ratio, limit, timed.low <= limit, before)]
+
+
 def _search_gate(
     result: CompressionResult, recorded: Mapping[str, Any], tolerance: float
 ) -> list[BudgetCheck] | None:
@@ -182,6 +203,9 @@ def test_of(check_id: str, entry: Mapping[str, Any]) -> str:
 def baseline_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     """What the baseline records of one check's result fields (and a search's choice)."""
     recorded = {name: _rounded(entry[name]) for name in RECORDED_FIELDS}
+    latency = entry.get("latency")
+    if isinstance(latency, Mapping):
+        recorded["latency_ratio"] = _rounded(latency["ratio"])
     search = entry.get("search")
     if isinstance(search, Mapping):
         recorded["search"] = {

@@ -17,6 +17,7 @@ import pytest
 
 from ..runtimes.latency import DEFAULT_MAX_SECONDS
 from ..tuning.grids import DEFAULT_SENSITIVITY_LAYERS
+from .baseline import DEFAULT_LATENCY_TOLERANCE
 
 DEFAULT_BASELINE = ".compress-baseline.json"
 DEFAULT_TOLERANCE = 0.005
@@ -47,6 +48,7 @@ class Options:
     sensitivity_layers: int = DEFAULT_SENSITIVITY_LAYERS
     latency_seconds: float = DEFAULT_LATENCY_SECONDS
     threads: int = DEFAULT_THREADS
+    latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE
 
 
 # (name, help, metavar or None for a flag)
@@ -107,6 +109,12 @@ OPTIONS: tuple[tuple[str, str, str | None], ...] = (
         "SECONDS",
     ),
     (
+        "compress-latency-tolerance",
+        "how far (relative) a latency ratio may grow above its baseline before the check "
+        f"regresses, judged on its 95 percent interval (default: {DEFAULT_LATENCY_TOLERANCE:g})",
+        "FRACTION",
+    ),
+    (
         "compress-threads",
         "threads for torch and the runtime while a latency budget is timed "
         f"(default: {DEFAULT_THREADS})",
@@ -160,6 +168,7 @@ def read_options(config: pytest.Config) -> Options:
         sensitivity_layers=int(layers),
         latency_seconds=_number(config, "compress-latency-seconds", DEFAULT_LATENCY_SECONDS),
         threads=int(threads),
+        latency_tolerance=_number(config, "compress-latency-tolerance", DEFAULT_LATENCY_TOLERANCE),
     )
 
 

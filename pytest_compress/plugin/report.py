@@ -75,9 +75,14 @@ def row(entry: Entry) -> list[str]:
         kind.difference(entry["accuracy_drop"]),
         size,
         format_ratio(entry["size_ratio"]),
-        format_fraction(entry["sparsity"]),
+        _sparsity(entry["sparsity"]),
         verdict(entry),
     ]
+
+
+def _sparsity(value: float | None) -> str:
+    """The sparsity cell: ``n/a`` for an artifact whose weights cannot be read."""
+    return "n/a" if value is None or value != value else format_fraction(value)
 
 
 def recipe_cell(entry: Entry) -> str:

@@ -105,7 +105,9 @@ class CompressSession:
         finished = time.time()
         status = None
         if self.baseline is not None and not self.options.update_baseline:
-            gate = self.baseline.compare(check_id, result, self.options.tolerance)
+            gate = self.baseline.compare(
+                check_id, result, self.options.tolerance, self.options.latency_tolerance
+            )
             if gate is None:
                 status = "new"
             else:

@@ -46,7 +46,9 @@ DEFAULT_TOLERANCE_STEPS = {"sparsity": 1, "threshold": 1, "bits": 0}
 DEFAULT_SENSITIVITY_LAYERS = 20
 # The budgets more compression can break: a search needs one, or it would always answer
 # the end of its grid.
-DAMAGE_BUDGETS = tuple(name for name, b in BUDGETS.items() if not b.eased_by_compression)
+DAMAGE_BUDGETS = tuple(
+    name for name, b in BUDGETS.items() if not b.eased_by_compression and not b.needs_runtime
+)
 
 
 def max_evaluations(kind: str) -> int:

@@ -11,7 +11,8 @@ A trial's broken budgets come in two kinds, and search needs to tell them apart:
   gate, and any name this module does not know) break when a recipe compresses **too
   much**;
 - *floor* budgets (``FLOOR_BUDGETS``: ``max_size_ratio``, ``max_size``, ``min_sparsity``
-  and the baseline size gate) break when a recipe compresses **too little**.
+  and the baseline size gate) break when a recipe compresses **too little**;
+- the deployed artifact's budgets (``DEPLOYED_BUDGETS``: fidelity, latency) are neither.
 
 More compression can only cure a floor violation and only cause a damage violation
 (the monotonicity every search here assumes).
@@ -32,6 +33,9 @@ FLOOR_BUDGETS = (
     *(name for name, budget in BUDGETS.items() if budget.eased_by_compression),
     "baseline_size",
 )
+# Budgets of a deployed artifact (fidelity, latency): neither more nor less compression
+# of the recipe says how they move, so they are no damage for a search or a blame.
+DEPLOYED_BUDGETS = tuple(name for name, budget in BUDGETS.items() if budget.needs_runtime)
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,9 @@ class Trial:
     @property
     def damaged(self) -> bool:
         """A budget that more compression breaks (the metric) is broken: compress less."""
-        return any(name not in FLOOR_BUDGETS for name in self.broken)
+        return any(
+            name not in FLOOR_BUDGETS and name not in DEPLOYED_BUDGETS for name in self.broken
+        )
 
     @property
     def short_of_floor(self) -> bool:

@@ -313,3 +313,30 @@ def test_a_missing_extra_is_a_usage_error_naming_it(
     result.stderr.fnmatch_lines(
         ["*runtime 'onnxruntime' needs `pip install \"pytest-compress[[]onnx]\"`*"]
     )
+
+
+def test_the_baseline_records_the_latency_ratio_and_gates_it_on_the_interval(tmp_path) -> None:
+    from pytest_compress.plugin.baseline import Baseline, baseline_entry, write_baseline
+
+    recorded = noisy_result(True)  # ratio 0.9, interval 0.7-1.3
+    entry = {**recorded.to_dict(), "check": "t.py::test_x", "test": "t.py::test_x"}
+    assert baseline_entry(entry)["latency_ratio"] == 0.9
+    path = tmp_path / "baseline.json"
+    write_baseline(path, {"t.py::test_x": baseline_entry(entry)})
+    baseline = Baseline.load(path)
+
+    def gate(low: float, ratio: float, tolerance: float = 0.25):
+        timed = LatencyMeasurement(1.0, ratio, ratio, low, ratio * 1.02, 30, 1.0, False)
+        result = dataclasses.replace(recorded, latency_measured=timed)
+        checks = baseline.compare("t.py::test_x", result, 0.005, tolerance)
+        return next(c for c in checks if c.budget == "baseline_latency")
+
+    assert gate(low=1.0, ratio=1.05).ok  # within 0.9 * 1.25 = 1.125
+    assert gate(low=1.12, ratio=1.3).ok  # the interval still reaches the limit
+    slower = gate(low=1.2, ratio=1.3)  # the whole interval above it: regressed
+    assert not slower.ok and slower.limit == pytest.approx(1.125)
+    assert not gate(low=1.0, ratio=1.05, tolerance=0.05).ok
+    text = dataclasses.replace(recorded, checks=(slower,)).explain()
+    assert (
+        "regressed vs baseline: latency ratio 1.30 (its whole interval) above baseline 0.90" in text
+    )
