@@ -13,8 +13,9 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 # How old another write's temporary file must be before a write to the same path removes
 # it as the leftover of a killed write (a live write of even a large model is far faster).
@@ -46,13 +47,18 @@ def remove_leftovers(path: str | os.PathLike, older_than: float = LEFTOVER_SECON
 
 
 def write_atomically(
-    path: str | os.PathLike, parts: Iterable[bytes], *, leftovers_after: float = LEFTOVER_SECONDS
+    path: str | os.PathLike,
+    parts: Iterable[bytes],
+    *,
+    leftovers_after: float = LEFTOVER_SECONDS,
+    finish: Callable[[BinaryIO], None] | None = None,
 ) -> int:
     """Write ``parts`` to a temporary file beside ``path``, then rename it over ``path``.
 
     Either the old file stays whole or the new one is complete. Temporary files of earlier
     writes to ``path`` that were killed (older than ``leftovers_after`` seconds) are
-    removed first. Returns the bytes written.
+    removed first. ``finish`` may patch the written stream (a checksum known only at the
+    end of a streamed ``parts``) before it is synced. Returns the bytes written.
     """
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -67,6 +73,8 @@ def write_atomically(
             for part in parts:
                 stream.write(part)
                 written += len(part)
+            if finish is not None:
+                finish(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)

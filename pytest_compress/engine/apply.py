@@ -9,13 +9,14 @@ can store the integer codes) and, when asked, rounds layer outputs at run time;
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..errors import CalibrationError, DataError, ModelError, SpecError
+from . import magnitudes
 from . import prune as masks
 from .activations import (
     ActivationDynamicQuantize,
@@ -146,44 +147,69 @@ def _prune_in_place(model: nn.Module, spec: PruneSpec) -> None:
     require_layers(layers, spec.include, spec.exclude)
     if spec.prunes_weights:
         weights = [layer.module.weight for layer in layers]
-        with torch.no_grad():
-            for weight, keep in zip(weights, _keep_masks(layers, spec), strict=True):
-                weight.masked_fill_(~keep, 0.0)
+        for layer, weight in zip(layers, weights, strict=True):
+            # max|w| is NaN or infinite exactly when a weight is: two reductions per
+            # layer, and the error names the parameter instead of a position in a list.
+            if weight.numel() and not bool(
+                torch.isfinite(weight.detach().amax()) & torch.isfinite(weight.detach().amin())
+            ):
+                check_finite(weight.detach(), layer.weight_name)
+        if _by_amount(spec):
+            _prune_by_amount(weights, spec)
+        else:
+            with torch.no_grad():
+                for weight, keep in zip(weights, _keep_masks(layers, spec), strict=True):
+                    weight.masked_fill_(~keep, 0.0)
     if spec.activation_threshold is not None:
         for layer in layers:
             add_activation_hook(layer.module, ActivationPrune(spec.activation_threshold))
 
 
-def _keep_masks(layers: list[Layer], spec: PruneSpec) -> list[torch.Tensor]:
-    weights = [layer.module.weight.detach() for layer in layers]
-    for layer, weight in zip(layers, weights, strict=True):
-        # max|w| is NaN or infinite exactly when a weight is: one reduction per layer,
-        # and the error names the parameter instead of a position in a list.
-        if weight.numel() and not torch.isfinite(weight.abs().amax()):
-            check_finite(weight, layer.weight_name)
-    if spec.n_m is not None:
-        n, m = spec.n_m
-        return [
-            masks.n_m_mask(w, n, m, axis=layer.input_axis)
-            for layer, w in zip(layers, weights, strict=True)
-        ]
-    if spec.structure == "channel":
-        return [
-            masks.channel_mask(
+def _by_amount(spec: PruneSpec) -> bool:
+    """Unstructured magnitude pruning of an amount, per layer or global."""
+    return (
+        spec.n_m is None
+        and spec.structure != "channel"
+        and spec.threshold is None
+        and spec.amount is not None
+    )
+
+
+def _prune_by_amount(weights: list[nn.Parameter], spec: PruneSpec) -> None:
+    """The k smallest |w| zeroed in place, block by block (``magnitudes.py``): the same
+    weights ``magnitude_mask`` / ``global_magnitude_masks`` prune, without holding a mask
+    (or every |w| in float32) for the whole model."""
+    assert spec.amount is not None
+    if spec.scope == "global":
+        total = sum(weight.numel() for weight in weights)
+        # every cut is chosen before any weight changes
+        plan = magnitudes.cuts(weights, round(spec.amount * total))
+        for weight, cut in zip(weights, plan, strict=True):
+            magnitudes.prune_(weight, cut)
+        return
+    for weight in weights:
+        (cut,) = magnitudes.cuts([weight], round(spec.amount * weight.numel()))
+        magnitudes.prune_(weight, cut)
+
+
+def _keep_masks(layers: list[Layer], spec: PruneSpec) -> Iterator[torch.Tensor]:
+    """Each layer's keep-mask, one at a time (structured, N:M and threshold rules)."""
+    for layer in layers:
+        w = layer.module.weight.detach()
+        if spec.n_m is not None:
+            n, m = spec.n_m
+            yield masks.n_m_mask(w, n, m, axis=layer.input_axis)
+        elif spec.structure == "channel":
+            yield masks.channel_mask(
                 w,
                 axis=layer.output_axis,
                 norm=spec.norm,
                 amount=spec.amount,
                 threshold=spec.threshold,
             )
-            for layer, w in zip(layers, weights, strict=True)
-        ]
-    if spec.threshold is not None:
-        return [masks.threshold_mask(w, spec.threshold) for w in weights]
-    assert spec.amount is not None
-    if spec.scope == "global":
-        return masks.global_magnitude_masks(weights, spec.amount)
-    return [masks.magnitude_mask(w, spec.amount) for w in weights]
+        else:
+            assert spec.threshold is not None
+            yield masks.threshold_mask(w, spec.threshold)
 
 
 # --- quantization --------------------------------------------------------------------
@@ -216,9 +242,11 @@ def _quantize_in_place(
                 scale_dtype=_scale_dtype(spec),
             )
         else:
+            # written straight into the copy's parameter: no second tensor of its size
             values, params = _round_parameter(param.detach(), names[0], axis, spec)
-        with torch.no_grad():
-            param.copy_(values)
+        if values is not param and values.data_ptr() != param.data_ptr():
+            with torch.no_grad():
+                param.copy_(values)
         for name in names:
             record.quantized[name] = params
     set_record(model, record)
@@ -240,7 +268,8 @@ def _scale_dtype(spec: QuantSpec) -> torch.dtype | None:
 def _round_parameter(
     x: torch.Tensor, name: str, axis: int | None, spec: QuantSpec
 ) -> tuple[torch.Tensor, QuantParams | FloatParams]:
-    """``x`` rounded by the spec's format and method (all but GPTQ), and its mapping."""
+    """``x`` rounded by the spec's format and method (all but GPTQ), and its mapping; the
+    integer formats write the values into ``x`` itself (the copy's parameter)."""
     if spec.is_float:
         float_mapping = float_params(
             x, spec.format, axis=axis, name=name, scale_dtype=_scale_dtype(spec)
@@ -258,8 +287,9 @@ def _round_parameter(
         scale_dtype=_scale_dtype(spec),
     )
     qmin, qmax = quant_range(spec.bits, symmetric=spec.symmetric)
+    # In place: x is the copy's own parameter, and each block is read before it is written.
     values = fake_quantize_with(
-        x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis, group_size=group_size
+        x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis, group_size=group_size, out=x
     )
     return values, QuantParams(scale, zero_point, spec.bits, axis, qmin, qmax, group_size)
 

@@ -30,6 +30,7 @@ import torch
 
 from ..errors import ModelError, SpecError
 from .activations import at_least, prune_activations
+from .magnitudes import cuts, keep_mask
 from .specs import NORMS, _fraction
 
 __all__ = [
@@ -71,9 +72,9 @@ def magnitude_mask(weight: torch.Tensor, amount: float) -> torch.Tensor:
     _check_weight(weight)
     if weight.numel() == 0:
         return torch.ones_like(weight, dtype=torch.bool)
-    magnitude = _magnitudes(weight).reshape(-1)
-    keep = _keep_all_but_smallest(magnitude, round(amount * magnitude.numel()))
-    return keep.view(weight.shape)
+    check_finite_weights([weight], ["weight"])
+    (cut,) = cuts([weight], round(amount * weight.numel()))
+    return keep_mask(weight, cut)
 
 
 @torch.no_grad()
@@ -91,28 +92,26 @@ def global_magnitude_masks(weights: Sequence[torch.Tensor], amount: float) -> li
         _check_weight(weight, name=f"weights[{i}]")
     if not weights:
         return []
-    # One buffer of magnitudes, written in place by abs(out=...): no per-tensor copies
-    # and no concatenation of temporaries (25 M float32 weights are 100 MB per copy).
-    dtype = weights[0].dtype
-    for weight in weights[1:]:
-        dtype = torch.promote_types(dtype, weight.dtype)
-    dtype = _magnitude_dtype(dtype)
-    device = weights[0].device
-    sizes = [weight.numel() for weight in weights]
-    flat = torch.empty(sum(sizes), dtype=dtype, device=device)
-    for chunk, weight in zip(flat.split(sizes), weights, strict=True):
-        torch.abs(weight.reshape(-1).to(device=device, dtype=dtype), out=chunk)
-    if flat.numel() and not math.isfinite(float(flat.amax())):
-        for i, chunk in enumerate(flat.split(sizes)):
-            if chunk.numel():
-                _check_finite_max(chunk.amax(), chunk, f"weights[{i}]")
-    keep = _keep_all_but_smallest(flat, round(amount * flat.numel()))
-    # Clone each piece: a view would keep the whole concatenated buffer alive (and
-    # torch.save of a view writes the entire storage).
+    check_finite_weights(weights, [f"weights[{i}]" for i in range(len(weights))])
+    # Block by block (magnitudes.py): no buffer of every |w| in float32.
+    total = sum(weight.numel() for weight in weights)
     return [
-        chunk.view(weight.shape).to(weight.device, copy=True)
-        for chunk, weight in zip(keep.split(sizes), weights, strict=True)
+        keep_mask(weight, cut)
+        for weight, cut in zip(weights, cuts(weights, round(amount * total)), strict=True)
     ]
+
+
+def check_finite_weights(weights: Sequence[torch.Tensor], names: Sequence[str]) -> None:
+    """``ModelError`` naming the first weight with a NaN or infinite value.
+
+    min and max propagate NaN and reach any infinity: two reductions, no temporaries.
+    """
+    for weight, name in zip(weights, names, strict=True):
+        if weight.numel() and not bool(
+            torch.isfinite(weight.detach().amax()) & torch.isfinite(weight.detach().amin())
+        ):
+            magnitude = weight.detach().abs()
+            _check_finite_max(magnitude.amax(), magnitude, name)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ to it, so the range still fits, and the codes are computed with that rounded sca
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -211,6 +212,76 @@ def _grouped(
     return group_rows(x, axis, group_size), tuple(p.reshape(-1) for p in params), 0
 
 
+# Elements per block of the chunked passes: a few MB of float32 temporaries.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _blocks(
+    x: torch.Tensor, params: tuple[torch.Tensor, ...], axis: int | None, group_size: int | None
+) -> Iterator[tuple[tuple[slice, ...], torch.Tensor, tuple[torch.Tensor, ...], int | None]]:
+    """``x`` in row blocks of about ``BLOCK_ELEMENTS``: (index into ``block_view``, the
+    block, its parameters, its axis). Every kernel here is elementwise given a row's
+    parameters, so a block's result equals the same slice of the whole tensor's, and the
+    float32 temporaries stay the size of a block instead of the tensor's."""
+    view = block_view(x, axis, group_size)
+    if axis is None:
+        for start in range(0, view.shape[0], BLOCK_ELEMENTS):
+            part: tuple[slice, ...] = (slice(start, start + BLOCK_ELEMENTS),)
+            yield part, view[part], params, None
+        return
+    if group_size is not None:  # (channels, inputs): whole channels with their groups
+        rows = max(1, BLOCK_ELEMENTS // max(1, view.shape[1]))
+        for start in range(0, view.shape[0], rows):
+            part = (slice(start, start + rows),)
+            yield part, view[part], tuple(p[part] for p in params), 0
+        return
+    outer, channels, inner = view.shape
+    if outer == 1:  # channels first (axis 0): blocks of whole channels
+        rows = max(1, BLOCK_ELEMENTS // max(1, inner))
+        for start in range(0, channels, rows):
+            channel = slice(start, start + rows)
+            yield (
+                (slice(None), channel),
+                view[:, channel],
+                tuple(p.reshape(-1)[channel] for p in params),
+                1,
+            )
+        return
+    rows = max(1, BLOCK_ELEMENTS // max(1, channels * inner))
+    for start in range(0, outer, rows):
+        part = (slice(start, start + rows),)
+        yield part, view[part], params, 1
+
+
+def block_view(x: torch.Tensor, axis: int | None, group_size: int | None) -> torch.Tensor:
+    """``x`` as the 1-, 2- or 3-D view ``_blocks`` slices (a copy only when ``x`` is not
+    contiguous, or group-wise along an axis other than 0)."""
+    if axis is None:
+        return x.reshape(-1)
+    if group_size is not None:
+        return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+    return x.reshape(math.prod(x.shape[:axis]), x.shape[axis], -1)
+
+
+def _blockwise(
+    x: torch.Tensor,
+    params: tuple[torch.Tensor, torch.Tensor],
+    axis: int | None,
+    group_size: int | None,
+    kernel: Callable[[torch.Tensor, tuple[torch.Tensor, ...], int | None], torch.Tensor],
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``out`` (a tensor of ``x``'s shape) filled with ``kernel`` applied block by block."""
+    if x.numel() == 0 or (group_size is not None and axis != 0):
+        return out.copy_(kernel(x, params, axis))  # nothing to split, or a rare layout
+    target = block_view(out, axis, group_size)
+    if not out.is_contiguous() or target.data_ptr() != out.data_ptr():
+        return out.copy_(kernel(x, params, axis))
+    for part, block, block_params, block_axis in _blocks(x, params, axis, group_size):
+        target[part] = kernel(block, block_params, block_axis)
+    return out
+
+
 def quantize_with(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -220,15 +291,28 @@ def quantize_with(
     qmax: int,
     axis: int | None = None,
     group_size: int | None = None,
+    dtype: torch.dtype = torch.int32,
+    offset: int = 0,
 ) -> torch.Tensor:
-    """Integer codes (int32) of ``x`` for given parameters: ``clamp(round(x / s) + z)``.
+    """Integer codes (``dtype``, int32 by default) of ``x`` for given parameters:
+    ``clamp(round(x / s) + z) - offset`` (``offset`` qmin gives unsigned codes that fit
+    the narrowest dtype: uint8 up to 8 bits).
 
     Rounds half to even, as ``torch.round`` and PyTorch's kernels do. With ``group_size``,
-    ``scale`` and ``zero_point`` are (channels, groups) along ``axis``.
+    ``scale`` and ``zero_point`` are (channels, groups) along ``axis``. Computed in row
+    blocks: no temporary the size of ``x`` (see ``_blocks``).
     """
-    rows, (s, z), row_axis = _grouped(x, (scale, zero_point), axis, group_size)
-    codes = _codes(rows, s, z, qmin, qmax, row_axis).to(torch.int32)
-    return codes if group_size is None else ungroup_rows(codes, x.shape, axis or 0)
+
+    def kernel(
+        block: torch.Tensor, params: tuple[torch.Tensor, ...], block_axis: int | None
+    ) -> torch.Tensor:
+        rows, (s, z), row_axis = _grouped(block, params, block_axis, group_size)
+        codes = _codes(rows, s, z, qmin, qmax, row_axis)
+        codes = (codes.sub_(offset) if offset else codes).to(dtype)
+        return codes if group_size is None else ungroup_rows(codes, block.shape, block_axis or 0)
+
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    return _blockwise(x, (scale, zero_point), axis, group_size, kernel, out)
 
 
 def fake_quantize_with(
@@ -240,14 +324,25 @@ def fake_quantize_with(
     qmax: int,
     axis: int | None = None,
     group_size: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x`` rounded onto the grid of given parameters, in ``x``'s dtype.
 
-    Equal to dequantizing ``quantize_with(x, ...)``, without materialising integer codes.
+    Equal to dequantizing ``quantize_with(x, ...)``, without materialising integer codes,
+    block by block in ``x``'s own dtype (a bf16 weight is never upcast whole). ``out``
+    (``x``'s shape and dtype; may be ``x`` itself) receives the values instead of a new
+    tensor.
     """
-    rows, (s, z), row_axis = _grouped(x, (scale, zero_point), axis, group_size)
-    values = _values(_codes(rows, s, z, qmin, qmax, row_axis), s, z, row_axis, x.dtype)
-    return values if group_size is None else ungroup_rows(values, x.shape, axis or 0)
+
+    def kernel(
+        block: torch.Tensor, params: tuple[torch.Tensor, ...], block_axis: int | None
+    ) -> torch.Tensor:
+        rows, (s, z), row_axis = _grouped(block, params, block_axis, group_size)
+        values = _values(_codes(rows, s, z, qmin, qmax, row_axis), s, z, row_axis, x.dtype)
+        return values if group_size is None else ungroup_rows(values, block.shape, block_axis or 0)
+
+    target = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+    return _blockwise(x, (scale, zero_point), axis, group_size, kernel, target)
 
 
 def _normalise_axis(x: torch.Tensor, axis: int | None) -> int | None:
@@ -352,14 +447,42 @@ def quantize(
     return QuantizedTensor(codes, scale, zero_point, bits, axis, qmin, qmax, x.dtype, group_size)
 
 
+def _dequantize_kernel(
+    q: QuantizedTensor,
+) -> Callable[[torch.Tensor, tuple[torch.Tensor, ...], int | None], torch.Tensor]:
+    def kernel(
+        block: torch.Tensor, params: tuple[torch.Tensor, ...], block_axis: int | None
+    ) -> torch.Tensor:
+        if q.group_size is None:
+            return _values(block, params[0], params[1], block_axis, q.dtype)
+        rows = group_rows(block, cast(int, block_axis), q.group_size)
+        values = _values(rows, params[0].reshape(-1), params[1].reshape(-1), 0, q.dtype)
+        return ungroup_rows(values, block.shape, cast(int, block_axis))
+
+    return kernel
+
+
 def dequantize(q: QuantizedTensor) -> torch.Tensor:
-    """Real values of ``q``: ``(codes - zero_point) * scale``, in the original dtype."""
-    if q.group_size is None:
-        return _values(q.codes, q.scale, q.zero_point, q.axis, q.dtype)
-    axis = cast(int, q.axis)
-    rows = group_rows(q.codes, axis, q.group_size)
-    values = _values(rows, q.scale.reshape(-1), q.zero_point.reshape(-1), 0, q.dtype)
-    return ungroup_rows(values, q.codes.shape, axis)
+    """Real values of ``q``: ``(codes - zero_point) * scale``, in the original dtype,
+    computed in row blocks (no float32 temporary of the whole tensor)."""
+    out = torch.empty(q.codes.shape, dtype=q.dtype, device=q.codes.device)
+    params = (q.scale, q.zero_point)
+    return _blockwise(q.codes, params, q.axis, q.group_size, _dequantize_kernel(q), out)
+
+
+def dequantizes_to(q: QuantizedTensor, values: torch.Tensor) -> bool:
+    """``torch.equal(dequantize(q), values)``, block by block (no copy of the whole)."""
+    if values.shape != q.codes.shape or values.dtype != q.dtype:
+        return False
+    if q.group_size is not None and q.axis != 0:
+        return torch.equal(dequantize(q), values)
+    kernel = _dequantize_kernel(q)
+    target = block_view(values, q.axis, q.group_size)
+    params = (q.scale, q.zero_point)
+    for part, block, block_params, block_axis in _blocks(q.codes, params, q.axis, q.group_size):
+        if not torch.equal(kernel(block, block_params, block_axis), target[part]):
+            return False
+    return True
 
 
 def fake_quantize(

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .floats import FloatParams
-from .quant import QuantizedTensor, dequantize, quantize_with
+from .quant import QuantizedTensor, dequantize, dequantizes_to, quantize_with
 
 _RECORD_ATTR = "_pytest_compress_record"
 
@@ -37,6 +37,44 @@ class QuantParams:
     @classmethod
     def of(cls, q: QuantizedTensor) -> QuantParams:
         return cls(q.scale, q.zero_point, q.bits, q.axis, q.qmin, q.qmax, q.group_size)
+
+    def stored_codes(self, values: torch.Tensor, name: str, *, check: bool = True) -> torch.Tensor:
+        """``codes - qmin`` of fake-quantized ``values`` in their narrowest dtype (uint8 up
+        to 8 bits, else uint16), shaped like ``values``; ``ModelError`` if they left the
+        grid (``check`` False: already known to be on it). Computed and checked block by
+        block: no int32 or float32 copy of the whole."""
+        dtype = torch.uint8 if self.qmax - self.qmin < 1 << 8 else torch.uint16
+        codes = quantize_with(
+            values,
+            self.scale,
+            self.zero_point,
+            qmin=self.qmin,
+            qmax=self.qmax,
+            axis=self.axis,
+            group_size=self.group_size,
+            dtype=dtype,
+            offset=self.qmin,
+        )
+        if not check:
+            return codes
+        # (codes - qmin) - (z - qmin) is the same integer as codes - z, exactly, in float
+        shifted = QuantizedTensor(
+            codes,
+            self.scale,
+            self.zero_point - self.qmin,
+            self.bits,
+            self.axis,
+            0,
+            self.qmax - self.qmin,
+            values.dtype,
+            self.group_size,
+        )
+        if not dequantizes_to(shifted, values):
+            raise ModelError(
+                f"{name} is no longer on its {self.bits}-bit quantization grid (it changed "
+                "after quantize_model); quantize the model again before saving it"
+            )
+        return codes
 
     def codes_of(self, values: torch.Tensor, name: str) -> QuantizedTensor:
         """The codes behind fake-quantized ``values``; ``ModelError`` if they left the grid."""

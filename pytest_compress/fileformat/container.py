@@ -82,8 +82,9 @@ import os
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeGuard, cast
+from typing import Any, BinaryIO, TypeGuard, cast
 
 import numpy as np
 import torch
@@ -105,17 +106,18 @@ from ..engine.record import CompressionRecord, QuantParams, get_record, set_reco
 from ..engine.specs import MAX_BITS, MIN_BITS
 from ..errors import FileFormatError, ModelError
 from ..files import write_atomically
+from .elements import quantized_elements, raw_elements
 from .encoding import (
     LAYOUTS,
     MAX_GAP_BITS,
     Layout,
-    choose_layout,
     decode_index,
-    encode_index,
     pack_bits,
     packed_size,
     unpack_bits,
 )
+from .stream import Elements, Plan, index_parts, value_parts
+from .stream import plan as stream_plan
 
 MAGIC = b"PTCZ"
 FORMAT_VERSION = 2
@@ -222,26 +224,51 @@ def _checked_qparams(key: str, values: torch.Tensor, params: QuantParams) -> int
     return axis
 
 
-def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tuple[dict, bytes]:
+@dataclass(frozen=True)
+class _Blob:
+    """A tensor's blob, known by its length: ``head`` (scales, zero points), then the index
+    and the elements of ``plan``, streamed from a source rebuilt on demand (``stream.py``),
+    so neither ``compressed_size`` nor ``save_compressed`` holds a blob whole."""
+
+    head: bytes
+    source: Callable[[], Elements]
+    plan: Plan
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + self.plan.index_bytes + self.plan.value_bytes
+
+    def parts(self) -> Iterator[bytes]:
+        yield self.head
+        source = self.source()
+        yield from index_parts(source, self.plan.layout)
+        yield from value_parts(source, self.plan.layout)
+
+
+def _planned(key: str, t: torch.Tensor, head: bytes, source: Callable[[], Elements]) -> tuple:
+    plan = stream_plan(source())
+    return _tensor_entry(
+        key, t, plan.layout, plan.stored, len(head) + plan.index_bytes + plan.value_bytes
+    ), _Blob(head, source, plan)
+
+
+def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tuple[dict, _Blob]:
     """Scales, packed zero points, index and packed codes of a fake-quantized tensor."""
     axis = _checked_qparams(key, values, params)
-    quantized = params.codes_of(values.detach().cpu(), key)  # ModelError if off the grid
-    codes = quantized.codes.reshape(-1).numpy().astype(np.int64)
+    values = values.detach().cpu()
     zero_point = params.zero_point.detach().cpu()
-    nonzero = codes != _zero_points_along(zero_point, axis, tuple(values.shape), params.group_size)
-    layout = choose_layout(nonzero, params.bits)
-    index, positions = encode_index(nonzero, layout)
-    blob = b"".join(
-        (
-            _raw_bytes(params.scale).tobytes(),
-            pack_bits(zero_point.reshape(-1).to(torch.int64).numpy() - params.qmin, params.bits),
-            index,
-            pack_bits(
-                (codes if layout.name == "dense" else codes[positions]) - params.qmin, params.bits
-            ),
-        )
+    head = _raw_bytes(params.scale).tobytes() + pack_bits(
+        zero_point.reshape(-1).to(torch.int64).numpy() - params.qmin, params.bits
     )
-    entry = _tensor_entry(key, values, layout, positions.size, len(blob))
+    checked = [False]
+
+    def source() -> Elements:
+        # ModelError if off the grid; checked once, the write pass reuses the verdict
+        codes = params.stored_codes(values, key, check=not checked[0])
+        checked[0] = True
+        return quantized_elements(codes, zero_point - params.qmin, params, axis)
+
+    entry, blob = _planned(key, values, head, source)
     entry["q"] = [
         params.bits,
         axis,
@@ -254,7 +281,7 @@ def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tu
     return entry, blob
 
 
-def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[dict, bytes]:
+def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[dict, _Blob]:
     """Scales (fp8), index and the format's raw bytes of a tensor cast to a float format."""
     if values.dtype not in _DTYPE_NAMES or not values.is_floating_point():
         raise ModelError(f"{key} is cast to {params.format} but has dtype {values.dtype}")
@@ -264,15 +291,13 @@ def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[
         channels = 1 if axis is None else values.shape[axis]
         if scale.numel() != channels or scale.dtype not in _DTYPE_NAMES or scale.dim() > 1:
             raise ModelError(f"{key}: {channels} channel(s), but a scale of {scale.numel()}")
-    stored = params.elements(values.detach().cpu(), key)  # ModelError if off the format
-    nonzero = (stored.to(torch.float32) != 0).reshape(-1).numpy()
-    layout = choose_layout(nonzero, 8 * stored.element_size())
-    index, positions = encode_index(nonzero, layout)
-    rows = _raw_bytes(stored)
-    elements = rows.tobytes() if layout.name == "dense" else rows[positions].tobytes()
+    values = values.detach().cpu()
+
+    def source() -> Elements:
+        return raw_elements(params.elements(values, key))  # ModelError if off the format
+
     head = b"" if scale is None else _raw_bytes(scale).tobytes()
-    blob = head + index + elements
-    entry = _tensor_entry(key, values, layout, positions.size, len(blob))
+    entry, blob = _planned(key, values, head, source)
     entry["f"] = [
         params.format,
         params.axis,
@@ -282,25 +307,15 @@ def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[
     return entry, blob
 
 
-def _encode_raw(key: str, t: torch.Tensor) -> tuple[dict, bytes]:
+def _encode_raw(key: str, t: torch.Tensor) -> tuple[dict, _Blob]:
     """Index and raw element bytes of a tensor stored as it is."""
     if t.dtype not in _DTYPE_NAMES:
         raise ModelError(
             f"{key} has dtype {t.dtype}, which the file format does not store "
             f"(supported: {', '.join(_DTYPES)})"
         )
-    rows = _raw_bytes(t)
-    # Floats compare by value so that -0.0 (from multiplying by a mask) counts as pruned.
-    # any(1) of a 2-D array is an array (numpy's stubs also allow a scalar for any axis)
-    nonzero = (
-        (t.detach().cpu() != 0).reshape(-1).numpy()
-        if t.is_floating_point()
-        else cast(np.ndarray, rows.any(1))
-    )
-    layout = choose_layout(nonzero, 8 * t.element_size())
-    index, positions = encode_index(nonzero, layout)
-    values = rows.tobytes() if layout.name == "dense" else rows[positions].tobytes()
-    return _tensor_entry(key, t, layout, positions.size, len(index) + len(values)), index + values
+    t = t.detach().cpu()
+    return _planned(key, t, b"", lambda: raw_elements(t))
 
 
 def _same_params(a: QuantParams | FloatParams, b: QuantParams | FloatParams) -> bool:
@@ -328,14 +343,14 @@ def _storage_id(t: torch.Tensor) -> tuple | None:
     return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
 
 
-def _encode_tensors(model: nn.Module) -> tuple[list[dict], list[bytes]]:
+def _encode_tensors(model: nn.Module) -> tuple[list[dict], list[_Blob]]:
     state = model.state_dict()
     quantized = get_record(model).quantized
     unknown = sorted(set(quantized) - set(state))
     if unknown:
         raise ModelError(f"the compression record names keys not in the state_dict: {unknown}")
     entries: list[dict] = []
-    blobs: list[bytes] = []
+    blobs: list[_Blob] = []
     first_key: dict[tuple, str] = {}
     for key, t in state.items():
         if not isinstance(t, torch.Tensor):
@@ -398,7 +413,7 @@ def _hook_entries(model: nn.Module) -> list[list]:
     return hooks
 
 
-def _encode(model: nn.Module, target: str) -> tuple[bytes, list[bytes]]:
+def _encode(model: nn.Module, target: str) -> tuple[bytes, list[_Blob]]:
     """The compressed header and the tensor blobs of ``model``'s file (``target`` names it)."""
     with torch.no_grad():
         entries, blobs = _encode_tensors(model)
@@ -418,25 +433,41 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
     codes, sparse tensors in a sparse layout where that is smaller, tied tensors once, and
     activation hooks by their parameters. The file appears only complete: a failure leaves
     no file behind and an existing ``path`` untouched. See the module docstring for the format.
+
+    The blobs are streamed to the file a chunk at a time; the CRC, known only at the end,
+    is written into the prefix last.
     """
     path = os.fspath(path)
     header, blobs = _encode(model, path)
-    crc = zlib.crc32(header)
-    for blob in blobs:
-        crc = zlib.crc32(blob, crc)
-    prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), crc)
-    return write_atomically(path, [prefix, header, *blobs])
+    expected = _PREFIX.size + len(header) + sum(blob.size for blob in blobs)
+    crc = [zlib.crc32(header)]
+
+    def parts() -> Iterator[bytes]:
+        yield _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), 0)
+        yield header
+        for blob in blobs:
+            for part in blob.parts():
+                crc[0] = zlib.crc32(part, crc[0])
+                yield part
+
+    def finish(stream: BinaryIO) -> None:
+        stream.seek(_PREFIX.size - 4)  # the CRC is the prefix's last field
+        stream.write(struct.pack("<I", crc[0]))
+
+    written = write_atomically(path, parts(), finish=finish)
+    if written != expected:  # the planned lengths are the header's: they must hold
+        raise AssertionError(f"wrote {written} bytes to {path}, planned {expected}")
+    return written
 
 
 def compressed_size(model: nn.Module) -> int:
     """Bytes of the file ``save_compressed`` writes for ``model`` (it loads back).
 
-    Counted in memory from the same encoding, summed: only the CRC (fixed length) and the
-    write are skipped, so the number is the file's size, exactly. Writing and syncing a
-    temporary file on every check cost more than the encoding itself.
+    Counted from the same encoding plan: each blob's length follows from its layout and
+    counts, so no blob is built, and the number is the file's size, exactly.
     """
     header, blobs = _encode(model, "the model")
-    return _PREFIX.size + len(header) + sum(len(blob) for blob in blobs)
+    return _PREFIX.size + len(header) + sum(blob.size for blob in blobs)
 
 
 def stored_sizes(model: nn.Module) -> dict[str, int]:
@@ -444,7 +475,7 @@ def stored_sizes(model: nn.Module) -> dict[str, int]:
     blob; an entry stored as an alias of a tied tensor takes 0). Their sum plus the
     header is ``compressed_size(model)``."""
     entries, blobs = _encode_tensors(model)
-    sizes = iter(len(blob) for blob in blobs)
+    sizes = iter(blob.size for blob in blobs)
     return {entry["k"]: 0 if "a" in entry else next(sizes) for entry in entries}
 
 

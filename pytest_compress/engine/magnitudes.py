@@ -1,0 +1,214 @@
+"""The cut of magnitude pruning, found block by block: no copy of every |w| in float32.
+
+Pruning exactly the ``k`` smallest ``|w|`` across several tensors (ties at the cut in
+concatenation order: earlier tensor first, then lower flat index) needs the k-th smallest
+magnitude and, at the cut, how many of the equal ones go. Both come from passes that read
+each tensor in blocks of ``BLOCK_ELEMENTS`` and widen only the block to float32 (float64
+when a tensor is float64), so memory stays a few blocks whatever the tensors' sizes and
+dtypes; a bfloat16 model is never widened whole.
+
+The k-th value is bracketed between two quantiles of a strided sample, the elements
+strictly inside the bracket (a few percent) are selected exactly, and a sample that
+misleads (periodic data) falls back to bisecting on the values' bit patterns with one
+counting pass per bit: exact either way, only the time differs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .quant import BLOCK_ELEMENTS
+
+# Size of the strided sample that brackets the k-th smallest value.
+SAMPLE = 1 << 16
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One tensor's rule: prune ``|w| < value`` and the first ``ties`` elements (in flat
+    order) with ``|w| == value``; keep the rest. ``value`` None: keep everything, or with
+    ``ties`` -1 prune everything."""
+
+    value: float | None
+    ties: int = 0
+    all_ties: bool = False  # every |w| == value is pruned: no running count needed
+
+
+def magnitude_dtype(weights: Sequence[torch.Tensor]) -> torch.dtype:
+    """float64 if any tensor is float64, else float32 (half formats widen exactly)."""
+    return torch.float64 if any(w.dtype == torch.float64 for w in weights) else torch.float32
+
+
+def flat(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as a flat view (a copy only when it is not contiguous)."""
+    return weight.detach().reshape(-1)
+
+
+def magnitude_blocks(
+    weight: torch.Tensor, dtype: torch.dtype
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, |block| in ``dtype``) over ``weight``'s flat elements."""
+    values = flat(weight)
+    for start in range(0, values.numel(), BLOCK_ELEMENTS):
+        yield start, values[start : start + BLOCK_ELEMENTS].abs().to(dtype)
+
+
+def cuts(weights: Sequence[torch.Tensor], k: int) -> list[Cut]:
+    """Each tensor's ``Cut`` when the ``k`` smallest ``|w|`` across all of them are pruned."""
+    total = sum(w.numel() for w in weights)
+    if k <= 0:
+        return [Cut(None) for _ in weights]
+    if k >= total:
+        return [Cut(None, -1) for _ in weights]
+    dtype = magnitude_dtype(weights)
+    value = kth_smallest(weights, k, dtype)
+    below, equal = [], []
+    for weight in weights:
+        n_below = n_equal = 0
+        for _, block in magnitude_blocks(weight, dtype):
+            n_below += int(torch.count_nonzero(block < value))
+            n_equal += int(torch.count_nonzero(block == value))
+        below.append(n_below)
+        equal.append(n_equal)
+    needed = k - sum(below)  # ties to prune, earliest first
+    out = []
+    for n_equal in equal:
+        quota = min(needed, n_equal)
+        needed -= quota
+        out.append(Cut(value, quota, quota == n_equal))
+    return out
+
+
+def keep_blocks(weight: torch.Tensor, cut: Cut) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, keep-mask of the block) over ``weight``'s flat elements, by ``cut``."""
+    if cut.value is None:
+        values = flat(weight)
+        for start in range(0, values.numel(), BLOCK_ELEMENTS):
+            size = min(BLOCK_ELEMENTS, values.numel() - start)
+            yield start, torch.full((size,), cut.ties == 0, dtype=torch.bool, device=weight.device)
+        return
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    if cut.value != float(torch.tensor(cut.value, dtype=dtype)):
+        dtype = torch.float64  # a float64 cut never rounds into a float32 comparison
+    remaining = cut.ties
+    for start, block in magnitude_blocks(weight, dtype):
+        if remaining == 0 and not cut.all_ties:
+            yield start, block >= cut.value
+            continue
+        keep = block > cut.value
+        if not cut.all_ties:
+            ties = block == cut.value
+            count = int(torch.count_nonzero(ties))
+            if count > remaining:
+                rank_dtype = torch.int32 if block.numel() < 2**31 else torch.int64
+                keep |= ties & (torch.cumsum(ties, 0, dtype=rank_dtype) > remaining)
+            remaining = max(0, remaining - count)
+        yield start, keep
+
+
+def keep_mask(weight: torch.Tensor, cut: Cut) -> torch.Tensor:
+    """The whole keep-mask of ``weight`` by ``cut`` (bool, ``weight``'s shape)."""
+    mask = torch.empty(weight.numel(), dtype=torch.bool, device=weight.device)
+    for start, keep in keep_blocks(weight, cut):
+        mask[start : start + keep.numel()] = keep
+    return mask.view(weight.shape)
+
+
+@torch.no_grad()
+def prune_(weight: torch.Tensor, cut: Cut) -> None:
+    """Zero (``+0.0``) in place every element ``cut`` prunes, block by block."""
+    if not weight.is_contiguous():
+        weight.masked_fill_(~keep_mask(weight, cut), 0.0)
+        return
+    values = weight.detach().view(-1)
+    for start, keep in keep_blocks(weight, cut):
+        values[start : start + keep.numel()].masked_fill_(~keep, 0.0)
+
+
+def kth_smallest(weights: Sequence[torch.Tensor], k: int, dtype: torch.dtype) -> float:
+    """The k-th smallest (1-based) ``|w|`` across ``weights``, exactly, as a Python float."""
+    total = sum(w.numel() for w in weights)
+    device = weights[0].device
+    if total <= 16 * SAMPLE:
+        values = torch.cat([flat(w).abs().to(device=device, dtype=dtype) for w in weights])
+        return float(torch.kthvalue(values, k).values)
+    sample = _sample(weights, total // SAMPLE, dtype).to(device)
+    size = sample.numel()
+    # The sample rank of the answer is roughly binomial around k * size / total: a margin
+    # of 6 standard deviations (plus a few ranks) misses with negligible chance.
+    q = k / total
+    margin = 6 * math.sqrt(size * q * (1 - q)) + 8
+    low_rank, high_rank = math.floor(q * size - margin), math.ceil(q * size + margin)
+    low = float(torch.kthvalue(sample, low_rank).values) if low_rank >= 1 else -math.inf
+    high = float(torch.kthvalue(sample, high_rank).values) if high_rank <= size else math.inf
+    # Far more inside the bracket than expected: the sample misled; stop collecting.
+    limit = 4 * total * 2 * margin / size + BLOCK_ELEMENTS
+    found = _inside_bracket(weights, k, dtype, low, high, limit)
+    return found if found is not None else _bisect(weights, k, dtype)
+
+
+def _sample(weights: Sequence[torch.Tensor], step: int, dtype: torch.dtype) -> torch.Tensor:
+    """Every ``step``-th magnitude of the concatenation, from the first."""
+    parts, base = [], 0
+    for weight in weights:
+        first = (-base) % step
+        parts.append(flat(weight)[first::step].abs().to(dtype).cpu())
+        base += weight.numel()
+    return torch.cat(parts)
+
+
+def _inside_bracket(
+    weights: Sequence[torch.Tensor],
+    k: int,
+    dtype: torch.dtype,
+    low: float,
+    high: float,
+    limit: float,
+) -> float | None:
+    """The k-th value when it lies in [low, high] (one pass), else None."""
+    n_at_most_low = n_below_low = n_below_high = n_at_most_high = 0
+    inside: list[torch.Tensor] = []
+    kept = 0
+    for weight in weights:
+        for _, block in magnitude_blocks(weight, dtype):
+            n_at_most_low += int(torch.count_nonzero(block <= low))
+            n_below_low += int(torch.count_nonzero(block < low))
+            n_at_most_high += int(torch.count_nonzero(block <= high))
+            below_high = block < high
+            n_below_high += int(torch.count_nonzero(below_high))
+            if kept <= limit:  # a misleading sample: stop collecting, the count decides
+                chosen = block[below_high & (block > low)]
+                kept += chosen.numel()
+                inside.append(chosen.cpu())
+    if k <= n_at_most_low:
+        return low if k > n_below_low else None
+    if k <= n_below_high:
+        if kept > limit:
+            return None
+        return float(torch.kthvalue(torch.cat(inside), k - n_at_most_low).values)
+    return high if k <= n_at_most_high else None
+
+
+def _bisect(weights: Sequence[torch.Tensor], k: int, dtype: torch.dtype) -> float:
+    """The smallest value v with ``count(|w| <= v) >= k``, by bisection on the bit
+    patterns of non-negative floats (ordered like the integers they read as)."""
+    int_dtype = torch.int64 if dtype == torch.float64 else torch.int32
+    largest = max(float(flat(w).abs().amax()) for w in weights if w.numel())
+    lo, hi = 0, int(torch.tensor(largest, dtype=dtype).view(int_dtype))
+    while lo < hi:
+        mid = (lo + hi) // 2
+        value = float(torch.tensor(mid, dtype=int_dtype).view(dtype))
+        count = sum(
+            int(torch.count_nonzero(block <= value))
+            for w in weights
+            for _, block in magnitude_blocks(w, dtype)
+        )
+        if count >= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(torch.tensor(lo, dtype=int_dtype).view(dtype))

@@ -1,0 +1,169 @@
+"""A tensor's blob, chunk by chunk: its length without building it, its bytes as a stream.
+
+``container.py`` writes, per tensor, an index of the stored elements (dense, mask or gaps:
+``encoding.py``) and the stored elements themselves. Building that blob whole costs int64
+positions, int64 codes and the blob for every element; here an ``Elements`` source yields
+the tensor in chunks of whole rows (its nonzero flags and its values), so
+
+- ``plan`` counts what every layout would cost (one pass, a second only when the gaps
+  layout could win) and picks the smallest, exactly as ``encoding.choose_layout``;
+- ``index_parts`` and ``value_parts`` yield the blob's bytes, identical to
+  ``encoding.encode_index`` and ``pack_bits`` of the whole, holding a chunk at a time.
+
+A dense tensor needs no positions at all; the others need them only for a chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .encoding import MAX_GAP_BITS, Layout, pack_bits, packed_size
+
+CHUNK = 1 << 20  # elements per chunk (rounded to whole rows)
+
+
+@dataclass(frozen=True)
+class Elements:
+    """A tensor's flat elements as the encoder reads them.
+
+    ``nonzero(start, stop)``: bool flags of the elements in [start, stop) (a stored zero
+    is its zero point for quantized codes); ``values(index)``: the elements at an index
+    (a slice or an int64 array) as an array ``pack`` turns into bytes; ``bits``: bits per
+    stored element; ``row``: chunks hold whole rows of this many elements.
+    """
+
+    numel: int
+    bits: int
+    nonzero: Callable[[int, int], np.ndarray]
+    values: Callable[[slice | np.ndarray], np.ndarray]
+    packed: bool  # values are integer codes packed at ``bits``; else raw element bytes
+    row: int = 1
+
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        row = max(1, self.row)
+        step = max(1, CHUNK // row) * row
+        for start in range(0, self.numel, step):
+            yield start, min(start + step, self.numel)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen layout, the stored element count and the index and values lengths."""
+
+    layout: Layout
+    stored: int
+    index_bytes: int
+    value_bytes: int
+
+
+class _BitWriter:
+    """``pack_bits`` of a long stream fed in pieces: whole groups of 8 codes (``bits``
+    bytes) go out as they come, the rest waits for the next piece."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.pending = np.empty(0, dtype=np.uint16)
+
+    def feed(self, values: np.ndarray) -> bytes:
+        if self.pending.size:
+            values = np.concatenate([self.pending, values.astype(np.uint16)])
+        whole = values.size - values.size % 8
+        self.pending = values[whole:].astype(np.uint16)
+        return pack_bits(values[:whole], self.bits) if whole else b""
+
+    def close(self) -> bytes:
+        return pack_bits(self.pending, self.bits) if self.pending.size else b""
+
+
+def plan(source: Elements) -> Plan:
+    """The smallest layout (dense, then mask, then the narrowest gaps win ties), as
+    ``encoding.layout_sizes`` and ``choose_layout`` pick it, and its sizes."""
+    total, bits = source.numel, source.bits
+    kept = sum(int(np.count_nonzero(source.nonzero(a, b))) for a, b in source.chunks())
+    value_size = packed_size(total, bits)
+    sizes = [
+        (value_size, Plan(Layout("dense"), total, 0, value_size)),
+        (
+            packed_size(total, 1) + packed_size(kept, bits),
+            Plan(Layout("mask"), kept, packed_size(total, 1), packed_size(kept, bits)),
+        ),
+    ]
+    best = min(size for size, _ in sizes)
+    # At least one entry per kept element: once that cannot beat the best, no wider width
+    # can (see encoding.layout_sizes), so the gaps are counted only for the widths left.
+    widths = []
+    if kept < total:
+        for gap_bits in range(1, MAX_GAP_BITS + 1):
+            if packed_size(kept, gap_bits) + packed_size(kept, bits) >= best:
+                break
+            widths.append(gap_bits)
+    if widths:
+        fillers = dict.fromkeys(widths, 0)
+        for gaps in _gaps(source):
+            for gap_bits in widths:
+                fillers[gap_bits] += int((gaps >> gap_bits).sum())
+        for gap_bits in widths:
+            entries = kept + fillers[gap_bits]
+            index, values = packed_size(entries, gap_bits), packed_size(entries, bits)
+            sizes.append((index + values, Plan(Layout("gaps", gap_bits), entries, index, values)))
+    return min(sizes, key=lambda size_plan: size_plan[0])[1]
+
+
+def _gaps(source: Elements) -> Iterator[np.ndarray]:
+    """Per chunk, the elements skipped before each nonzero (int64), across chunks."""
+    previous = -1
+    for start, stop in source.chunks():
+        positions = np.flatnonzero(source.nonzero(start, stop)) + start
+        if positions.size:
+            yield np.diff(positions, prepend=previous) - 1
+            previous = int(positions[-1])
+
+
+def _entries(source: Elements, gap_bits: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per chunk, the gaps layout's entries (gap, position): fillers included."""
+    step = 1 << gap_bits
+    previous = -1
+    for gaps in _gaps(source):
+        fillers = gaps >> gap_bits
+        entry_gaps = np.full(gaps.size + int(fillers.sum()), step - 1, dtype=np.int64)
+        entry_gaps[np.cumsum(fillers + 1) - 1] = gaps - fillers * step
+        positions = np.cumsum(entry_gaps + 1) + previous
+        previous = int(positions[-1])
+        yield entry_gaps, positions
+
+
+def index_parts(source: Elements, layout: Layout) -> Iterator[bytes]:
+    """The index blob of ``layout``, in pieces (as ``encoding.encode_index`` builds it)."""
+    if layout.name == "dense":
+        return
+    writer = _BitWriter(1 if layout.name == "mask" else layout.gap_bits)
+    if layout.name == "mask":
+        for start, stop in source.chunks():
+            yield writer.feed(source.nonzero(start, stop).astype(np.uint8))
+    else:
+        for entry_gaps, _ in _entries(source, layout.gap_bits):
+            yield writer.feed(entry_gaps)
+    yield writer.close()
+
+
+def value_parts(source: Elements, layout: Layout) -> Iterator[bytes]:
+    """The stored elements in flat order, in pieces: packed codes or raw bytes."""
+    writer = _BitWriter(source.bits) if source.packed else None
+
+    def out(values: np.ndarray) -> bytes:
+        return values.tobytes() if writer is None else writer.feed(values)
+
+    if layout.name == "dense":
+        for start, stop in source.chunks():
+            yield out(source.values(slice(start, stop)))
+    elif layout.name == "mask":
+        for start, stop in source.chunks():
+            yield out(source.values(np.flatnonzero(source.nonzero(start, stop)) + start))
+    else:
+        for _, positions in _entries(source, layout.gap_bits):
+            yield out(source.values(positions))
+    if writer is not None:
+        yield writer.close()
