@@ -15,8 +15,9 @@ counting pass per bit: exact either way, only the time differs.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -65,18 +66,18 @@ def cuts(weights: Sequence[torch.Tensor], k: int) -> list[Cut]:
     if k >= total:
         return [Cut(None, -1) for _ in weights]
     dtype = magnitude_dtype(weights)
-    value = kth_smallest(weights, k, dtype)
-    below, equal = [], []
-    for weight in weights:
-        n_below = n_equal = 0
-        for _, block in magnitude_blocks(weight, dtype):
-            n_below += int(torch.count_nonzero(block < value))
-            n_equal += int(torch.count_nonzero(block == value))
-        below.append(n_below)
-        equal.append(n_equal)
-    needed = k - sum(below)  # ties to prune, earliest first
+    value, found = kth_smallest(weights, k, dtype)
+    if found is None:  # count below and at the cut per tensor: one more pass
+        found = [
+            (
+                sum(int(torch.count_nonzero(b < value)) for _, b in magnitude_blocks(w, dtype)),
+                sum(int(torch.count_nonzero(b == value)) for _, b in magnitude_blocks(w, dtype)),
+            )
+            for w in weights
+        ]
+    needed = k - sum(below for below, _ in found)  # ties to prune, earliest first
     out = []
-    for n_equal in equal:
+    for _, n_equal in found:
         quota = min(needed, n_equal)
         needed -= quota
         out.append(Cut(value, quota, quota == n_equal))
@@ -129,13 +130,19 @@ def prune_(weight: torch.Tensor, cut: Cut) -> None:
         values[start : start + keep.numel()].masked_fill_(~keep, 0.0)
 
 
-def kth_smallest(weights: Sequence[torch.Tensor], k: int, dtype: torch.dtype) -> float:
-    """The k-th smallest (1-based) ``|w|`` across ``weights``, exactly, as a Python float."""
+Counts = list[tuple[int, int]]  # per tensor: |w| below the cut, |w| equal to it
+
+
+def kth_smallest(
+    weights: Sequence[torch.Tensor], k: int, dtype: torch.dtype
+) -> tuple[float, Counts | None]:
+    """The k-th smallest (1-based) ``|w|`` across ``weights``, exactly, as a Python float,
+    and each tensor's counts below and at it when they came for free (else None)."""
     total = sum(w.numel() for w in weights)
     device = weights[0].device
     if total <= 16 * SAMPLE:
         values = torch.cat([flat(w).abs().to(device=device, dtype=dtype) for w in weights])
-        return float(torch.kthvalue(values, k).values)
+        return float(torch.kthvalue(values, k).values), None
     sample = _sample(weights, total // SAMPLE, dtype).to(device)
     size = sample.numel()
     # The sample rank of the answer is roughly binomial around k * size / total: a margin
@@ -148,7 +155,7 @@ def kth_smallest(weights: Sequence[torch.Tensor], k: int, dtype: torch.dtype) ->
     # Far more inside the bracket than expected: the sample misled; stop collecting.
     limit = 4 * total * 2 * margin / size + BLOCK_ELEMENTS
     found = _inside_bracket(weights, k, dtype, low, high, limit)
-    return found if found is not None else _bisect(weights, k, dtype)
+    return found if found is not None else (_bisect(weights, k, dtype), None)
 
 
 def _sample(weights: Sequence[torch.Tensor], step: int, dtype: torch.dtype) -> torch.Tensor:
@@ -168,29 +175,54 @@ def _inside_bracket(
     low: float,
     high: float,
     limit: float,
-) -> float | None:
-    """The k-th value when it lies in [low, high] (one pass), else None."""
-    n_at_most_low = n_below_low = n_below_high = n_at_most_high = 0
-    inside: list[torch.Tensor] = []
+) -> tuple[float, Counts | None] | None:
+    """The k-th value when it lies strictly inside (low, high), with each tensor's counts
+    below and at it (one pass over everything, then only the few inside); else None."""
+    at_most_low: list[int] = []
+    below_high = 0
+    inside: list[list[torch.Tensor]] = []
     kept = 0
     for weight in weights:
+        n_at_most_low, mine = 0, []
         for _, block in magnitude_blocks(weight, dtype):
-            n_at_most_low += int(torch.count_nonzero(block <= low))
-            n_below_low += int(torch.count_nonzero(block < low))
-            n_at_most_high += int(torch.count_nonzero(block <= high))
-            below_high = block < high
-            n_below_high += int(torch.count_nonzero(below_high))
-            if kept <= limit:  # a misleading sample: stop collecting, the count decides
-                chosen = block[below_high & (block > low)]
+            above_low = block > low
+            under_high = block < high
+            n_at_most_low += block.numel() - int(torch.count_nonzero(above_low))
+            below_high += int(torch.count_nonzero(under_high))
+            if kept <= limit:  # a misleading sample: stop collecting, fall back
+                chosen = block[above_low & under_high]
                 kept += chosen.numel()
-                inside.append(chosen.cpu())
-    if k <= n_at_most_low:
-        return low if k > n_below_low else None
-    if k <= n_below_high:
-        if kept > limit:
-            return None
-        return float(torch.kthvalue(torch.cat(inside), k - n_at_most_low).values)
-    return high if k <= n_at_most_high else None
+                mine.append(chosen.cpu())
+        at_most_low.append(n_at_most_low)
+        inside.append(mine)
+    n_low = sum(at_most_low)
+    if k <= n_low:  # at or below low: low itself when fewer than k lie strictly below it
+        return (low, None) if k > _count(weights, dtype, lambda b: b < low) else None
+    if k > below_high:  # at or above high
+        return (high, None) if k <= _count(weights, dtype, lambda b: b <= high) else None
+    if kept > limit:
+        return None
+    everything = torch.cat([part for parts in inside for part in parts])
+    value = float(torch.kthvalue(everything, k - n_low).values)
+    counts = []
+    for n_at_most_low, parts in zip(at_most_low, inside, strict=True):
+        below = n_at_most_low + sum(int(torch.count_nonzero(p < value)) for p in parts)
+        equal = sum(int(torch.count_nonzero(p == value)) for p in parts)
+        counts.append((below, equal))
+    return value, counts
+
+
+def _count(
+    weights: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+    test: Callable[[torch.Tensor], torch.Tensor],
+) -> int:
+    """How many magnitudes pass ``test``, over every block of every tensor."""
+    return sum(
+        int(torch.count_nonzero(test(block)))
+        for weight in weights
+        for _, block in magnitude_blocks(weight, dtype)
+    )
 
 
 def _bisect(weights: Sequence[torch.Tensor], k: int, dtype: torch.dtype) -> float:
@@ -202,11 +234,7 @@ def _bisect(weights: Sequence[torch.Tensor], k: int, dtype: torch.dtype) -> floa
     while lo < hi:
         mid = (lo + hi) // 2
         value = float(torch.tensor(mid, dtype=int_dtype).view(dtype))
-        count = sum(
-            int(torch.count_nonzero(block <= value))
-            for w in weights
-            for _, block in magnitude_blocks(w, dtype)
-        )
+        count = _count(weights, dtype, functools.partial(torch.le, other=value))
         if count >= k:
             hi = mid
         else:

@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 from torch import nn
@@ -292,9 +292,39 @@ def _metric_number(value: Any, what: str, index: int) -> float:
 
 def model_size(model: nn.Module) -> int:
     """Bytes of ``torch.save(model.state_dict())``: the float model as it is usually shipped."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.getbuffer().nbytes
+    counter = _CountingWriter()
+    torch.save(model.state_dict(), cast(IO[bytes], counter))
+    return counter.size
+
+
+class _CountingWriter(io.RawIOBase):
+    """A write-only stream that keeps only its length: ``torch.save`` into a BytesIO held a
+    copy of the whole model (and more while the buffer grew) just to measure it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+        self.position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = memoryview(data).nbytes
+        self.position += n
+        self.size = max(self.size, self.position)
+        return n
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = base + offset
+        return self.position
 
 
 @dataclass(frozen=True)
@@ -315,7 +345,7 @@ def sparsity(model: nn.Module) -> SparsityReport:
     per_layer = {}
     for layer in compressible_layers(model):
         weight = layer.module.weight.detach()
-        layer_zeros = int((weight == 0).sum())
+        layer_zeros = weight.numel() - int(torch.count_nonzero(weight))  # no bool copy
         per_layer[layer.name] = layer_zeros / weight.numel() if weight.numel() else 0.0
         zeros += layer_zeros
         total += weight.numel()
