@@ -4,9 +4,10 @@ Property tests prove the engine's mapping on random tensors; this proves it on t
 artifact in front of the user, by counting, independently of how it was made (the
 engine's own copy, or a ``compressor=`` pipeline's module):
 
-- **integer formats**: each weight row that shares a scale (a channel, a group of its
-  inputs, or the whole tensor) holds at most ``2**bits`` distinct values; where the
-  engine's compression record is present, every value is exactly on its grid;
+- **integer formats**: where the engine's compression record is present, every value is
+  exactly on its recorded grid of ``2**bits`` codes; otherwise (a compressor's module)
+  each weight row that shares a scale (a channel, a group of its inputs, or the whole
+  tensor) holds at most ``2**bits`` distinct values;
 - **float formats**: every value is exactly representable in the target dtype (fp8 after
   its recorded per-channel scale);
 - **pruning**, against the float model: each layer (or the selection, for global
@@ -76,8 +77,11 @@ def _quantization(compressed: nn.Module, spec: QuantSpec) -> list[Violation]:
         params = record.get(layer.weight_name)
         if spec.format != "int":
             problem = _not_representable(weight, spec, params)
+        elif isinstance(params, QuantParams) and params.bits == spec.bits:
+            # on a recorded grid of 2**bits codes: at most 2**bits values per row, no count
+            problem = _off_grid(weight, params, layer)
         else:
-            problem = _too_many_values(weight, layer, spec) or _off_grid(weight, params, layer)
+            problem = _too_many_values(weight, layer, spec)
         if problem is not None:
             found.append(Violation(layer.name, claim, problem))
     return found
@@ -110,9 +114,7 @@ def _too_many_values(weight: torch.Tensor, layer: Layer, spec: QuantSpec) -> str
     )
 
 
-def _off_grid(weight: torch.Tensor, params: object, layer: Layer) -> str | None:
-    if not isinstance(params, QuantParams):
-        return None  # no record (a compressor's module): the count above is the proof
+def _off_grid(weight: torch.Tensor, params: QuantParams, layer: Layer) -> str | None:
     try:
         params.codes_of(weight, layer.weight_name)
     except ModelError:
