@@ -38,6 +38,21 @@ def test_weight_quantization_int4_per_channel():
     """Weights per output channel at 4 bits: half a byte each."""
 
 
+# One scale (float16) per group of 128 inputs of a channel, as GGUF Q4, AWQ and GPTQ
+# checkpoints ship; the LeNet's smaller layers (conv1: 75 inputs) get one group per channel.
+INT4_G128 = QuantSpec(bits=4, group_size=128, allow_short_rows=True)
+
+
+@pytest.mark.compress(quantize=INT4_G128, max_accuracy_drop=0.005, max_size_ratio=0.14)
+def test_weight_quantization_int4_g128():
+    """Group-wise int4 with float16 scales: the format LLM checkpoints deploy."""
+
+
+@pytest.mark.compress(quantize="bf16", max_accuracy_drop=0.005, max_size_ratio=0.51)
+def test_weight_quantization_bf16():
+    """bfloat16 weights, rounded to nearest even as torch's .to(torch.bfloat16): half the bytes."""
+
+
 @pytest.mark.compress(quantize="w8a8", max_accuracy_drop=0.005, max_size_ratio=0.27)
 def test_activation_quantization_w8a8():
     """8-bit weights and 8-bit layer outputs, ranges calibrated on the validation split."""

@@ -291,6 +291,8 @@ LATENCY_BUDGETS = ("max_latency_ratio", "max_latency")
 BUDGET_NAMES = tuple(BUDGETS)
 # Not a budget: the check that every result whose compressed metric is NaN fails.
 NAN_CHECK = "nan_metric"
+# Not a budget: the compressed model breaks what its recipe claims (engine/invariants.py).
+INVARIANT_CHECK = "recipe_invariant"
 
 
 class Budgets(Mapping[str, float]):
@@ -396,6 +398,8 @@ class BudgetCheck:
         budget = BUDGETS.get(self.budget)
         if self.budget == NAN_CHECK:
             return "the compressed model produced NaN"
+        if self.budget == INVARIANT_CHECK:
+            return f"the compressed model breaks its recipe in {self.actual:g} layers"
         if budget is None:
             return f"{self.budget} {self.actual:g} vs limit {self.limit:g}"
         label = budget.words(budget.short if short else budget.label, metric)

@@ -54,8 +54,13 @@ def deploy(
     calibration: Iterable[Any] | None,
     workdir: Path,
     threads: int,
+    *,
+    exported: Path | None = None,
 ) -> Deployed:
-    """``model`` compressed by ``recipe`` with ``runtime``'s own tools, saved in ``workdir``."""
+    """``model`` compressed by ``recipe`` with ``runtime``'s own tools, saved in ``workdir``.
+
+    ``exported``: for ONNX Runtime, the float model already exported (``export_float``).
+    """
     quant = recipe.quantize
     if quant is None:  # refused at collection; the engine's callers get words too
         raise CompressError(f"runtime={runtime!r} deploys a quantized model: give quantize=...")
@@ -64,13 +69,20 @@ def deploy(
 
         example = example_inputs(batches)
         return deploy_onnx(
-            model, quant, recipe.prune, example, calibration, workdir, threads=threads
+            model, quant, recipe.prune, example, calibration, workdir, threads, exported=exported
         )
     if runtime == "torchao":
         from ..runtimes.torchao_backend import deploy_torchao
 
         return deploy_torchao(model, quant, recipe.prune, workdir)
     raise CompressError(f"unknown runtime {runtime!r}")
+
+
+def export_float(model: nn.Module, example: Any, path: Path, prune: Any) -> None:
+    """``model`` (pruned by ``prune`` on a copy) exported to ONNX at ``path``."""
+    from ..runtimes.onnx_backend import export_onnx
+
+    export_onnx(model, example, path, prune=prune)
 
 
 def example_inputs(batches: Iterable[Any]) -> Any:

@@ -74,6 +74,7 @@ class PreparedInputs:
         data: EvaluationData,
         metric: tuple[str, Any],
         calibration: EvaluationData,
+        unverified: bool = False,
     ) -> CheckKeys | None:
         """The check's persistent keys; None when something it depends on has no fingerprint.
 
@@ -97,9 +98,14 @@ class PreparedInputs:
             metric=metric_print,
             device=self.device,
             environment=environment_fingerprint(),
-            recipe=repr((recipe.quantize, recipe.prune)),
+            # numbers measured without the invariant gate never stand for verified ones
+            recipe=repr((recipe.quantize, recipe.prune)) + (" unverified" if unverified else ""),
             calibration=calibration_print,
         )
+
+    def model_key(self, label: str, model: Any) -> str | None:
+        """The model's fingerprint (once per session), or None when it has none."""
+        return self._fingerprint("model", label, model, model_fingerprint)
 
     def compressor_key(self, label: str, compressor: Any) -> str | None:
         """What a ``compressor=`` deployment is cached under: its code and closure (as a

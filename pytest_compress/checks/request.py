@@ -72,6 +72,8 @@ class Check:
     # "simulate" (fake quantization in eager PyTorch), a real runtime that deploys it, or
     # COMPRESSOR: the user's compressor fixture deploys it (the recipe, if any, is simulated).
     runtime: str = "simulate"
+    # the recipe-invariant gate: the compressed model is verified against the recipe
+    verify: bool = True
 
     def at(self, recipe: Recipe) -> Check:
         """This check with a concrete recipe: one evaluation of a search or of keep_float."""

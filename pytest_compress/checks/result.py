@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..budgets import BUDGETS, NAN_CHECK, Budget, BudgetCheck, Budgets
+from ..budgets import BUDGETS, INVARIANT_CHECK, NAN_CHECK, Budget, BudgetCheck, Budgets
 from ..engine.specs import PruneSpec, QuantSpec
 from ..metrics import DEFAULT_METRIC, MetricKind
 from ..tuning.grids import format_setting
@@ -90,6 +90,8 @@ class CompressionResult:
     saved_as: str = ""
     # The deployed model timed against the float one, when a latency budget asked.
     latency_measured: LatencyMeasurement | None = None
+    # What the compressed model breaks of its recipe's claims (the recipe-invariant gate).
+    broken_invariants: tuple[str, ...] = ()
 
     @property
     def fidelity_gap(self) -> float:
@@ -134,6 +136,9 @@ class CompressionResult:
         checks = [self._on_interval(check) for check in self.budgets.check(measured)]
         if math.isnan(self.compressed_metric):  # fails whatever the budgets: nothing to judge
             checks.append(BudgetCheck(NAN_CHECK, math.nan, math.nan, ok=False))
+        if self.broken_invariants:  # fails whatever the budgets: the artifact is not the recipe
+            count = len(self.broken_invariants)
+            checks.append(BudgetCheck(INVARIANT_CHECK, count, 0, ok=False))
         return dataclasses.replace(self, checks=tuple(checks))
 
     def _on_interval(self, check: BudgetCheck) -> BudgetCheck:
@@ -180,6 +185,7 @@ class CompressionResult:
             lines.append(f"sparsity {format_fraction(self.sparsity)}")
         lines.extend(self._baseline_line(check) for check in self.checks if check.is_baseline)
         lines.extend(self._adjustment_lines())
+        lines.extend(invariant_lines(self.broken_invariants))
         where = f"model {self.model}, data {self.data}, device {self.device}"
         if self.cached:
             where += " (measured by an earlier run: pytest-compress cache)"
@@ -212,6 +218,7 @@ class CompressionResult:
             "timings": dict(self.timings),
             "cached": self.cached,
             "skipped_layers": dict(self.skipped_layers),
+            "broken_invariants": list(self.broken_invariants),
             "search": None if self.search is None else self.search.to_dict(),
             "keep_float": None if self.keep_float is None else self.keep_float.to_dict(),
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
@@ -357,6 +364,17 @@ def _search_line(check: BudgetCheck, kind: str) -> str:
         f"regressed vs baseline: searched {kind} {found_text} is less compression than the "
         f"recorded {recorded} (beyond the tolerance)"
     )
+
+
+INVARIANTS_SHOWN = 5
+
+
+def invariant_lines(broken: tuple[str, ...]) -> list[str]:
+    """``recipe not held: fc1: channel 3 holds 300 distinct values; 4 bits allow 16 ...``."""
+    lines = [f"recipe not held: {text}" for text in broken[:INVARIANTS_SHOWN]]
+    if len(broken) > INVARIANTS_SHOWN:
+        lines.append(f"recipe not held: ... and {len(broken) - INVARIANTS_SHOWN} more layers")
+    return lines
 
 
 def preset_floats(skipped_layers: dict[str, str]) -> dict[str, str]:

@@ -35,7 +35,8 @@ from torch import nn
 
 from ..budgets import LATENCY_BUDGETS
 from ..engine.apply import compress_model, copy_model
-from ..engine.batches import model_device
+from ..engine.batches import describe_inputs, model_device
+from ..engine.invariants import verify_recipe
 from ..engine.layers import computed_weights, preset_members, skipped_layers
 from ..engine.measure import evaluate, metric_source, model_size, reference_outputs, sparsity
 from ..engine.metrics import BuiltinMetric, builtin_metric
@@ -69,8 +70,18 @@ from .cache import (
     NoStore,
     ReferenceEntry,
     ResultCache,
+    combine,
+    runtime_versions,
 )
-from .deploy import PredictModule, deploy, from_compressor, time_deployed
+from .deploy import (
+    PredictModule,
+    deploy,
+    example_inputs,
+    export_float,
+    from_compressor,
+    time_deployed,
+)
+from .fingerprint import environment_fingerprint
 from .inputs import PreparedInputs
 from .materialize import EvaluationData, resolve_device
 from .request import COMPRESSOR, Check, CheckInputs, Recipe
@@ -97,6 +108,9 @@ class CheckRunner:
     - ``notes``: what the reports should say about data and the cache, by topic.
     - ``latency_seconds``: the time cap of each latency measurement; ``threads``: torch's
       and the runtime's threads while one is timed.
+    - ``exports``: where float models exported for ONNX Runtime are kept across sessions,
+      named by the model's fingerprint (None: in the session's scratch folder only).
+    - ``verify``: the recipe-invariant gate after every check (``engine/invariants.py``).
     """
 
     def __init__(
@@ -109,10 +123,14 @@ class CheckRunner:
         notes: dict[str, str] | None = None,
         latency_seconds: float = DEFAULT_MAX_SECONDS,
         threads: int = 1,
+        exports: Path | None = None,
+        verify: bool = True,
     ) -> None:
         self.device = device
         self.latency_seconds = latency_seconds
         self.threads = threads
+        self.exports = exports
+        self.verify = verify
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.sensitivity_limit = sensitivity_limit
         self.results = results
@@ -124,12 +142,15 @@ class CheckRunner:
             device=device, cache_mb=cache_mb, fingerprints=results is not None, notes=notes
         )
 
-    def workdir(self) -> Path:
-        """A fresh folder for one deployment's files, inside the session's scratch folder
-        (removed with the runner, or when the process ends)."""
+    def scratch(self) -> Path:
+        """The session's scratch folder (removed with the runner, or when the process ends)."""
         if self._scratch is None:
             self._scratch = tempfile.TemporaryDirectory(prefix="pytest-compress-")
-        return Path(tempfile.mkdtemp(dir=self._scratch.name))
+        return Path(self._scratch.name)
+
+    def workdir(self) -> Path:
+        """A fresh folder for one deployment's files, inside the scratch folder."""
+        return Path(tempfile.mkdtemp(dir=self.scratch()))
 
     def run(self, check: Check, inputs: CheckInputs) -> CompressionResult:
         """Compress a copy of ``inputs.model`` as ``check`` says, measure, and judge it.
@@ -434,16 +455,28 @@ class _CheckRun:
             timings = {"total": time.perf_counter() - started}
             return self.verdict(check, stored, timings, cached=True)
         reference, remembered = self.reference(store)
-        measured, timings, recovered = self.measure_compressed(check.recipe)
+        measured, timings, recovered, broken = self.measure_compressed(check)
         entry = CheckEntry(reference.metric, reference.size, *measured)
-        store.put_check(entry)
+        if not broken:  # a broken invariant is verified again on every run, never served
+            store.put_check(entry)
         timings = {
             "float_evaluate": 0.0 if remembered else reference.seconds,
             **timings,
             "total": time.perf_counter() - started,
         }
-        result = self.verdict(check, entry, timings, cached=False)
+        result = self.verdict(check, entry, timings, cached=False, broken=broken)
         return result if recovered is None else dataclasses.replace(result, recovery=recovered)
+
+    def verified(self, check: Check, compressed: nn.Module, timings: dict[str, float]) -> tuple:
+        """What ``compressed`` breaks of the check's recipe (the recipe-invariant gate), as
+        words; nothing when the gate is off (``verify=False``, ``--compress-no-verify``)."""
+        if not (check.verify and self.runner.verify) or check.recipe == Recipe():
+            return ()
+        begun = time.perf_counter()
+        recipe = check.recipe
+        found = verify_recipe(self.inputs.model, compressed, recipe.quantize, recipe.prune)
+        timings["verify"] = time.perf_counter() - begun
+        return tuple(violation.describe() for violation in found)
 
     def store(self, check: Check) -> CheckStore | NoStore:
         """Where the check's numbers are kept across sessions: nowhere without a cache, for a
@@ -458,6 +491,7 @@ class _CheckRun:
             data=self.evaluation,
             metric=(self.inputs.metric_label, self.inputs.metric),
             calibration=self.calibration,
+            unverified=not (check.verify and self.runner.verify),
         )
         return NoStore() if keys is None else CheckStore(results, keys)
 
@@ -497,10 +531,11 @@ class _CheckRun:
         return metric
 
     def measure_compressed(
-        self, recipe: Recipe
-    ) -> tuple[tuple[float, int, float], dict[str, float], RecoveryResult | None]:
-        """((metric, compressed size, sparsity), seconds by phase, RecoveryResult or None)
-        of a fresh copy, recovered first when the inputs have a recovery."""
+        self, check: Check
+    ) -> tuple[tuple[float, int, float], dict[str, float], RecoveryResult | None, tuple]:
+        """((metric, compressed size, sparsity), seconds by phase, RecoveryResult or None,
+        broken invariants) of a fresh copy, recovered first when the inputs have one."""
+        recipe = check.recipe
         begun = time.perf_counter()
         compressed = compress_model(
             self.inputs.model,
@@ -527,7 +562,8 @@ class _CheckRun:
         if recovered is not None:
             assert recovered.metric_before is not None  # recover() measured it
             recovered = recovered.with_metrics(recovered.metric_before, metric)
-        return (metric, packed_size, zeros), timings, recovered
+        broken = self.verified(check, compressed, timings)
+        return (metric, packed_size, zeros), timings, recovered, broken
 
     def recover(
         self, compressed: nn.Module, recipe: Recipe, device: Any
@@ -571,9 +607,10 @@ class _CheckRun:
         entry = None if key is None else store.deployed(key)
         served, artifact = entry is not None, None
         timings: dict[str, float] = {}
+        broken: tuple[str, ...] = ()
         if entry is None:
-            entry, artifact = self.measure_deployed(check, simulated, timings)
-            if key is not None:
+            entry, artifact, broken = self.measure_deployed(check, simulated, timings)
+            if key is not None and not broken:
                 store.put_deployed(key, entry)
         latency = None
         if any(name in LATENCY_BUDGETS for name in check.budgets):
@@ -602,6 +639,7 @@ class _CheckRun:
             numbers,
             timings,
             cached=served and (simulated is None or simulated.cached),
+            broken=broken + (simulated.broken_invariants if simulated else ()),
             deployment={
                 "runtime": self.deployer(check),
                 "simulated_metric": None if simulated is None else simulated.compressed_metric,
@@ -634,14 +672,16 @@ class _CheckRun:
 
     def measure_deployed(
         self, check: Check, simulated: CompressionResult | None, timings: dict[str, float]
-    ) -> tuple[DeployedEntry, Deployed]:
+    ) -> tuple[DeployedEntry, Deployed, tuple[str, ...]]:
         begun = time.perf_counter()
         artifact, module = self.deploy(check)
         timings["deploy"] = time.perf_counter() - begun
         begun = time.perf_counter()
         metric = self.evaluate(module if module is not None else PredictModule(artifact))
         timings["evaluate_deployed"] = time.perf_counter() - begun
+        broken: tuple[str, ...] = ()
         if module is not None:
+            broken = self.verified(check, module, timings)  # the recipe it claims, if given
             zeros = sparsity(module).overall
         elif simulated is not None and check.runtime != COMPRESSOR:
             zeros = simulated.sparsity  # the runtime got the recipe's pruned weights
@@ -653,7 +693,8 @@ class _CheckRun:
             )
         else:
             zeros = math.nan
-        return DeployedEntry(metric, artifact.size_bytes, artifact.saved_as, zeros), artifact
+        entry = DeployedEntry(metric, artifact.size_bytes, artifact.saved_as, zeros)
+        return entry, artifact, broken
 
     def deploy(self, check: Check) -> tuple[Deployed, nn.Module | None]:
         recipe = check.recipe
@@ -674,8 +715,29 @@ class _CheckRun:
             self.calibration.batches if recipe.calibrates else None,
             self.runner.workdir(),
             self.runner.threads,
+            exported=self.exported(check) if check.runtime == "onnxruntime" else None,
         )
         return artifact, None
+
+    def exported(self, check: Check) -> Path:
+        """The float model exported to ONNX (pruned by the recipe), once per model, pruning
+        and input signature: kept across sessions under its fingerprint when the model has
+        one, else once per session."""
+        inputs, prune = self.inputs, check.recipe.prune
+        example = example_inputs(self.batches)
+        fingerprint = self.runner.inputs.model_key(inputs.model_label, inputs.model)
+        folder = self.runner.exports if fingerprint is not None else None
+        key = combine(
+            fingerprint or f"session {id(inputs.model)}",
+            repr(prune),
+            describe_inputs(example),
+            environment_fingerprint(),
+            runtime_versions("onnxruntime"),
+        )
+        path = (folder or self.runner.scratch()) / f"{key}.onnx"
+        if not path.exists():
+            export_float(inputs.model, example, path, prune)
+        return path
 
     # --- the verdict ---------------------------------------------------------------
 
@@ -687,6 +749,7 @@ class _CheckRun:
         *,
         cached: bool,
         deployment: dict[str, Any] | None = None,
+        broken: tuple[str, ...] = (),
     ) -> CompressionResult:
         """The result of measured (or stored) numbers: drops, ratio, and the budgets' checks."""
         metric = self.metric(check)
@@ -712,6 +775,7 @@ class _CheckRun:
             device=self.runner.device,
             cached=cached,
             skipped_layers=self.skipped(check.recipe),
+            broken_invariants=broken,
             **(deployment or {}),
         )
         return result.judged()

@@ -88,6 +88,7 @@ MARKER_SIGNATURE = inspect.Signature(
         _keyword("calibration_data", DEFAULT_CALIBRATION_FIXTURE, "str"),
         _keyword("runtime", "simulate", "str"),
         _keyword("compressor", None, "str | None"),
+        _keyword("verify", True, "bool"),
         _keyword("search", None, "str | None"),
         _keyword("keep_float", None, "str | list[str] | tuple[str, ...] | None"),
         _keyword("recover", None, "str | None"),
@@ -272,7 +273,14 @@ def parse_check(values: Mapping[str, Any], explicit: Mapping[str, Any] | None = 
         raise MarkerError(
             "runtime", f"{runtime!r} deploys the recipe as it is; recover= is for simulated checks"
         )
-    return Check(recipe, budgets, adjustments, higher_is_better=higher_is_better, runtime=runtime)
+    return Check(
+        recipe,
+        budgets,
+        adjustments,
+        higher_is_better=higher_is_better,
+        runtime=runtime,
+        verify=flag(values.get("verify", True), "verify"),
+    )
 
 
 def _compressor(runtime: Any, recipe: Recipe, budgets: Budgets, adjustments: Adjustments) -> str:

@@ -49,6 +49,7 @@ class Options:
     latency_seconds: float = DEFAULT_LATENCY_SECONDS
     threads: int = DEFAULT_THREADS
     latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE
+    verify: bool = True
 
 
 # (name, help, metavar or None for a flag)
@@ -101,6 +102,12 @@ OPTIONS: tuple[tuple[str, str, str | None], ...] = (
         f"(the largest first) to name the most sensitive ones (default: "
         f"{DEFAULT_SENSITIVITY_LAYERS})",
         "N",
+    ),
+    (
+        "compress-no-verify",
+        "do not verify each compressed model against its recipe's claims (distinct values "
+        "per channel, exact zeros, N:M groups)",
+        None,
     ),
     (
         "compress-latency-seconds",
@@ -168,6 +175,7 @@ def read_options(config: pytest.Config) -> Options:
         sensitivity_layers=int(layers),
         latency_seconds=_number(config, "compress-latency-seconds", DEFAULT_LATENCY_SECONDS),
         threads=int(threads),
+        verify=not _option(config, "compress-no-verify"),
         latency_tolerance=_number(config, "compress-latency-tolerance", DEFAULT_LATENCY_TOLERANCE),
     )
 

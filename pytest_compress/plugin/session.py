@@ -72,6 +72,8 @@ class CompressSession:
         self.config = config
         self.options = options
         self.results: ResultCache | None = None  # set at session start
+        # the float models exported for ONNX Runtime, kept across runs (pytest's cache)
+        self.exports: Path | None = None
         self._runner: CheckRunner | None = None
         self.entries: list[dict[str, Any]] = []
         self.baseline: Baseline | None = None
@@ -134,6 +136,8 @@ class CompressSession:
                 notes=self.input_notes,  # written there, sent to the controller by workers
                 latency_seconds=options.latency_seconds,
                 threads=options.threads,
+                exports=self.exports if options.cache else None,
+                verify=options.verify,
             )
         return self._runner
 
@@ -151,6 +155,7 @@ class CompressSession:
         if store is not None:
             # --compress-no-cache measures everything, and stores the fresh numbers
             self.results = ResultCache(store, read=self.options.cache)
+            self.exports = Path(store.mkdir("pytest-compress-exports"))
         try:
             self.baseline = Baseline.load(self.options.baseline)
         except BaselineError as error:

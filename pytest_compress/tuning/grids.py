@@ -78,8 +78,8 @@ def check_search(
     - an unknown kind;
     - a fixed part that the search would overwrite: ``search="sparsity"`` or
       ``"threshold"`` with a ``prune`` that prunes weights (an activation-only
-      ``PruneSpec(activation_threshold=...)`` may stay), ``search="bits"`` with any
-      ``quantize``;
+      ``PruneSpec(activation_threshold=...)`` may stay), ``search="bits"`` with a float
+      ``quantize`` (an integer one is the template whose bits are searched);
     - when ``budgets`` is given (a ``Budgets``, a mapping of budget names to values, or
       budget names): no budget that more compression can break (``max_accuracy_drop``
       or ``max_relative_drop``). Size and sparsity budgets alone only push towards more
@@ -93,10 +93,11 @@ def check_search(
             "the weight pruning itself; drop prune= (an activation-only "
             "PruneSpec(activation_threshold=...) may stay) or drop search="
         )
-    if kind == "bits" and quant_spec is not None:
+    if kind == "bits" and quant_spec is not None and quant_spec.format != "int":
         raise SpecError(
-            f"quantize={quant_spec.describe()!r} conflicts with search='bits', which chooses "
-            "the weight bits itself (8 down to 2); drop quantize= or drop search="
+            f"quantize={quant_spec.describe()!r} is a float format, and search='bits' "
+            "searches integer weight bits (8 down to 2) of the quantize given as a template "
+            '(e.g. "int4-g128-gptq"); drop quantize= or drop search='
         )
     if budgets is not None:
         names = _budget_names(budgets)

@@ -59,13 +59,20 @@ def recipe_at(
     """The (quantize, prune) specs that ``search`` tries at ``setting``.
 
     The fixed part is kept as it is; the searched spec gets ``exclude`` (for example the
-    layers kept float). A fixed activation-only ``PruneSpec`` is extended with the
-    searched weight pruning, its include/exclude patterns applying to both.
+    layers kept float). For ``"bits"`` a given ``quantize`` is the template whose bits are
+    searched (``"int4-g128-gptq"`` searches the bits of group-wise GPTQ). A fixed
+    activation-only ``PruneSpec`` is extended with the searched weight pruning, its
+    include/exclude patterns applying to both.
     """
     kind = check_kind(kind)
     quant_spec, prune_spec, patterns = quantize, prune, tuple(exclude)
     if kind == "bits":
-        return QuantSpec(bits=int(setting), exclude=patterns), prune_spec
+        if quant_spec is None:
+            return QuantSpec(bits=int(setting), exclude=patterns), prune_spec
+        # the given quantize is the template: its group size, rounding method, scale
+        # dtype and activation bits stay, the weight bits are what is searched
+        template = replace(quant_spec, exclude=(*quant_spec.exclude, *patterns))
+        return replace(template, bits=int(setting)), prune_spec
     way: _Way = {"amount": setting} if kind == "sparsity" else {"threshold": setting}
     scope = "global" if kind == "sparsity" else "layer"
     if prune_spec is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..budgets import BUDGETS, BudgetCheck
+from ..budgets import BUDGETS, INVARIANT_CHECK, BudgetCheck
 from ..metrics import MetricKind
 from ..units import format_size
 
@@ -36,6 +36,8 @@ FLOOR_BUDGETS = (
 # Budgets of a deployed artifact (fidelity, latency): neither more nor less compression
 # of the recipe says how they move, so they are no damage for a search or a blame.
 DEPLOYED_BUDGETS = tuple(name for name, budget in BUDGETS.items() if budget.needs_runtime)
+# Neither damage nor floor: a deployed artifact's budgets, and a recipe the model breaks.
+NOT_DAMAGE = (*FLOOR_BUDGETS, *DEPLOYED_BUDGETS, INVARIANT_CHECK)
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,7 @@ class Trial:
     @property
     def damaged(self) -> bool:
         """A budget that more compression breaks (the metric) is broken: compress less."""
-        return any(
-            name not in FLOOR_BUDGETS and name not in DEPLOYED_BUDGETS for name in self.broken
-        )
+        return any(name not in NOT_DAMAGE for name in self.broken)
 
     @property
     def short_of_floor(self) -> bool:

@@ -282,3 +282,60 @@ def test_a_compressor_is_cached_until_its_code_changes(pytester) -> None:
     conftest.write_text(conftest.read_text().replace(".half()", ".bfloat16()"))
     pytester.runpytest("--compress-report=report.json").assert_outcomes(passed=1)
     assert checks(pytester)["test_fp16"]["cached"] is False
+
+
+CLAIMS = """
+import pytest
+import torch
+
+from pytest_compress import compress_model as engine_compress
+
+
+@pytest.fixture
+def claims_int4():  # ships int8 codes while its docs say int4
+    return lambda model, data: engine_compress(model, quantize="int8")
+
+
+@pytest.fixture
+def claims_90_percent():  # prunes 60 % while its docs say 90 %
+    return lambda model, data: engine_compress(model, prune=0.6)
+"""
+
+
+def test_a_compressor_that_does_not_ship_what_it_claims_fails_naming_the_layer(
+    pytester,
+) -> None:
+    project(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.compress(compressor="claims_int4", quantize="int4", max_accuracy_drop=0.5)
+        def test_int4(): pass
+
+        @pytest.mark.compress(compressor="claims_90_percent", prune=0.9, max_accuracy_drop=0.5)
+        def test_pruned(): pass
+
+        @pytest.mark.compress(compressor="claims_int4", quantize="int4", max_accuracy_drop=0.5,
+                              verify=False)
+        def test_unverified(): pass
+        """,
+    )
+    conftest = pytester.path / "conftest.py"
+    conftest.write_text(conftest.read_text() + textwrap.dedent(CLAIMS))
+    result = pytester.runpytest("--compress-report=report.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*recipe not held: 2: channel * holds * distinct values; 4 bits allow 16*",
+            "*recipe not held: 0: * zeros of 1024; 922 claimed (prune 90% (layer, magnitude))*",
+        ],
+        consecutive=False,
+    )
+    entries = checks(pytester)
+    assert entries["test_int4"]["broken_invariants"][0].startswith("2: channel 0 holds ")
+    assert entries["test_int4"]["sensitivity"] is None  # no metric damage to blame layers for
+    assert [v["budget"] for v in entries["test_pruned"]["violations"]] == ["recipe_invariant"]
+    assert entries["test_unverified"]["broken_invariants"] == []
+    off = pytester.runpytest("--compress-no-verify", "-p", "no:cacheprovider")
+    off.assert_outcomes(passed=3)

@@ -472,6 +472,7 @@ DOCUMENTED_MARKER = (
     "max_latency_ratio=None, max_latency=None, model='compress_model', "
     "data='compress_data', higher_is_better=True, metric='compress_metric', "
     "calibration_data='compress_calibration_data', runtime='simulate', compressor=None, "
+    "verify=True, "
     "search=None, "
     "keep_float=None, recover=None, recover_data='compress_train_data')"
 )

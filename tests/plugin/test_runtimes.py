@@ -154,14 +154,19 @@ def test_latency_budgets_pass_and_fail_and_are_timed_again_on_a_cached_run(tmp_p
     (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
     (tmp_path / "test_project.py").write_text(textwrap.dedent(LATENCY_TESTS))
     args = ("--compress-report=report.json", "--compress-latency-seconds=0.5")
-    runs = []
+    runs, exported = [], []
     for _ in range(2):
         result = run_subprocess(tmp_path, *args)
+        folder = tmp_path / ".pytest_cache" / "d" / "pytest-compress-exports"
+        exported.append({path.name: path.stat().st_mtime_ns for path in folder.glob("*.onnx")})
         assert result.ret == 1, result.stdout.str()
         result.assert_outcomes(passed=1, failed=1)
         report = json.loads((tmp_path / "report.json").read_text())
         runs.append({entry["check"].split("::")[1]: entry for entry in report["checks"]})
     first, second = runs
+    # one export of the float model, made by the first run, reused by both checks and the
+    # second run (its key: the model's fingerprint, the pruning, the input signature)
+    assert len(exported[0]) == 1 and exported[1] == exported[0]
     for entry in (*first.values(), *second.values()):
         timed = entry["latency"]
         assert timed["rounds"] >= 5 and timed["low"] <= timed["ratio"] <= timed["high"]
@@ -340,3 +345,19 @@ def test_the_baseline_records_the_latency_ratio_and_gates_it_on_the_interval(tmp
     assert (
         "regressed vs baseline: latency ratio 1.30 (its whole interval) above baseline 0.90" in text
     )
+
+
+def test_xdist_reports_the_deployed_checks_as_a_serial_run_does(deployed_suite, tmp_path) -> None:
+    from tests.plugin_projects import run_subprocess
+
+    (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
+    (tmp_path / "test_project.py").write_text(textwrap.dedent(TESTS))
+    result = run_subprocess(tmp_path, "-n", "2", "--compress-report=report.json")
+    assert result.ret == 0, result.stdout.str()
+    report = json.loads((tmp_path / "report.json").read_text())
+    parallel = {entry["check"].split("::")[1]: entry for entry in report["checks"]}
+    fields = ("runtime", "compressed_metric", "compressed_size", "simulated_metric",
+              "simulated_size", "fidelity_gap", "saved_as", "passed")  # fmt: skip
+    assert sorted(parallel) == sorted(deployed_suite)
+    for test, entry in parallel.items():
+        assert {f: entry[f] for f in fields} == {f: deployed_suite[test][f] for f in fields}

@@ -21,7 +21,13 @@ from pytest_compress.tuning.grids import (
 )
 from pytest_compress.tuning.search import recipe_at, search
 from pytest_compress.tuning.trial import Trial
-from tests.models import CLIFF_ALPHA, CLIFF_SPARSITY, cliff_model, labelled_data, small_model
+from tests.models import (
+    CLIFF_ALPHA,
+    CLIFF_SPARSITY,
+    cliff_model,
+    labelled_data,
+    small_model,
+)
 from tests.tuning.callbacks import AccuracyTrial, fake_trial, setting_of, top1
 
 GRIDS = {"sparsity": SPARSITY_GRID, "threshold": THRESHOLD_GRID, "bits": BITS_GRID}
@@ -207,13 +213,31 @@ def test_unknown_search_kind_names_the_argument_and_the_kinds(kind) -> None:
         ("sparsity", {"prune": PruneSpec(amount=0.5)}, "prune="),
         ("sparsity", {"prune": PruneSpec(threshold=0.1)}, "prune="),
         ("threshold", {"prune": PruneSpec(structure="2:4")}, "prune="),
-        ("bits", {"quantize": QuantSpec(bits=8)}, "quantize="),
-        ("bits", {"quantize": QuantSpec(bits=4, symmetric=True)}, "quantize="),
     ],
 )
 def test_a_fixed_part_the_search_would_overwrite_is_refused(kind, fixed, argument) -> None:
     with pytest.raises(ValueError, match=f"{argument}.*conflicts with search='{kind}'"):
         check_search(kind, **fixed)
+
+
+def test_a_bits_search_keeps_an_integer_template_and_refuses_a_float_format() -> None:
+    template = QuantSpec(bits=4, group_size=32, method="gptq", symmetric=True)
+    assert check_search("bits", quantize=template) == "bits"
+    quant, _ = recipe_at("bits", 3, quantize=template, exclude=["fc1"])
+    assert quant == QuantSpec(bits=3, group_size=32, method="gptq", symmetric=True,
+                              exclude=("fc1",))  # fmt: skip
+    with pytest.raises(ValueError, match="quantize='bf16' is a float format"):
+        check_search("bits", quantize=QuantSpec(format="bf16"))
+
+
+def test_a_bits_search_of_a_group_wise_mse_template_through_the_engine() -> None:
+    model = small_model()
+    trial = AccuracyTrial(model, labelled_data(model), max_drop=0.05)
+    template = QuantSpec(bits=8, group_size=8, method="mse")
+    result = search("bits", trial, quantize=template)
+    tried = [quant for quant, _ in trial.calls]
+    assert all(q.group_size == 8 and q.method == "mse" for q in tried)
+    assert result.chosen in range(2, 9) and result.passed
 
 
 def test_an_activation_only_prune_may_stay_fixed() -> None:
