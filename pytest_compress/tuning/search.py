@@ -60,8 +60,9 @@ def recipe_at(
 
     The fixed part is kept as it is; the searched spec gets ``exclude`` (for example the
     layers kept float). For ``"bits"`` a given ``quantize`` is the template whose bits are
-    searched (``"int4-g128-gptq"`` searches the bits of group-wise GPTQ). A fixed activation-only ``PruneSpec`` is extended with the
-    searched weight pruning, its include/exclude patterns applying to both.
+    searched (``"int4-g128-gptq"`` searches the bits of group-wise GPTQ). A fixed
+    activation-only ``PruneSpec`` is extended with the searched weight pruning, its
+    include/exclude patterns applying to both.
     """
     kind = check_kind(kind)
     quant_spec, prune_spec, patterns = quantize, prune, tuple(exclude)
