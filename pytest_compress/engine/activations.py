@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 from torch.utils.hooks import RemovableHandle
 
+from .floats import FLOAT_DTYPES
 from .quant import (
     QuantizedTensor,
     choose_qparams,
@@ -117,6 +118,33 @@ def per_token_fake_quantize(x: torch.Tensor, bits: int, feature_axis: int = -1) 
     return rounded.reshape(rows.shape).movedim(-1, feature_axis)
 
 
+class ActivationFloatCast(ActivationHook):
+    """Rounds a layer's floating output to a float format at run time (``cast_activation``)."""
+
+    def __init__(self, format: str) -> None:
+        self.format = format
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+            return output
+        return cast_activation(output, self.format)
+
+    def __repr__(self) -> str:
+        return f"ActivationFloatCast(format={self.format!r})"
+
+
+def cast_activation(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """``x`` rounded to nearest even in ``fmt``, returned in ``x``'s dtype. fp8 scales the
+    tensor first so its largest magnitude meets the format's (one scale, at run time)."""
+    dtype = FLOAT_DTYPES[fmt]
+    if not fmt.startswith("fp8"):
+        return x.to(dtype).to(x.dtype)
+    largest = torch.finfo(dtype).max
+    amax = x.detach().abs().amax().float() if x.numel() else torch.tensor(0.0)
+    scale = torch.clamp(amax / largest, min=torch.finfo(torch.float32).tiny)
+    return ((x.float() / scale).clamp(-largest, largest).to(dtype).float() * scale).to(x.dtype)
+
+
 class ActivationPrune(ActivationHook):
     """Zeroes every output value with ``|a| < beta * max|a|`` (max over this forward's output)."""
 
@@ -158,8 +186,15 @@ def at_least(values: torch.Tensor, bound: float) -> torch.Tensor:
     return values >= float(rounded)
 
 
-ACTIVATION_HOOKS = (ActivationFakeQuantize, ActivationDynamicQuantize, ActivationPrune)
-AnyActivationHook = ActivationFakeQuantize | ActivationDynamicQuantize | ActivationPrune
+ACTIVATION_HOOKS = (
+    ActivationFakeQuantize,
+    ActivationDynamicQuantize,
+    ActivationFloatCast,
+    ActivationPrune,
+)
+AnyActivationHook = (
+    ActivationFakeQuantize | ActivationDynamicQuantize | ActivationFloatCast | ActivationPrune
+)
 
 
 def _hooks_on(module: nn.Module) -> list[ActivationHook]:

@@ -21,6 +21,7 @@ from . import prune as masks
 from .activations import (
     ActivationDynamicQuantize,
     ActivationFakeQuantize,
+    ActivationFloatCast,
     ActivationPrune,
     add_activation_hook,
 )
@@ -250,6 +251,9 @@ def _quantize_in_place(
         for name in names:
             record.quantized[name] = params
     set_record(model, record)
+    if spec.activation_format is not None:
+        for layer in layers:
+            add_activation_hook(layer.module, ActivationFloatCast(spec.activation_format))
     if spec.activation_bits is not None and spec.observer == "dynamic":
         for layer in layers:
             add_activation_hook(layer.module, ActivationDynamicQuantize(spec.activation_bits))

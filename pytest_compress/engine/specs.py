@@ -132,6 +132,9 @@ class QuantSpec:
       calibration; each selected layer's *input* is rounded at run time per token (one
       symmetric scale per row of features, as int8 GEMM runtimes such as torchao's
       dynamic-activation configs do).
+    - ``activation_format``: also round the selected layers' outputs to a float format at
+      run time (``"fp16"``, ``"bf16"``, ``"fp8"``; fp8 with one scale per tensor, its
+      largest magnitude over the format's, computed on each output): no calibration.
     - ``include`` / ``exclude``: fnmatch patterns on module names.
     """
 
@@ -149,6 +152,7 @@ class QuantSpec:
     scale_dtype: str | None = None
     format: str = "int"
     method: str = "rtn"
+    activation_format: str | None = None
 
     def __post_init__(self) -> None:
         fmt = _FORMAT_ALIASES.get(self.format, self.format)
@@ -164,6 +168,7 @@ class QuantSpec:
             self._check_float()
         if self.activation_bits is not None:
             check_bits(self.activation_bits, name="QuantSpec.activation_bits")
+        self._check_activation_format()
         for flag in ("per_channel", "allow_short_rows"):
             if not isinstance(getattr(self, flag), bool):
                 raise SpecError(f"QuantSpec.{flag} must be True or False")
@@ -177,6 +182,22 @@ class QuantSpec:
             raise SpecError(f"QuantSpec.percentile must be in (50, 100], got {self.percentile!r}")
         object.__setattr__(self, "include", _patterns(self.include, "QuantSpec.include"))
         object.__setattr__(self, "exclude", _patterns(self.exclude, "QuantSpec.exclude"))
+
+    def _check_activation_format(self) -> None:
+        if self.activation_format is None:
+            return
+        fmt = _FORMAT_ALIASES.get(self.activation_format, self.activation_format)
+        if fmt not in FLOAT_FORMATS:
+            raise SpecError(
+                f"QuantSpec.activation_format must be None or one of {FLOAT_FORMATS} (or "
+                f"'fp8'), got {self.activation_format!r}"
+            )
+        if self.activation_bits is not None:
+            raise SpecError(
+                "QuantSpec takes activation_bits (integer activations) or activation_format "
+                "(float activations), not both"
+            )
+        object.__setattr__(self, "activation_format", fmt)
 
     def _check_integer(self) -> None:
         object.__setattr__(self, "bits", 8 if self.bits is None else self.bits)
@@ -255,6 +276,12 @@ class QuantSpec:
 
     def describe(self) -> str:
         """The recipe in words, e.g. ``int4 per-channel``, ``int4 g128, gptq`` or ``bf16``."""
+        words = self._weight_words()
+        if self.activation_format is not None:
+            words += f", activations {self.activation_format.replace('-', ' ')}"
+        return words
+
+    def _weight_words(self) -> str:
         if self.is_float:
             words = self.format.replace("-", " ")
             if self.format.startswith("fp8"):

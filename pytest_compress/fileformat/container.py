@@ -93,6 +93,7 @@ from torch import nn
 from ..engine.activations import (
     ActivationDynamicQuantize,
     ActivationFakeQuantize,
+    ActivationFloatCast,
     ActivationPrune,
     AnyActivationHook,
     activation_hooks,
@@ -103,7 +104,7 @@ from ..engine.floats import FLOAT_DTYPES, FloatParams
 from ..engine.groups import group_count, per_element
 from ..engine.quant import QuantizedTensor, dequantize
 from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
-from ..engine.specs import MAX_BITS, MIN_BITS
+from ..engine.specs import FLOAT_FORMATS, MAX_BITS, MIN_BITS
 from ..errors import FileFormatError, ModelError
 from ..files import write_atomically
 from .elements import quantized_elements, raw_elements
@@ -408,6 +409,8 @@ def _hook_entries(model: nn.Module) -> list[list]:
             )
         elif isinstance(hook, ActivationDynamicQuantize):
             hooks.append([name, "dyn", int(hook.bits)])
+        elif isinstance(hook, ActivationFloatCast):
+            hooks.append([name, "fcast", hook.format])
         else:
             hooks.append([name, "prune", float(hook.beta)])
     return hooks
@@ -771,6 +774,8 @@ def _parse_hooks(value: object, model: nn.Module) -> list[tuple[str, AnyActivati
             qmax = _int_in(params[4], qmin, qmin + (1 << bits) - 1, f"hook on {name!r}: qmax")
             zero_point = _int_in(params[1], qmin, qmax, f"hook on {name!r}: zero point")
             hooks.append((name, ActivationFakeQuantize(scale, zero_point, bits, qmin, qmax)))
+        elif kind == "fcast" and len(params) == 1 and params[0] in FLOAT_FORMATS:
+            hooks.append((name, ActivationFloatCast(params[0])))
         elif kind == "dyn" and len(params) == 1:
             bits = _int_in(params[0], MIN_BITS, MAX_BITS, f"hook on {name!r}: bits")
             hooks.append((name, ActivationDynamicQuantize(bits)))

@@ -88,6 +88,10 @@ def _sparsity(value: float | None) -> str:
 def recipe_cell(entry: Entry) -> str:
     """The recipe, then how it was adjusted: ``prune 83% (...) [search sparsity 0.83, 7 evals]``."""
     notes = []
+    runtime = entry.get("runtime", "simulate")
+    if runtime != "simulate":
+        timed = entry.get("latency")
+        notes.append(runtime + (f"; latency {format_ratio(timed['ratio'])}x" if timed else ""))
     by_preset = preset_floats(entry.get("skipped_layers") or {})
     if by_preset:
         presets = " ".join(sorted(set(by_preset.values())))

@@ -71,6 +71,11 @@ def unsupported(runtime: str, quant: QuantSpec | None, prune: PruneSpec | None) 
         )
     if (quant.bits, quant.activation_bits) not in _FORMATS[runtime]:
         return f"runtime={runtime!r} cannot run {_format(quant)!r}; {supports}"
+    if quant.activation_format is not None:
+        return (
+            f"runtime={runtime!r} does not round activations to a float format "
+            f"(QuantSpec.activation_format); {supports}"
+        )
     if quant.parameters == "all":
         return (
             f"runtime={runtime!r} quantizes layer weights only, not every parameter "

@@ -517,3 +517,34 @@ def test_search_trials_are_cached_and_recovered_checks_are_not(
             "test_project.py::test_search * [[]search bits *[]]* ok (cached)",
         ]
     )
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    ['QuantSpec(bits=6, method="mse")', "QuantSpec(bits=6, group_size=8)"],
+)
+def test_keep_float_and_sensitivity_work_with_the_new_rounding_and_groups(pytester, recipe):
+    root = str(Path(__file__).resolve().parents[2])
+    tests = f"""
+        import pytest
+        from pytest_compress import QuantSpec
+
+        @pytest.fixture
+        def fragile_net(fragile):
+            return fragile[0]
+
+        @pytest.fixture
+        def fragile_data(fragile):
+            return fragile[1]
+
+        @pytest.mark.compress(quantize={recipe}, keep_float="auto", max_accuracy_drop=0.05,
+                              model="fragile_net", data="fragile_data")
+        def test_auto(compression):
+            assert compression.keep_float.kept == ("fc1",)
+        """
+    make_project(pytester, tests, conftest_extra=FRAGILE.format(root=root))
+    result = pytester.runpytest("--compress-report=report.json")
+    result.assert_outcomes(passed=1)
+    entry = read_json(pytester.path / "report.json")["checks"][0]
+    assert entry["sensitivity"]["layers"][0]["layer"] == "fc1"
+    assert entry["broken_invariants"] == []
