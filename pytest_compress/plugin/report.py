@@ -35,6 +35,8 @@ MIN_TEXT_WIDTH = 16
 # The longest row of the Markdown table (a row cannot wrap): the whole text of any
 # ordinary check fits; only a very long recipe or test id (a large model) is shortened.
 MARKDOWN_WIDTH = 240
+# Layers kept float that a table row names; more are counted ("float: 20 layers (+69.4 MB)").
+KEPT_NAMED = 3
 
 Entry = Mapping[str, Any]
 E = TypeVar("E", bound=Entry)
@@ -104,7 +106,10 @@ def recipe_cell(entry: Entry) -> str:
     if kept and kept["kept_float"]:
         cost = format_size(abs(kept["size_cost"]))
         sign = "+" if kept["size_cost"] >= 0 else "-"
-        notes.append(f"float: {', '.join(kept['kept_float'])} ({sign}{cost})")
+        names = kept["kept_float"]
+        # a long list is counted: the JSON report keeps every name
+        shown = ", ".join(names) if len(names) <= KEPT_NAMED else f"{len(names)} layers"
+        notes.append(f"float: {shown} ({sign}{cost})")
     recovery = entry.get("recovery")
     if recovery and recovery["metric_before"] is not None:
         kind = metric_kind(entry)

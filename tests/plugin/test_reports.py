@@ -153,3 +153,15 @@ def test_json_seconds_cover_the_search_and_the_sensitivity(pytester):
     assert check["seconds"] >= timings["search"] + timings["sensitivity"]
     assert check["seconds"] >= (evaluations + layers) * delay
     assert {"compress", "evaluate"} <= set(timings)  # the reported evaluation's own phases
+
+
+def test_a_long_keep_float_list_is_counted_in_the_row_and_whole_in_the_json():
+    names = [f"encoder.layer.{i}.attention.self.query" for i in range(20)]
+    many = {**entry(check="t.py::test_auto", recipe="int4 per-channel"),
+            "keep_float": {"kept_float": names, "size_cost": 69_400_000}}  # fmt: skip
+    few = {**entry(check="t.py::test_few", recipe="int4 per-channel"),
+           "keep_float": {"kept_float": names[:3], "size_cost": 1_000}}  # fmt: skip
+    text = "\n".join(terminal_table([many, few], 1000))
+    assert "int4 per-channel [float: 20 layers (+69.4 MB)]" in text
+    assert f"[float: {', '.join(names[:3])} (+1.0 kB)]" in text
+    assert max(len(line) for line in text.splitlines()) < 250  # not 900 characters a row
