@@ -25,7 +25,7 @@ from .activations import (
     ActivationPrune,
     add_activation_hook,
 )
-from .batches import call_model, model_device, padding_mask, split_batch, to_device
+from .batches import observe
 from .clipping import mse_qparams
 from .floats import FloatParams, cast_to_format, float_params
 from .gptq import gptq_layer
@@ -36,7 +36,6 @@ from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
 from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
-from .state import eval_mode
 
 
 def copy_model(model: nn.Module) -> nn.Module:
@@ -367,23 +366,8 @@ def _observe(
 ) -> dict[str, RangeObserver]:
     """Each layer's observer, after a pass over the calibration data in eval mode."""
     observers = {layer.name: RangeObserver(spec.observer, spec.percentile) for layer in layers}
-    handles = [layer.module.register_forward_hook(observers[layer.name]) for layer in layers]
-    device = model_device(model)
-    batches = 0
-    try:
-        with eval_mode(model), torch.inference_mode():
-            for batch in calibration_data:
-                inputs, _ = split_batch(batch, need_targets=False)
-                mask = padding_mask(inputs)  # padded positions stay out of the ranges
-                for observer in observers.values():
-                    observer.mask = mask
-                call_model(model, to_device(inputs, device))
-                batches += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-    if batches == 0:
-        raise DataError("calibration_data yielded no batches; activation ranges need data")
+    watchers: dict[nn.Module, Any] = {layer.module: observers[layer.name] for layer in layers}
+    observe(model, watchers, calibration_data, "activation ranges")
     return observers
 
 

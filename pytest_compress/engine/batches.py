@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -95,3 +95,30 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+def observe(
+    model: nn.Module, watchers: Mapping[nn.Module, Any], data: Iterable[Any], needs: str
+) -> None:
+    """Run ``model`` over the calibration batches ``data`` (eval mode, no autograd) with each
+    watcher a forward hook of its module, its ``mask`` set to each batch's padding mask
+    (padded positions stay out of what it gathers). ``DataError`` naming ``needs`` (what
+    the data is for) when ``data`` yields no batch; the hooks always come off."""
+    from .state import eval_mode  # state imports nothing of ours: no cycle, kept local
+
+    handles = [module.register_forward_hook(watcher) for module, watcher in watchers.items()]
+    device, batches = model_device(model), 0
+    try:
+        with eval_mode(model), torch.inference_mode():
+            for batch in data:
+                inputs, _ = split_batch(batch, need_targets=False)
+                mask = padding_mask(inputs)
+                for watcher in watchers.values():
+                    watcher.mask = mask
+                call_model(model, to_device(inputs, device))
+                batches += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    if batches == 0:
+        raise DataError(f"calibration_data yielded no batches; {needs} need data")

@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CalibrationError, DataError
-from .batches import call_model, model_device, padding_mask, split_batch, to_device
+from ..errors import CalibrationError
+from .batches import observe
 from .layers import Layer, is_transformers_conv1d
-from .state import eval_mode
 
 # Patches unfolded at once: a large image batch is unfolded a few samples at a time.
 _UNFOLD_ELEMENTS = 1 << 25
@@ -100,22 +99,8 @@ def hessians(
         layer.name: HessianCollector() for layer in layers if gptq_supported(layer.module)
     }
     modules = {layer.name: layer.module for layer in layers}
-    handles = [modules[name].register_forward_hook(c) for name, c in collectors.items()]
-    device, batches = model_device(model), 0
-    try:
-        with eval_mode(model), torch.inference_mode():
-            for batch in calibration_data:
-                inputs, _ = split_batch(batch, need_targets=False)
-                mask = padding_mask(inputs)  # padded positions stay out of the Hessians
-                for collector in collectors.values():
-                    collector.mask = mask
-                call_model(model, to_device(inputs, device))
-                batches += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-    if batches == 0:
-        raise DataError("calibration_data yielded no batches; GPTQ needs data")
+    watchers: dict[nn.Module, Any] = {modules[name]: c for name, c in collectors.items()}
+    observe(model, watchers, calibration_data, "GPTQ's Hessians")
     found = {name: c.hessian() for name, c in collectors.items()}
     missing = [name for name, h in found.items() if h is None]
     if missing:
