@@ -138,6 +138,7 @@ class CheckRunner:
         self.folded = IdentityMemo()  # models with torch.nn.utils.prune weights, folded once
         self.sources = IdentityMemo()  # the output a built-in metric reads, per model and data
         self.float_outputs = IdentityMemo()  # what a relative metric compares with
+        self.sensitivities = IdentityMemo()  # per-layer drops, shared by checks of a recipe
         self.inputs = PreparedInputs(
             device=device, cache_mb=cache_mb, fingerprints=results is not None, notes=notes
         )
@@ -397,17 +398,35 @@ class _CheckRun:
         return Trial.from_result(self.one(check.at(recipe)))
 
     def sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
-        return layer_sensitivity(
-            self.layered_model,
-            quantize=result.quantize,
-            prune=result.prune,
-            evaluate=self.evaluate,
-            float_metric=result.float_metric,
-            higher_is_better=result.higher_is_better,
-            limit=limit,
-            calibration_data=self.calibration.batches,
-            metric_name=result.metric,
+        """Each layer alone with the recipe, measured once per session for the same model,
+        data, metric, calibration data and recipe: checks that differ only in their budgets
+        share it (their verdicts differ, the per-layer drops do not)."""
+        inputs = self.inputs
+        key = (
+            inputs.model_label,
+            inputs.data_label,
+            inputs.metric_label,
+            inputs.calibration_label,
+            self.runner.device,
+            repr((result.quantize, result.prune)),
+            limit,
         )
+        objects = (inputs.model, self.batches, inputs.metric, self.calibration.batches)
+
+        def measure() -> SensitivityResult:
+            return layer_sensitivity(
+                self.layered_model,
+                quantize=result.quantize,
+                prune=result.prune,
+                evaluate=self.evaluate,
+                float_metric=result.float_metric,
+                higher_is_better=result.higher_is_better,
+                limit=limit,
+                calibration_data=self.calibration.batches,
+                metric_name=result.metric,
+            )
+
+        return self.runner.sensitivities.get(key, objects, measure)[0]
 
     def keep_float_auto(
         self, check: Check, result: CompressionResult, sensitivity: SensitivityResult | None

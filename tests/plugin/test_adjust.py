@@ -208,6 +208,37 @@ def test_sensitivity_is_capped_and_can_be_turned_off(pytester):
     assert read_json(pytester.path / "r.json")["checks"][0]["sensitivity"] is None
 
 
+def test_checks_of_one_recipe_share_one_sensitivity_run(pytester):
+    # Counted: the second failing check of the same recipe (another budget) measures its
+    # own compressed copy, and reuses the per-layer drops the first one measured.
+    make_project(
+        pytester,
+        """
+        import pytest
+
+        @pytest.mark.compress(quantize="int2", prune=0.8, max_accuracy_drop=0.01)
+        def test_harsh_a():
+            pass
+
+        def test_harsh_a_count(forward_calls, compress_data):
+            # the float model, its int2 copy, and one copy per layer for the sensitivity
+            assert sum(forward_calls.values()) == (1 + 1 + 2) * len(compress_data)
+
+        @pytest.mark.compress(quantize="int2", prune=0.8, max_accuracy_drop=0.02)
+        def test_harsh_b():
+            pass
+
+        def test_harsh_b_count(forward_calls, compress_data):
+            # float reference and sensitivity shared: only its own compressed copy ran
+            assert sum(forward_calls.values()) == (1 + 1 + 2 + 1) * len(compress_data)
+        """,
+    )
+    result = pytester.runpytest("--compress-report=report.json")
+    result.assert_outcomes(passed=2, failed=2)
+    checks = [c["sensitivity"] for c in read_json(pytester.path / "report.json")["checks"]]
+    assert checks[0] == checks[1] and checks[0]["evaluations"] == 2
+
+
 def test_a_passing_check_measures_no_sensitivity(pytester):
     # Counted, not patched: sensitivity would compress each of the two layers alone and
     # run that copy on every batch. The failing check proves the count would show it.
