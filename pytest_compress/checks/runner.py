@@ -111,6 +111,8 @@ class CheckRunner:
     - ``exports``: where float models exported for ONNX Runtime are kept across sessions,
       named by the model's fingerprint (None: in the session's scratch folder only).
     - ``verify``: the recipe-invariant gate after every check (``engine/invariants.py``).
+    - ``sensitivity_seconds``: no further layer is measured alone after this long (None: no
+      time budget, only ``sensitivity_limit``).
     """
 
     def __init__(
@@ -125,12 +127,14 @@ class CheckRunner:
         threads: int = 1,
         exports: Path | None = None,
         verify: bool = True,
+        sensitivity_seconds: float | None = None,
     ) -> None:
         self.device = device
         self.latency_seconds = latency_seconds
         self.threads = threads
         self.exports = exports
         self.verify = verify
+        self.sensitivity_seconds = sensitivity_seconds
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.sensitivity_limit = sensitivity_limit
         self.results = results
@@ -410,6 +414,7 @@ class _CheckRun:
             self.runner.device,
             repr((result.quantize, result.prune)),
             limit,
+            self.runner.sensitivity_seconds,
         )
         objects = (inputs.model, self.batches, inputs.metric, self.calibration.batches)
 
@@ -424,6 +429,7 @@ class _CheckRun:
                 limit=limit,
                 calibration_data=self.calibration.batches,
                 metric_name=result.metric,
+                max_seconds=self.runner.sensitivity_seconds,
             )
 
         return self.runner.sensitivities.get(key, objects, measure)[0]

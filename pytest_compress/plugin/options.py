@@ -50,6 +50,7 @@ class Options:
     threads: int = DEFAULT_THREADS
     latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE
     verify: bool = True
+    sensitivity_seconds: float | None = None
 
 
 # (name, help, metavar or None for a flag)
@@ -102,6 +103,12 @@ OPTIONS: tuple[tuple[str, str, str | None], ...] = (
         f"(the largest first) to name the most sensitive ones (default: "
         f"{DEFAULT_SENSITIVITY_LAYERS})",
         "N",
+    ),
+    (
+        "compress-sensitivity-seconds",
+        "when a check fails its accuracy budget, start measuring no further layer alone "
+        "after this many seconds; the message says it stopped early (default: no limit)",
+        "SECONDS",
     ),
     (
         "compress-no-verify",
@@ -176,6 +183,7 @@ def read_options(config: pytest.Config) -> Options:
         latency_seconds=_number(config, "compress-latency-seconds", DEFAULT_LATENCY_SECONDS),
         threads=int(threads),
         verify=not _option(config, "compress-no-verify"),
+        sensitivity_seconds=_optional_number(config, "compress-sensitivity-seconds"),
         latency_tolerance=_number(config, "compress-latency-tolerance", DEFAULT_LATENCY_TOLERANCE),
     )
 
@@ -206,6 +214,13 @@ def _number(config: pytest.Config, name: str, default: float, note: str = "") ->
             f"--{name} must be a non-negative number such as {example}, got {text!r}"
         )
     return value
+
+
+def _optional_number(config: pytest.Config, name: str) -> float | None:
+    """A non-negative number option, or None when it is not given."""
+    if _option(config, name) in (None, ""):
+        return None
+    return _number(config, name, 0.0)
 
 
 def _option(config: pytest.Config, name: str) -> Any:

@@ -138,6 +138,7 @@ class CompressSession:
                 threads=options.threads,
                 exports=self.exports if options.cache else None,
                 verify=options.verify,
+                sensitivity_seconds=options.sensitivity_seconds,
             )
         return self._runner
 

@@ -21,6 +21,7 @@ that layer:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard, TypeVar
@@ -79,6 +80,8 @@ def layer_sensitivity(
     limit: int | None = DEFAULT_LIMIT,
     calibration_data: Iterable[Any] | None = None,
     metric_name: str = "accuracy",
+    max_seconds: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> SensitivityResult:
     """Each touched layer compressed alone with the recipe, evaluated by ``evaluate(model)``.
 
@@ -86,14 +89,10 @@ def layer_sensitivity(
     layer's drop is ``float_metric - metric`` (the increase when lower is better).
     ``model`` is never modified. At most ``limit`` evaluations (None: every layer).
     ``calibration_data`` is needed when ``quantize`` quantizes activations (``"w8a8"``).
+    With ``max_seconds``, no further layer is started once that much time (on ``clock``)
+    has passed: the rest are reported unmeasured, and ``timed_out`` says why.
     """
-    # an exported function: shorthands are parsed here, where a user hands them in
-    quant_spec = as_quant_spec(quantize)
-    prune_spec = as_prune_spec(prune)
-    if quant_spec is None and prune_spec is None:
-        raise SpecError("layer_sensitivity needs quantize=... and/or prune=...: a recipe to blame")
-    if not callable(evaluate):
-        raise SpecError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+    quant_spec, prune_spec = _recipe(quantize, prune, evaluate)
     cap = _check_limit(limit)
     layers = touched_layers(model, quant_spec, prune_spec)
     # Largest first; sorted() is stable, so equal sizes keep model order.
@@ -101,15 +100,14 @@ def layer_sensitivity(
     measured = by_size if cap is None else by_size[:cap]
     skipped = tuple(layer.name for layer in by_size[len(measured) :])
 
-    global_reference = None
-    if prune_spec is not None and prune_spec.amount is not None and prune_spec.scope == "global":
-        # Global ranking couples the layers: prune once over the whole selection and
-        # hand each layer its own slice of that result.
-        weights_only = replace(prune_spec, activation_threshold=None)
-        global_reference = prune_model(model, weights_only)
-
+    global_reference = _global_reference(model, prune_spec)
     results = []
-    for layer in measured:
+    started, timed_out = clock(), False
+    for index, layer in enumerate(measured):
+        if max_seconds is not None and index and clock() - started >= max_seconds:
+            skipped = tuple(entry.name for entry in measured[index:]) + skipped
+            timed_out = True
+            break
         alone = _compress_alone(
             model, layer, quant_spec, prune_spec, global_reference, calibration_data
         )
@@ -121,11 +119,32 @@ def layer_sensitivity(
     return SensitivityResult(
         layers=tuple(ranked),
         skipped=skipped,
+        timed_out=timed_out,
         float_metric=float_metric,
         recipe=describe_recipe(quant_spec, prune_spec),
         metric_name=metric_name,
         higher_is_better=higher_is_better,
     )
+
+
+def _recipe(
+    quantize: QuantSpec | str | None, prune: PruneSpec | float | str | None, evaluate: object
+) -> tuple[QuantSpec | None, PruneSpec | None]:
+    # an exported function: shorthands are parsed here, where a user hands them in
+    quant_spec, prune_spec = as_quant_spec(quantize), as_prune_spec(prune)
+    if quant_spec is None and prune_spec is None:
+        raise SpecError("layer_sensitivity needs quantize=... and/or prune=...: a recipe to blame")
+    if not callable(evaluate):
+        raise SpecError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}")
+    return quant_spec, prune_spec
+
+
+def _global_reference(model: nn.Module, prune: PruneSpec | None) -> nn.Module | None:
+    """Global ranking couples the layers: the model pruned once over the whole selection,
+    from which each layer takes its own slice (None for any other pruning)."""
+    if prune is None or prune.amount is None or prune.scope != "global":
+        return None
+    return prune_model(model, replace(prune, activation_threshold=None))
 
 
 def _compress_alone(
@@ -182,6 +201,8 @@ class SensitivityResult:
     recipe: str
     metric_name: str = "accuracy"
     higher_is_better: bool = True
+    # the time budget (--compress-sensitivity-seconds) ran out before every layer was measured
+    timed_out: bool = False
 
     @property
     def evaluations(self) -> int:
@@ -214,7 +235,12 @@ class SensitivityResult:
             text = f"most sensitive layers: {names}"
         else:
             text = "most sensitive layers: none hurts alone (the drop comes from layers together)"
-        if self.skipped:
+        if self.timed_out:
+            text += (
+                f"; stopped early by the time budget (--compress-sensitivity-seconds): "
+                f"{len(self.skipped)} layers not measured"
+            )
+        elif self.skipped:
             text += f"; {len(self.skipped)} smaller layers not measured"
         return text
 
@@ -239,4 +265,5 @@ class SensitivityResult:
                 for e in self.layers
             ],
             "skipped": list(self.skipped),
+            "timed_out": self.timed_out,
         }

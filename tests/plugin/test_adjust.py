@@ -579,3 +579,17 @@ def test_keep_float_and_sensitivity_work_with_the_new_rounding_and_groups(pytest
     entry = read_json(pytester.path / "report.json")["checks"][0]
     assert entry["sensitivity"]["layers"][0]["layer"] == "fc1"
     assert entry["broken_invariants"] == []
+
+
+def test_the_sensitivity_time_budget_is_an_option_and_the_message_says_it_stopped(pytester):
+    make_project(pytester, HARSH_CHECK)
+    result = pytester.runpytest("--compress-sensitivity-seconds=0", "--compress-report=r.json")
+    result.assert_outcomes(failed=1)
+    # a budget of 0 still measures the first layer, then stops
+    result.stdout.fnmatch_lines(
+        ["*stopped early by the time budget (--compress-sensitivity-seconds): 1 layers*"]
+    )
+    sensitivity = read_json(pytester.path / "r.json")["checks"][0]["sensitivity"]
+    assert sensitivity["evaluations"] == 1 and sensitivity["timed_out"]
+    bad = pytester.runpytest("--compress-sensitivity-seconds=soon")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR

@@ -216,3 +216,27 @@ def test_literal_patterns_match_exactly_their_name(name) -> None:
     for other in ("fc10", "blocks.00", "aXb", "odd!", "x0", "y"):
         if other != name:
             assert not fnmatch.fnmatchcase(other, pattern)
+
+
+def test_a_time_budget_stops_before_the_next_layer_and_says_so() -> None:
+    model, data = fragile_model()
+    ticks = iter(range(100))  # each reading of the clock one second later
+
+    result = layer_sensitivity(
+        model,
+        quantize="int6",
+        evaluate=lambda m: evaluate(m, data),
+        float_metric=1.0,
+        max_seconds=2,
+        clock=lambda: float(next(ticks)),
+    )
+    # started at 0; the 2nd layer starts at 1 < 2; the 3rd would start at 2: stopped
+    assert result.evaluations == 2 and len(result.skipped) == 1 and result.timed_out
+    assert "stopped early by the time budget (--compress-sensitivity-seconds): 1 layers" in (
+        result.summary()
+    )
+    assert result.to_dict()["timed_out"] is True
+    unbounded = layer_sensitivity(
+        model, quantize="int6", evaluate=lambda m: evaluate(m, data), float_metric=1.0
+    )
+    assert unbounded.evaluations == 3 and not unbounded.timed_out
