@@ -71,6 +71,42 @@ CONFTEST = textwrap.dedent(
 )
 
 
+# A plain seeded MLP labelled by itself (100 % float accuracy), with no counting wrapper:
+# the projects that deploy it (runtimes, compressors) need a model torch.export traces.
+PLAIN_CONFTEST = textwrap.dedent(
+    """
+    import pytest
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+
+
+    def make_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
+
+
+    def make_data(model):
+        generator = torch.Generator().manual_seed(1)
+        x = torch.randn(256, 16, generator=generator)
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        return [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]
+
+
+    @pytest.fixture(scope="session")
+    def compress_model():
+        return make_model()
+
+
+    @pytest.fixture(scope="session")
+    def compress_data(compress_model):
+        return make_data(compress_model)
+    """
+)
+
+
 def make_project(pytester: pytest.Pytester, tests: str, *, conftest_extra: str = "") -> None:
     """The conftest above (plus ``conftest_extra``) and ``tests`` as test_project.py."""
     pytester.makeconftest(CONFTEST + textwrap.dedent(conftest_extra))

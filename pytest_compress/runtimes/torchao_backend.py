@@ -55,9 +55,17 @@ def deploy_torchao(
         predict=_Predictor(quantized),
         files=files,
         size_bytes=files_size(files),
-        saved_as=size_words(files, f"torch.save of the torchao {quant.describe()} state_dict"),
+        saved_as=size_words(files, f"torch.save of the torchao {quant.describe()} state_dict")
+        + _left_float(float_layers),
         kept_float=float_layers,
     )
+
+
+def _left_float(layers: tuple[str, ...]) -> str:
+    """What the report says of the layers torchao did not quantize (it cached with it)."""
+    if not layers:
+        return ""
+    return f"; left float (torchao quantizes Linear layers only): {', '.join(layers)}"
 
 
 def quantize_torchao(model: nn.Module, quant: QuantSpec, prune: PruneSpec | None) -> nn.Module:

@@ -12,29 +12,12 @@ import textwrap
 import pytest
 import torch
 
-from tests.plugin_projects import read_json
+from tests.plugin_projects import PLAIN_CONFTEST, read_json
 
-CONFTEST = """
-import pytest
-import torch
-from torch import nn
-
+CONFTEST = (
+    PLAIN_CONFTEST
+    + """
 from pytest_compress import Compressed
-
-torch.set_num_threads(1)
-
-
-def make_model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
-
-
-def make_data(model):
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(256, 16, generator=generator)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]
 
 
 def half_precision(model, calibration_data):
@@ -50,16 +33,6 @@ def vandal(model, calibration_data):
     with torch.no_grad():
         model[0].weight[:, ::2] = 0.0
     return model
-
-
-@pytest.fixture(scope="session")
-def compress_model():
-    return make_model()
-
-
-@pytest.fixture(scope="session")
-def compress_data(compress_model):
-    return make_data(compress_model)
 
 
 @pytest.fixture
@@ -104,6 +77,7 @@ def onnx_pipeline(tmp_path):
 def broken_pipeline(tmp_path):
     return lambda model, data: Compressed(predict=model, path=tmp_path / "missing.onnx")
 """
+)
 
 
 def project(pytester: pytest.Pytester, tests: str) -> None:

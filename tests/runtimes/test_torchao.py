@@ -96,6 +96,9 @@ def test_layers_torchao_leaves_float_are_named(tmp_path):
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     deployed = deploy_torchao(seeded(Net()), QuantSpec(bits=8), None, tmp_path)
     assert deployed.kept_float == ("conv1", "conv2")
+    assert deployed.saved_as.endswith(
+        "; left float (torchao quantizes Linear layers only): conv1, conv2"
+    )
     assert deployed.predict(images).shape == (4, 10)
 
 
