@@ -193,12 +193,24 @@ def _values(
     range that ends near the dtype's largest finite value it saturates there instead of
     becoming infinite (which is also the nearer value).
     """
-    compute = scale_dtype_for(dtype)
-    real = codes.to(compute, copy=True)
+    real = codes.to(scale_dtype_for(dtype), copy=True)
+    return _values_in_place(real, scale, zero_point, axis, dtype)
+
+
+def _values_in_place(
+    real: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    axis: int | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """``_values`` of codes already held as whole numbers in the compute dtype, which
+    ``real`` then holds the values in (saves the copy when the codes are not needed)."""
+    compute = real.dtype
     grouped, (s, z) = _per_channel(real, (scale.to(compute), zero_point.to(compute)), axis)
     largest = torch.finfo(dtype).max
     grouped.sub_(z).mul_(s).clamp_(-largest, largest)
-    return grouped.reshape(codes.shape).to(dtype)
+    return grouped.reshape(real.shape).to(dtype)
 
 
 def _grouped(
@@ -315,6 +327,42 @@ def quantize_with(
     return _blockwise(x, (scale, zero_point), axis, group_size, kernel, out)
 
 
+def quantize_checked(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    *,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+    group_size: int | None = None,
+    dtype: torch.dtype = torch.int32,
+    offset: int = 0,
+    check: bool = True,
+) -> tuple[torch.Tensor, bool]:
+    """``quantize_with(x, ...)`` and whether dequantizing those codes gives ``x`` back
+    exactly (``x`` is on the grid), in one pass: each block's float codes are checked
+    before they are narrowed, instead of a second pass widening the narrow codes again.
+    ``check`` False skips the check (the values are known to be on the grid: True).
+    """
+    on_grid = check
+
+    def kernel(
+        block: torch.Tensor, params: tuple[torch.Tensor, ...], block_axis: int | None
+    ) -> torch.Tensor:
+        nonlocal on_grid
+        rows, (s, z), row_axis = _grouped(block, params, block_axis, group_size)
+        codes = _codes(rows, s, z, qmin, qmax, row_axis)
+        narrow = (codes - offset if offset else codes).to(dtype)
+        if on_grid:  # the codes are whole numbers, so this is dequantize(codes) exactly
+            on_grid = torch.equal(_values_in_place(codes, s, z, row_axis, x.dtype), rows)
+        return narrow if group_size is None else ungroup_rows(narrow, block.shape, block_axis or 0)
+
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    codes = _blockwise(x, (scale, zero_point), axis, group_size, kernel, out)
+    return codes, on_grid or not check
+
+
 def fake_quantize_with(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -338,7 +386,8 @@ def fake_quantize_with(
         block: torch.Tensor, params: tuple[torch.Tensor, ...], block_axis: int | None
     ) -> torch.Tensor:
         rows, (s, z), row_axis = _grouped(block, params, block_axis, group_size)
-        values = _values(_codes(rows, s, z, qmin, qmax, row_axis), s, z, row_axis, x.dtype)
+        # the float codes are a fresh temporary: dequantized where they are, no copy
+        values = _values_in_place(_codes(rows, s, z, qmin, qmax, row_axis), s, z, row_axis, x.dtype)
         return values if group_size is None else ungroup_rows(values, block.shape, block_axis or 0)
 
     target = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .floats import FloatParams
-from .quant import QuantizedTensor, dequantize, dequantizes_to, quantize_with
+from .quant import QuantizedTensor, dequantize, quantize_checked, quantize_with
 
 _RECORD_ATTR = "_pytest_compress_record"
 
@@ -44,7 +44,7 @@ class QuantParams:
         grid (``check`` False: already known to be on it). Computed and checked block by
         block: no int32 or float32 copy of the whole."""
         dtype = torch.uint8 if self.qmax - self.qmin < 1 << 8 else torch.uint16
-        codes = quantize_with(
+        codes, on_grid = quantize_checked(
             values,
             self.scale,
             self.zero_point,
@@ -54,22 +54,9 @@ class QuantParams:
             group_size=self.group_size,
             dtype=dtype,
             offset=self.qmin,
+            check=check,
         )
-        if not check:
-            return codes
-        # (codes - qmin) - (z - qmin) is the same integer as codes - z, exactly, in float
-        shifted = QuantizedTensor(
-            codes,
-            self.scale,
-            self.zero_point - self.qmin,
-            self.bits,
-            self.axis,
-            0,
-            self.qmax - self.qmin,
-            values.dtype,
-            self.group_size,
-        )
-        if not dequantizes_to(shifted, values):
+        if check and not on_grid:
             raise ModelError(
                 f"{name} is no longer on its {self.bits}-bit quantization grid (it changed "
                 "after quantize_model); quantize the model again before saving it"

@@ -178,11 +178,13 @@ def _zero_points_along(
     return np.broadcast_to(zp, shape).reshape(-1)
 
 
-def _tensor_entry(key: str, t: torch.Tensor, layout: Layout, stored: int, nbytes: int) -> dict:
+def _tensor_entry(
+    key: str, dtype: torch.dtype, shape: tuple[int, ...], layout: Layout, stored: int, nbytes: int
+) -> dict:
     entry: dict[str, Any] = {
         "k": key,
-        "d": _DTYPE_NAMES[t.dtype],
-        "s": list(t.shape),
+        "d": _DTYPE_NAMES[dtype],
+        "s": list(shape),
         "e": layout.name,
         "L": nbytes,
     }
@@ -193,23 +195,25 @@ def _tensor_entry(key: str, t: torch.Tensor, layout: Layout, stored: int, nbytes
     return entry
 
 
-def _checked_qparams(key: str, values: torch.Tensor, params: QuantParams) -> int | None:
+def _checked_qparams(
+    key: str, dtype: torch.dtype, shape: tuple[int, ...], params: QuantParams
+) -> int | None:
     """The record's axis, normalised; ``ModelError`` if the record cannot be stored."""
     bits, qmin, qmax = params.bits, params.qmin, params.qmax
-    if values.dtype not in _DTYPE_NAMES or not values.is_floating_point():
-        raise ModelError(f"{key} is quantized but has dtype {values.dtype}, not a float dtype")
+    if dtype not in _DTYPE_NAMES or not dtype.is_floating_point:
+        raise ModelError(f"{key} is quantized but has dtype {dtype}, not a float dtype")
     if not (MIN_BITS <= bits <= MAX_BITS and qmin <= qmax and qmax - qmin < 1 << bits):
         raise ModelError(f"{key}: codes [{qmin}, {qmax}] do not fit in {bits} bits")
-    axis = params.axis
+    axis, dims = params.axis, len(shape)
     if axis is not None:
-        if not -values.dim() <= axis < values.dim():
-            raise ModelError(f"{key}: axis {axis} is out of range for shape {tuple(values.shape)}")
-        axis %= values.dim()
-    channels = 1 if axis is None else values.shape[axis]
+        if not -dims <= axis < dims:
+            raise ModelError(f"{key}: axis {axis} is out of range for shape {shape}")
+        axis %= dims
+    channels = 1 if axis is None else shape[axis]
     if params.group_size is not None:
         if axis is None or params.group_size <= 0:
             raise ModelError(f"{key}: group-wise scales need an axis and a positive group size")
-        channels *= group_count(values.shape, axis, params.group_size)
+        channels *= group_count(shape, axis, params.group_size)
     scale, zero_point = params.scale, params.zero_point
     if scale.numel() != channels or zero_point.shape != scale.shape:
         raise ModelError(
@@ -246,30 +250,82 @@ class _Blob:
         yield from value_parts(source, self.plan.layout)
 
 
-def _planned(key: str, t: torch.Tensor, head: bytes, source: Callable[[], Elements]) -> tuple:
+def _planned(
+    key: str,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    head: bytes,
+    source: Callable[[], Elements],
+) -> tuple[dict, _Blob]:
     plan = stream_plan(source())
-    return _tensor_entry(
-        key, t, plan.layout, plan.stored, len(head) + plan.index_bytes + plan.value_bytes
-    ), _Blob(head, source, plan)
+    nbytes = len(head) + plan.index_bytes + plan.value_bytes
+    return _tensor_entry(key, dtype, shape, plan.layout, plan.stored, nbytes), _Blob(
+        head, source, plan
+    )
 
 
-def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tuple[dict, _Blob]:
-    """Scales, packed zero points, index and packed codes of a fake-quantized tensor."""
-    axis = _checked_qparams(key, values, params)
-    values = values.detach().cpu()
+# Codes derived while planning are kept for the write pass, up to this many bytes per save
+# (the rest are derived again): deriving and checking them is most of a save's time, and
+# 8-bit codes of a float32 model are a quarter of its bytes.
+CODE_CACHE_BYTES = 256 << 20
+
+
+class _CodeCache:
+    """What is left of a save's budget for codes kept between planning and writing."""
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+
+    def take(self, nbytes: int) -> bool:
+        if nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
+
+
+def _code_dtype(params: QuantParams) -> torch.dtype:
+    """The narrow codes' dtype: uint8 up to 8 bits' range, else uint16."""
+    return torch.uint8 if params.qmax - params.qmin < 1 << 8 else torch.uint16
+
+
+def encode_codes(
+    key: str,
+    codes: torch.Tensor,
+    params: QuantParams,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+) -> tuple[dict, _Blob]:
+    """The entry and blob of a quantized tensor from its known codes: ``codes - qmin`` as
+    ``params`` gives them (uint8 up to 8 bits' range, else uint16; shaped ``shape``), for
+    a tensor of ``dtype``. Nothing is re-derived or checked against float values."""
+    if tuple(codes.shape) != tuple(shape) or codes.dtype != _code_dtype(params):
+        raise ModelError(
+            f"{key}: codes of shape {tuple(codes.shape)} and dtype {codes.dtype}, expected "
+            f"{tuple(shape)} and {_code_dtype(params)}"
+        )
+    held = codes.detach().cpu().contiguous()
+    return _encode_codes(key, params, dtype, tuple(shape), lambda: held)
+
+
+def _encode_codes(
+    key: str,
+    params: QuantParams,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    codes: Callable[[], torch.Tensor],
+) -> tuple[dict, _Blob]:
+    """Scales, packed zero points, index and packed codes; ``codes`` gives the narrow
+    codes each time the blob is planned or written."""
+    axis = _checked_qparams(key, dtype, shape, params)
     zero_point = params.zero_point.detach().cpu()
     head = _raw_bytes(params.scale).tobytes() + pack_bits(
         zero_point.reshape(-1).to(torch.int64).numpy() - params.qmin, params.bits
     )
-    checked = [False]
 
     def source() -> Elements:
-        # ModelError if off the grid; checked once, the write pass reuses the verdict
-        codes = params.stored_codes(values, key, check=not checked[0])
-        checked[0] = True
-        return quantized_elements(codes, zero_point - params.qmin, params, axis)
+        return quantized_elements(codes(), zero_point - params.qmin, params, axis)
 
-    entry, blob = _planned(key, values, head, source)
+    entry, blob = _planned(key, dtype, shape, head, source)
     entry["q"] = [
         params.bits,
         axis,
@@ -280,6 +336,30 @@ def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tu
         params.group_size,
     ]
     return entry, blob
+
+
+def _encode_quantized(
+    key: str, values: torch.Tensor, params: QuantParams, cache: _CodeCache | None
+) -> tuple[dict, _Blob]:
+    """A fake-quantized tensor's blob: its codes derived (and checked to be on the grid)
+    once while planning, kept for the write pass when ``cache`` has room for them."""
+    _checked_qparams(key, values.dtype, tuple(values.shape), params)
+    values = values.detach().cpu()
+    kept: list[torch.Tensor] = []
+    derived = [False]
+
+    def codes() -> torch.Tensor:
+        if kept:
+            return kept.pop()  # the write pass: used once, then freed as it is written
+        # ModelError if off the grid; checked once, a later pass reuses the verdict
+        narrow = params.stored_codes(values, key, check=not derived[0])
+        size = narrow.numel() * narrow.element_size()
+        if not derived[0] and cache is not None and cache.take(size):
+            kept.append(narrow)
+        derived[0] = True
+        return narrow
+
+    return _encode_codes(key, params, values.dtype, tuple(values.shape), codes)
 
 
 def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[dict, _Blob]:
@@ -298,7 +378,7 @@ def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[
         return raw_elements(params.elements(values, key))  # ModelError if off the format
 
     head = b"" if scale is None else _raw_bytes(scale).tobytes()
-    entry, blob = _planned(key, values, head, source)
+    entry, blob = _planned(key, values.dtype, tuple(values.shape), head, source)
     entry["f"] = [
         params.format,
         params.axis,
@@ -316,7 +396,7 @@ def _encode_raw(key: str, t: torch.Tensor) -> tuple[dict, _Blob]:
             f"(supported: {', '.join(_DTYPES)})"
         )
     t = t.detach().cpu()
-    return _planned(key, t, b"", lambda: raw_elements(t))
+    return _planned(key, t.dtype, tuple(t.shape), b"", lambda: raw_elements(t))
 
 
 def _same_params(a: QuantParams | FloatParams, b: QuantParams | FloatParams) -> bool:
@@ -344,7 +424,10 @@ def _storage_id(t: torch.Tensor) -> tuple | None:
     return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
 
 
-def _encode_tensors(model: nn.Module) -> tuple[list[dict], list[_Blob]]:
+def _encode_tensors(
+    model: nn.Module, cache: _CodeCache | None = None
+) -> tuple[list[dict], list[_Blob]]:
+    """Every state_dict entry's header entry and blob; ``cache``: the write pass follows."""
     state = model.state_dict()
     quantized = get_record(model).quantized
     unknown = sorted(set(quantized) - set(state))
@@ -377,7 +460,7 @@ def _encode_tensors(model: nn.Module) -> tuple[list[dict], list[_Blob]]:
         if isinstance(mapping, FloatParams):
             entry, blob = _encode_float(key, t, mapping)
         elif mapping is not None:
-            entry, blob = _encode_quantized(key, t, mapping)
+            entry, blob = _encode_quantized(key, t, mapping, cache)
         else:
             entry, blob = _encode_raw(key, t)
         entries.append(entry)
@@ -416,10 +499,13 @@ def _hook_entries(model: nn.Module) -> list[list]:
     return hooks
 
 
-def _encode(model: nn.Module, target: str) -> tuple[bytes, list[_Blob]]:
-    """The compressed header and the tensor blobs of ``model``'s file (``target`` names it)."""
+def _encode(
+    model: nn.Module, target: str, cache: _CodeCache | None = None
+) -> tuple[bytes, list[_Blob]]:
+    """The compressed header and the tensor blobs of ``model``'s file (``target`` names it;
+    ``cache`` keeps codes for a write pass)."""
     with torch.no_grad():
-        entries, blobs = _encode_tensors(model)
+        entries, blobs = _encode_tensors(model, cache)
     try:
         text = json.dumps(
             {"t": entries, "h": _hook_entries(model)}, separators=(",", ":"), allow_nan=False
@@ -441,7 +527,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
     is written into the prefix last.
     """
     path = os.fspath(path)
-    header, blobs = _encode(model, path)
+    header, blobs = _encode(model, path, _CodeCache(CODE_CACHE_BYTES))
     expected = _PREFIX.size + len(header) + sum(blob.size for blob in blobs)
     crc = [zlib.crc32(header)]
 

@@ -34,10 +34,15 @@ def pack_bits(values: np.ndarray, bits: int) -> bytes:
     v = np.asarray(values).reshape(-1)
     if v.size and (v.min() < 0 or int(v.max()) >= 1 << bits):
         raise ValueError(f"values to pack at {bits} bits must lie in [0, {(1 << bits) - 1}]")
+    return _pack(v, bits)
+
+
+def _pack(v: np.ndarray, bits: int) -> bytes:
+    """``pack_bits`` of a flat array already known to lie in range."""
     if bits == 8:
-        return v.astype(np.uint8).tobytes()
+        return v.astype(np.uint8, copy=False).tobytes()
     if bits == 16:
-        return v.astype("<u2").tobytes()
+        return v.astype("<u2", copy=False).tobytes()
     if 8 % bits == 0:
         # Several codes per byte: shift each into its slot and OR them together.
         per_byte = 8 // bits
@@ -95,6 +100,47 @@ def unpack_bits(data: bytes | memoryview, bits: int, count: int) -> np.ndarray:
         wide[:, :bits] = bit_matrix
         out[start : start + n] = np.packbits(wide, axis=1, bitorder="little").view("<u2")[:, 0]
     return out
+
+
+def pack_trusted(values: np.ndarray, bits: int) -> bytes:
+    """``pack_bits`` of values the caller derived in range (clamped codes, gaps below
+    ``2**bits``, 0/1 flags): the same bytes without the two range passes (for 8-bit
+    codes, a plain byte copy)."""
+    return _pack(np.asarray(values).reshape(-1), bits)
+
+
+def check_padding(data: bytes | memoryview | np.ndarray, bits: int, count: int) -> None:
+    """``FileFormatError`` unless the unused bits after ``count`` packed values are zero
+    (as ``unpack_bits`` checks, for a blob decoded a range at a time)."""
+    raw = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    spare = raw.size * 8 - count * bits
+    if spare and raw[-1] >> (8 - spare):
+        raise FileFormatError(
+            f"the unused last {spare} bits of a {bits}-bit packed blob are not zero"
+        )
+
+
+def unpack_range(raw: np.ndarray, bits: int, start: int, count: int) -> np.ndarray:
+    """Values ``start .. start + count`` of a packed blob (``raw``: its uint8 array), as
+    uint8 for up to 8 bits (a view of ``raw`` at 8 bits) or uint16 above, any ``start``."""
+    first_bit = start * bits
+    first, lead = divmod(first_bit, 8)
+    span = raw[first : first + (lead + count * bits + 7) // 8]
+    if bits == 8:
+        return span
+    if bits == 16:
+        return span.view("<u2").astype(np.uint16, copy=False)
+    if 8 % bits == 0:  # whole values per byte, so lead is a multiple of bits
+        per_byte = 8 // bits
+        shifts = np.arange(per_byte, dtype=np.uint8) * bits
+        slots = (span[:, None] >> shifts) & ((1 << bits) - 1)
+        skip = lead // bits
+        return slots.reshape(-1)[skip : skip + count]
+    bit_matrix = np.unpackbits(span, bitorder="little")[lead : lead + count * bits]
+    wide = np.zeros((count, 16), dtype=np.uint8)
+    wide[:, :bits] = bit_matrix.reshape(count, bits)
+    codes = np.packbits(wide, axis=1, bitorder="little").view("<u2")[:, 0]
+    return codes.astype(np.uint8) if bits < 8 else codes.astype(np.uint16)
 
 
 # --- sparse layouts ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .encoding import MAX_GAP_BITS, Layout, pack_bits, packed_size
+from .encoding import MAX_GAP_BITS, Layout, pack_trusted, packed_size
 
 CHUNK = 1 << 20  # elements per chunk (rounded to whole rows)
 
@@ -61,21 +61,24 @@ class Plan:
 
 class _BitWriter:
     """``pack_bits`` of a long stream fed in pieces: whole groups of 8 codes (``bits``
-    bytes) go out as they come, the rest waits for the next piece."""
+    bytes) go out as they come, the rest waits for the next piece. The values are the
+    encoder's own (clamped codes, gaps, flags), so their range is not checked again."""
 
     def __init__(self, bits: int) -> None:
         self.bits = bits
         self.pending = np.empty(0, dtype=np.uint16)
 
     def feed(self, values: np.ndarray) -> bytes:
+        if self.bits % 8 == 0:  # whole bytes per value: nothing ever waits
+            return pack_trusted(values, self.bits)
         if self.pending.size:
             values = np.concatenate([self.pending, values.astype(np.uint16)])
         whole = values.size - values.size % 8
         self.pending = values[whole:].astype(np.uint16)
-        return pack_bits(values[:whole], self.bits) if whole else b""
+        return pack_trusted(values[:whole], self.bits) if whole else b""
 
     def close(self) -> bytes:
-        return pack_bits(self.pending, self.bits) if self.pending.size else b""
+        return pack_trusted(self.pending, self.bits) if self.pending.size else b""
 
 
 def plan(source: Elements) -> Plan:
