@@ -67,8 +67,10 @@ stops a bomb), and it may hold at most ``2 * entries + 16`` JSON objects (counte
 parsing); no ``NaN`` or ``Infinity``; the document has exactly ``"t"`` and ``"h"``;
 a shape or scale shape has at most ``MAX_DIMS`` (8) dimensions; at most
 ``MAX_HOOKS_PER_MODULE`` (4) hooks per module; every blob length follows from the model's
-own shapes. So a load costs the file plus the model, and every problem, whatever it is,
-raises ``FileFormatError`` naming the file. The writer refuses (``ModelError``) a model
+own shapes. So a load costs the model plus one tensor's blob (each is read and decoded a
+block at a time into the loaded copy, ``decoding.py``), and every problem, whatever it
+is, raises ``FileFormatError`` naming the file (a failed checksum first: a corrupted file
+says so, whatever its damage decoded to). The writer refuses (``ModelError``) a model
 the reader would refuse. A model on the meta device is materialised on the CPU from the
 file, or refused when it has meta tensors the file does not hold (non-persistent buffers).
 """
@@ -101,18 +103,19 @@ from ..engine.activations import (
     remove_activation_hooks,
 )
 from ..engine.floats import FLOAT_DTYPES, FloatParams
-from ..engine.groups import group_count, per_element
-from ..engine.quant import QuantizedTensor, dequantize
+from ..engine.groups import group_count
+from ..engine.quant import scale_dtype_for
 from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
 from ..engine.specs import FLOAT_FORMATS, MAX_BITS, MIN_BITS
 from ..errors import FileFormatError, ModelError
 from ..files import write_atomically
+from .decoding import Codes, Scales, blocks, decode_codes, decode_raw, fill
+from .decoding import Elements as DecodedElements
 from .elements import quantized_elements, raw_elements
 from .encoding import (
     LAYOUTS,
     MAX_GAP_BITS,
     Layout,
-    decode_index,
     pack_bits,
     packed_size,
     unpack_bits,
@@ -162,20 +165,6 @@ def _raw_bytes(t: torch.Tensor) -> np.ndarray:
     """A tensor's elements as a (numel, itemsize) uint8 array, in C order."""
     flat = t.detach().cpu().contiguous().reshape(-1)
     return flat.view(torch.uint8).numpy().reshape(flat.numel(), t.element_size())
-
-
-def _zero_points_along(
-    zero_point: torch.Tensor, axis: int | None, shape: tuple[int, ...], group_size: int | None
-) -> np.ndarray:
-    """Each element's zero point (its code for 0.0), as a flat int64 array."""
-    if group_size is not None and axis is not None:
-        spread = per_element(zero_point.detach().cpu().to(torch.int64), shape, axis, group_size)
-        return spread.reshape(-1).numpy()
-    view = [1] * len(shape)
-    if axis is not None:
-        view[axis] = -1
-    zp = zero_point.detach().cpu().to(torch.int64).numpy().reshape(view)
-    return np.broadcast_to(zp, shape).reshape(-1)
 
 
 def _tensor_entry(
@@ -961,95 +950,81 @@ def _read_header(f: Any, size: int, limits: tuple[int, int]) -> tuple[dict, int,
     return doc, _PREFIX.size + header_len, crc, version
 
 
-def _check_crc(f: Any, expected: int) -> None:
-    f.seek(_PREFIX.size)
-    crc = 0
-    while chunk := f.read(1 << 20):  # streamed: a file is never read into memory unchecked
+def _crc_of(f: Any, start: int, stop: int | None, crc: int = 0) -> int:
+    """``crc`` continued over the file's bytes ``start .. stop`` (None: to the end),
+    streamed a megabyte at a time."""
+    f.seek(start)
+    left = math.inf if stop is None else stop - start
+    while left > 0 and (chunk := f.read(int(min(left, 1 << 20)))):
         crc = zlib.crc32(chunk, crc)
-    _check(crc == expected, "checksum mismatch: the file is corrupted")
+        left -= len(chunk)
+    return crc
 
 
-def _decode_raw(item: _Stored, index: memoryview, values: memoryview) -> torch.Tensor:
-    positions = decode_index(index, item.layout, item.numel, item.stored)
-    itemsize = _itemsize(item.dtype)
-    rows = np.frombuffer(values, dtype=np.uint8).reshape(item.stored, itemsize)
-    if item.layout.name == "dense":
-        out = rows.copy()
-    else:
-        out = np.zeros((item.numel, itemsize), dtype=np.uint8)
-        out[positions] = rows
-    _check(
-        item.dtype != torch.bool or not out.size or out.max() <= 1,
-        f"{item.key}: a bool tensor holds bytes other than 0 and 1",
-    )
-    return torch.from_numpy(out.reshape(-1)).view(item.dtype).reshape(item.shape)
+_CORRUPTED = "checksum mismatch: the file is corrupted"
 
 
-def _decode_quantized(item: _Stored, parts: list[memoryview]) -> tuple[torch.Tensor, QuantParams]:
-    q = item.quant
-    assert q is not None
-    scale_blob, zp_blob, index, values = parts
-    scale = torch.from_numpy(np.frombuffer(scale_blob, dtype=np.uint8).copy())
-    scale = scale.view(q.scale_dtype).reshape(q.scale_shape)
+def _decode_raw(item: _Stored, dest: torch.Tensor, index: np.ndarray, values: np.ndarray) -> None:
+    decode_raw(dest, index, values, item.layout, item.stored)
+
+
+def _scales(item: _Stored, blob: np.ndarray, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+    scale = torch.from_numpy(blob.copy()).view(dtype).reshape(shape)
     _check(
         bool(torch.isfinite(scale).all() and (scale > 0).all()),
         f"{item.key}: scales must be finite and positive",
     )
+    return scale
+
+
+def _decode_quantized(item: _Stored, dest: torch.Tensor, parts: list[np.ndarray]) -> QuantParams:
+    """Codes decoded into ``dest`` a block at a time (``decoding.py``); the record back."""
+    q = item.quant
+    assert q is not None
+    scale_blob, zp_blob, index, values = parts
+    scale = _scales(item, scale_blob, q.scale_dtype, q.scale_shape)
     zero_point = unpack_bits(zp_blob, q.bits, q.channels).astype(np.int64) + q.qmin
-    positions = decode_index(index, item.layout, item.numel, item.stored)
-    stored = unpack_bits(values, q.bits, item.stored).astype(np.int64) + q.qmin
     _check(
         not zero_point.size or zero_point.max() <= q.qmax,
         f"{item.key}: a zero point exceeds qmax {q.qmax}",
     )
-    _check(not stored.size or stored.max() <= q.qmax, f"{item.key}: a code exceeds qmax {q.qmax}")
     zp = torch.from_numpy(zero_point.astype(np.int32)).reshape(q.scale_shape)
-    codes = _zero_points_along(zp, q.axis, item.shape, q.group_size).astype(np.int32)
-    codes = codes.copy()  # a fresh, writable copy
-    codes[positions] = stored
-    params = QuantParams(scale, zp, q.bits, q.axis, q.qmin, q.qmax, q.group_size)
-    quantized = QuantizedTensor(
-        torch.from_numpy(codes).reshape(item.shape),
-        scale,
-        zp,
+    compute = scale_dtype_for(item.dtype)  # as quant.dequantize computes
+    codes = Codes(
+        values,
         q.bits,
-        q.axis,
         q.qmin,
         q.qmax,
+        scale.to(compute).reshape(-1),
+        (zp - q.qmin).to(compute).reshape(-1),  # codes are stored less qmin: the same c - z
         item.dtype,
-        q.group_size,
+        Scales.of(item.shape, q.axis, q.group_size),
     )
-    return dequantize(quantized), params
+    decode_codes(dest, index, item.layout, item.stored, codes)
+    return QuantParams(scale, zp, q.bits, q.axis, q.qmin, q.qmax, q.group_size)
 
 
-def _decode_float(item: _Stored, parts: list[memoryview]) -> tuple[torch.Tensor, FloatParams]:
+def _decode_float(item: _Stored, dest: torch.Tensor, parts: list[np.ndarray]) -> FloatParams:
+    """A float format's elements decoded into ``dest`` a block at a time; its record."""
     f = item.floating
     assert f is not None
     scale_blob, index, values = parts
     scale = None
     if f.scale_dtype is not None and f.scale_shape is not None:
-        scale = torch.from_numpy(np.frombuffer(scale_blob, dtype=np.uint8).copy())
-        scale = scale.view(f.scale_dtype).reshape(f.scale_shape)
-        _check(
-            bool(torch.isfinite(scale).all() and (scale > 0).all()),
-            f"{item.key}: scales must be finite and positive",
-        )
-    dtype = FLOAT_DTYPES[f.format]
-    positions = decode_index(index, item.layout, item.numel, item.stored)
-    stored = np.zeros((item.numel, _itemsize(dtype)), dtype=np.uint8)
-    stored[positions if item.layout.name != "dense" else slice(None)] = np.frombuffer(
-        values, dtype=np.uint8
-    ).reshape(item.stored, -1)
-    elements = torch.from_numpy(stored.reshape(-1)).view(dtype).reshape(item.shape)
-    _check(
-        bool(torch.isfinite(elements.to(torch.float32)).all()),
-        f"{item.key}: {f.format} elements must be finite",
+        scale = _scales(item, scale_blob, f.scale_dtype, f.scale_shape)
+    element = FLOAT_DTYPES[f.format]
+    elements = DecodedElements(
+        values.reshape(item.stored, _itemsize(element)),
+        element,
+        None if scale is None else scale.to(torch.float32).reshape(-1),
+        f"{item.key}: {f.format}",
     )
-    params = FloatParams(f.format, scale, f.axis)
-    return params.decode(elements, item.dtype), params
+    scales = Scales.of(item.shape, f.axis if scale is not None else None, None)
+    fill(dest, item.layout, blocks(index, item.layout, scales, item.stored), elements)
+    return FloatParams(f.format, scale, f.axis)
 
 
-def _split(blob: memoryview, sizes: list[int]) -> list[memoryview]:
+def _split(blob: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     parts, start = [], 0
     for size in sizes:
         parts.append(blob[start : start + size])
@@ -1057,53 +1032,84 @@ def _split(blob: memoryview, sizes: list[int]) -> list[memoryview]:
     return parts
 
 
-def _read_file(
-    path: str, model: nn.Module, target: dict[str, torch.Tensor]
-) -> tuple[
-    dict[str, torch.Tensor], dict[str, tuple[str, bool]], dict[str, QuantParams | FloatParams], list
-]:
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        doc, data_offset, crc, version = _read_header(f, size, _header_limit(model, target))
-        stored, aliases = _parse_tensors(doc.get("t"), target, version)
-        hooks = _parse_hooks(doc.get("h"), model)
-        # Every length is now known from the model's own shapes: check the file against it
-        # before reading the data, so a wrong file never costs more than its header.
-        data_len = sum(item.nbytes for item in stored)
-        actual = size - data_offset
-        _check(
-            actual >= data_len,
-            f"truncated: the header describes {data_len} bytes of tensor data, "
-            f"the file holds {actual}",
-        )
-        _check(actual == data_len, f"{actual - data_len} unexpected bytes after the tensor data")
-        _check_crc(f, crc)
-        f.seek(data_offset)
-        data = memoryview(f.read(data_len))
+@dataclass(frozen=True)
+class _Contents:
+    """A checked file's entries, ties and hooks, and where its tensor data starts."""
+
+    stored: list[_Stored]
+    aliases: dict[str, tuple[str, bool]]
+    hooks: list
+    data_offset: int
+    crc: int  # of everything after the prefix; checked as the blobs are read
+
+
+def _read_contents(f: Any, size: int, model: nn.Module, target: dict) -> _Contents:
+    """The header, checked against the model, and the data's length, checked against the
+    file: a wrong file costs no more than its header before its data is read."""
+    doc, data_offset, crc, version = _read_header(f, size, _header_limit(model, target))
+    stored, aliases = _parse_tensors(doc.get("t"), target, version)
+    hooks = _parse_hooks(doc.get("h"), model)
+    data_len = sum(item.nbytes for item in stored)
+    actual = size - data_offset
+    _check(
+        actual >= data_len,
+        f"truncated: the header describes {data_len} bytes of tensor data, the file holds {actual}",
+    )
+    _check(actual == data_len, f"{actual - data_len} unexpected bytes after the tensor data")
+    return _Contents(stored, aliases, hooks, data_offset, crc)
+
+
+def _decode_into(
+    item: _Stored, dest: torch.Tensor, blob: np.ndarray
+) -> QuantParams | FloatParams | None:
+    """One entry's blob decoded into ``dest``; its quantization record, if any."""
+    parts = _split(blob, item.part_sizes())
+    try:
+        if item.floating is not None:
+            return _decode_float(item, dest, parts)
+        if item.quant is None:
+            _decode_raw(item, dest, *parts)
+            return None
+        return _decode_quantized(item, dest, parts)
+    except _BadFile:
+        raise
+    except (FileFormatError, ValueError, RuntimeError, IndexError, OverflowError) as err:
+        raise _BadFile(f"{item.key}: {err}") from None
+
+
+def _read_tensors(
+    f: Any, contents: _Contents, loaded: nn.Module
+) -> tuple[dict[str, torch.Tensor], dict[str, QuantParams | FloatParams]]:
+    """Every entry decoded, in place into ``loaded``'s own tensor where it can be (see
+    ``_destinations``), else into a new one; one blob in memory at a time."""
+    destinations = _destinations(loaded, contents.stored)
     tensors: dict[str, torch.Tensor] = {}
     quantized: dict[str, QuantParams | FloatParams] = {}
-    offset = 0
-    for item in stored:
-        parts = _split(data[offset : offset + item.nbytes], item.part_sizes())
-        offset += item.nbytes
-        try:
-            if item.floating is not None:
-                tensors[item.key], quantized[item.key] = _decode_float(item, parts)
-            elif item.quant is None:
-                tensors[item.key] = _decode_raw(item, *parts)
-            else:
-                tensors[item.key], quantized[item.key] = _decode_quantized(item, parts)
-        except _BadFile:
-            raise
-        except (ValueError, RuntimeError, IndexError, OverflowError) as err:
-            raise _BadFile(f"{item.key}: {err}") from None
-    for key, (source, shares_record) in aliases.items():
+    # The CRC is taken over each blob as it is read (one read of the file, not two); every
+    # value is checked as it is decoded, so a damaged blob never gets further than its
+    # tensor, and a file whose checksum fails says so whatever its damage decoded to.
+    crc = _crc_of(f, _PREFIX.size, contents.data_offset)
+    try:
+        for item in contents.stored:
+            blob = np.empty(item.nbytes, dtype=np.uint8)  # writable: torch views it as is
+            _check(f.readinto(blob.data) == item.nbytes, "the file changed while loading")
+            crc = zlib.crc32(blob.data, crc)
+            dest = destinations.get(item.key)
+            if dest is None:
+                dest = torch.empty(item.shape, dtype=item.dtype)
+            mapping = _decode_into(item, dest, blob)
+            tensors[item.key] = dest
+            if mapping is not None:
+                quantized[item.key] = mapping
+    except _BadFile:
+        _check(_crc_of(f, f.tell(), None, crc) == contents.crc, _CORRUPTED)
+        raise
+    _check(crc == contents.crc, _CORRUPTED)
+    for key, (source, shares_record) in contents.aliases.items():
         tensors[key] = tensors[source]
         if shares_record:
             quantized[key] = quantized[source]
-    ordered = {key: tensors[key] for key in target}
-    record = {key: quantized[key] for key in target if key in quantized}
-    return ordered, aliases, record, hooks
+    return tensors, quantized
 
 
 def _slot(model: nn.Module, key: str) -> tuple[str, dict, str] | None:
@@ -1153,16 +1159,77 @@ def _replace_activation_hooks(model: nn.Module, hooks: list) -> None:
         add_activation_hook(model.get_submodule(name), hook)
 
 
+def _destinations(model: nn.Module, stored: list[_Stored]) -> dict[str, torch.Tensor]:
+    """The copy's own tensors that entries decode straight into: a parameter or buffer
+    (not an entry a custom ``state_dict`` makes up), on the CPU, contiguous, of the
+    entry's dtype and shape, and the first entry to reach its storage: a second stored
+    entry of tensors the model ties is decoded apart, so the two can be compared."""
+    state = model.state_dict()  # detached views of the copy's own tensors
+    claimed: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for item in stored:
+        slot, t = _slot(model, item.key), state.get(item.key)
+        if slot is None or t is None or slot[1][slot[2]].data_ptr() != t.data_ptr():
+            continue
+        if t.device.type != "cpu" or not t.is_contiguous() or t.numel() == 0:
+            continue
+        if t.dtype != item.dtype or tuple(t.shape) != item.shape:
+            continue
+        storage = t.untyped_storage().data_ptr()
+        if storage not in claimed:
+            claimed.add(storage)
+            out[item.key] = t.detach()
+    return out
+
+
+def _loads_plainly(module: nn.Module) -> bool:
+    """Whether ``load_state_dict`` overwrites this module's tensors whole (no custom
+    loading, no pre-hooks that could leave some of them as they were)."""
+    custom = type(module)._load_from_state_dict is not nn.Module._load_from_state_dict
+    return not custom and not module._load_state_dict_pre_hooks
+
+
+def _empty_twins(model: nn.Module, target: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """For ``copy.deepcopy``'s memo: uninitialised twins of the tensors the file will
+    overwrite whole, so the copy does not first copy values that are thrown away. Only a
+    plain parameter or buffer that shares its storage with no other tensor of the model
+    (a deep copy keeps such sharing, which fresh twins would break)."""
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    owners: Counter = Counter()
+    for t in {id(t): t for _, t in named}.values():
+        if t.numel():
+            owners[(t.device, t.untyped_storage().data_ptr())] += 1
+    twins: dict[int, torch.Tensor] = {}
+    for key in target:
+        slot = _slot(model, key)
+        if slot is None or not _loads_plainly(model.get_submodule(key.rpartition(".")[0])):
+            continue
+        t = slot[1][slot[2]]
+        if t.numel() == 0 or owners[(t.device, t.untyped_storage().data_ptr())] != 1:
+            continue
+        empty = torch.empty_like(t.data, memory_format=torch.preserve_format)
+        if type(t) is nn.Parameter:  # as Parameter.__deepcopy__ builds it
+            twins[id(t)] = nn.Parameter(empty, t.requires_grad)
+        elif type(t) is torch.Tensor and not t.requires_grad and not t.__dict__:
+            twins[id(t)] = empty
+    return twins
+
+
 def _materialised_copy(model: nn.Module, target: dict[str, torch.Tensor]) -> nn.Module:
-    """A deep copy of ``model``; one on the meta device gets empty CPU tensors, which the
-    file then fills, provided the file fills every one of them."""
+    """A deep copy of ``model`` whose state the file then fills: the tensors it
+    overwrites whole are allocated, not copied; one on the meta device gets empty CPU
+    tensors, provided the file fills every one of them."""
     on_meta = [
         name
         for name, t in (*model.named_parameters(), *model.named_buffers())
         if t.device.type == "meta"
     ]
     if not on_meta:
-        return copy.deepcopy(model)
+        memo: dict[int, Any] = dict(_empty_twins(model, target))
+        return copy.deepcopy(model, memo)
     outside = [name for name in on_meta if name not in target]
     _check(
         not outside,
@@ -1182,18 +1249,27 @@ def load_compressed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     hooks, so its outputs equal the saved model's exactly. A truncated, corrupted or
     foreign file, or one saved from another architecture, raises ``FileFormatError`` (a
     ``ValueError``) naming the file and the problem.
+
+    The header is checked against the model and the file's length before the copy is
+    made; each tensor is then read and decoded a block at a time straight into the copy's
+    own tensor (every value checked, the CRC taken as the blobs are read), so a load
+    costs the copy plus one tensor's blob and a few blocks.
     """
     path = os.fspath(path)
     target = model.state_dict()
     try:
-        tensors, aliases, record, hooks = _read_file(path, model, target)
-        loaded = _materialised_copy(model, target)
-        _tie(loaded, aliases)
+        with open(path, "rb") as f:
+            contents = _read_contents(f, os.fstat(f.fileno()).st_size, model, target)
+            loaded = _materialised_copy(model, target)
+            _tie(loaded, contents.aliases)
+            tensors, quantized = _read_tensors(f, contents, loaded)
         _check_model_ties(loaded, tensors)
     except _BadFile as err:
         raise FileFormatError(f"cannot load {path}: {err}") from None
+    ordered = {key: tensors[key] for key in target}
+    record = {key: quantized[key] for key in target if key in quantized}
     with torch.no_grad():
-        loaded.load_state_dict(tensors, strict=True)
-    _replace_activation_hooks(loaded, hooks)
+        loaded.load_state_dict(ordered, strict=True)  # in place entries: copies onto themselves
+    _replace_activation_hooks(loaded, contents.hooks)
     set_record(loaded, CompressionRecord(quantized=record))
     return loaded

@@ -61,7 +61,7 @@ def _pack(v: np.ndarray, bits: int) -> bytes:
     return b"".join(parts)
 
 
-def unpack_bits(data: bytes | memoryview, bits: int, count: int) -> np.ndarray:
+def unpack_bits(data: bytes | memoryview | np.ndarray, bits: int, count: int) -> np.ndarray:
     """The ``count`` unsigned ``bits``-bit integers packed in ``data``, as uint16.
 
     ``FileFormatError`` if ``data`` is not exactly ``packed_size(count, bits)`` bytes or its
