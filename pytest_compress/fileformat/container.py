@@ -1161,15 +1161,16 @@ def _replace_activation_hooks(model: nn.Module, hooks: list) -> None:
 
 def _destinations(model: nn.Module, stored: list[_Stored]) -> dict[str, torch.Tensor]:
     """The copy's own tensors that entries decode straight into: a parameter or buffer
-    (not an entry a custom ``state_dict`` makes up), on the CPU, contiguous, of the
+    that loads plainly (``_plain_slot``: not one a custom ``state_dict`` or custom loading
+    handles), on the CPU, contiguous, of the
     entry's dtype and shape, and the first entry to reach its storage: a second stored
     entry of tensors the model ties is decoded apart, so the two can be compared."""
     state = model.state_dict()  # detached views of the copy's own tensors
     claimed: set[int] = set()
     out: dict[str, torch.Tensor] = {}
     for item in stored:
-        slot, t = _slot(model, item.key), state.get(item.key)
-        if slot is None or t is None or slot[1][slot[2]].data_ptr() != t.data_ptr():
+        slot, t = _plain_slot(model, item.key), state.get(item.key)
+        if slot is None or t is None or slot.data_ptr() != t.data_ptr():
             continue
         if t.device.type != "cpu" or not t.is_contiguous() or t.numel() == 0:
             continue
@@ -1189,6 +1190,15 @@ def _loads_plainly(module: nn.Module) -> bool:
     return not custom and not module._load_state_dict_pre_hooks
 
 
+def _plain_slot(model: nn.Module, key: str) -> torch.Tensor | None:
+    """The parameter or buffer behind state_dict entry ``key``, when ``load_state_dict``
+    overwrites it whole (its module does not load in a way of its own)."""
+    slot = _slot(model, key)
+    if slot is None or not _loads_plainly(model.get_submodule(key.rpartition(".")[0])):
+        return None
+    return slot[1][slot[2]]
+
+
 def _empty_twins(model: nn.Module, target: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
     """For ``copy.deepcopy``'s memo: uninitialised twins of the tensors the file will
     overwrite whole, so the copy does not first copy values that are thrown away. Only a
@@ -1199,16 +1209,13 @@ def _empty_twins(model: nn.Module, target: dict[str, torch.Tensor]) -> dict[int,
         *model.named_buffers(remove_duplicate=False),
     ]
     owners: Counter = Counter()
-    for t in {id(t): t for _, t in named}.values():
-        if t.numel():
-            owners[(t.device, t.untyped_storage().data_ptr())] += 1
+    for tensor in {id(tensor): tensor for _, tensor in named}.values():
+        if tensor.numel():
+            owners[(tensor.device, tensor.untyped_storage().data_ptr())] += 1
     twins: dict[int, torch.Tensor] = {}
     for key in target:
-        slot = _slot(model, key)
-        if slot is None or not _loads_plainly(model.get_submodule(key.rpartition(".")[0])):
-            continue
-        t = slot[1][slot[2]]
-        if t.numel() == 0 or owners[(t.device, t.untyped_storage().data_ptr())] != 1:
+        t = _plain_slot(model, key)
+        if t is None or t.numel() == 0 or owners[(t.device, t.untyped_storage().data_ptr())] != 1:
             continue
         empty = torch.empty_like(t.data, memory_format=torch.preserve_format)
         if type(t) is nn.Parameter:  # as Parameter.__deepcopy__ builds it
