@@ -12,12 +12,16 @@ parameters, and one 24000x4096 layer in float32 and bfloat16. Operations:
 - ``int8`` / ``int4``: ``compress_model`` weight-only, per channel;
 - ``prune80``: ``compress_model`` with 80 % global magnitude pruning;
 - ``size`` / ``save`` / ``load``: ``compressed_size``, ``save_compressed`` and
-  ``load_compressed`` of the int8 copy (built before the peak is reset);
+  ``load_compressed`` of the int8 copy (built before the peak is reset). ``load`` returns
+  a copy of the model, 1.0x by itself: its column counts it, and ``load-copy`` is the
+  same run's peak beyond that copy (the decoder's own cost);
 - ``check``: a whole int8 check through ``CheckRunner`` (deep-copy mode, 256 rows).
 
 With ``--base``, every case also runs against the code at that path (``PYTHONPATH``),
 interleaved case by case, so "before" and "after" share the machine's load. The load
-average is printed before and after. Nothing here is a test.
+average is printed before and after. The last lines hold ``size``, ``save`` and the
+load beyond its copy against the file format's bound, 0.3x the model's bytes + 256 MB.
+Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -118,7 +122,11 @@ elif op == "load":
 elif op == "check":
     out = runner.run(check, CheckInputs(model, data, "m", "d"))
 top = peak()
-print(json.dumps({"extra": top - before, "model_bytes": model_bytes}))
+# load_compressed returns a copy of the model: that much of the peak is the result itself
+result = 0
+if op == "load":
+    result = sum(t.numel() * t.element_size() for t in out.state_dict().values())
+print(json.dumps({"extra": top - before, "model_bytes": model_bytes, "result_bytes": result}))
 """
 
 
@@ -143,7 +151,7 @@ def cases(sizes: list[int], wide: bool) -> list[dict]:
     return out
 
 
-def run_case(case: dict, op: str, code: Path, tmp: str) -> float | None:
+def run_case(case: dict, op: str, code: Path, tmp: str) -> dict | None:
     env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1")
     spec = dict(case, op=op, tmp=tmp)
     done = subprocess.run(
@@ -151,13 +159,43 @@ def run_case(case: dict, op: str, code: Path, tmp: str) -> float | None:
         env=env,
         capture_output=True,
         text=True,
-        cwd=tmp,
+        cwd=tmp,  # not a checkout: the code under test comes from PYTHONPATH
     )
     if done.returncode != 0:
         print(f"  {case['label']} {op} failed: {done.stderr.strip().splitlines()[-1:]}")
         return None
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["extra"] / result["model_bytes"]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def columns(ops: list[str]) -> list[str]:
+    """The table's columns: each operation, and the load's peak beyond its copy."""
+    return [name for op in ops for name in ((op, "load-copy") if op == "load" else (op,))]
+
+
+def multiples(op: str, result: dict) -> dict[str, float]:
+    """The run's peak in model bytes, per column it fills."""
+    out = {op: result["extra"] / result["model_bytes"]}
+    if op == "load":
+        out["load-copy"] = (result["extra"] - result["result_bytes"]) / result["model_bytes"]
+    return out
+
+
+BOUND_MB = 256  # the file format's bound: 0.3x the model's bytes + 256 MB
+
+
+def bound_lines(results: dict, model_bytes: dict[str, int]) -> list[str]:
+    lines = []
+    for label, ops in results.items():
+        limit = 0.3 + BOUND_MB * 2**20 / model_bytes[label]
+        for op in ("size", "save", "load-copy"):
+            for name, multiple in ops.get(op, {}).items():
+                if multiple is not None:
+                    verdict = "within" if multiple <= limit else "OVER"
+                    lines.append(
+                        f"{label:24}{op:>10} {name:>6}: {multiple:.2f}x, bound {limit:.2f}x: "
+                        f"{verdict}"
+                    )
+    return lines
 
 
 def main() -> None:
@@ -173,22 +211,38 @@ def main() -> None:
     if args.base is not None:
         codes = {"before": args.base.resolve(), "after": HERE.parent}
     print(f"load average before: {os.getloadavg()}")
-    header = f"{'model':24}" + "".join(f"{op:>16}" for op in ops)
-    print("peak RSS - RSS before the operation, in model bytes" + (" (before -> after)"))
+    header = f"{'model':24}" + "".join(f"{name:>16}" for name in columns(ops))
+    print(
+        "peak RSS - RSS before the operation, in model bytes"
+        + " (before -> after)" * (len(codes) > 1)
+    )
     print(header)
     results: dict[str, dict] = {}
+    model_bytes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         for case in cases(sizes, args.wide):
-            row = f"{case['label']:24}"
+            cells: dict[str, list[str]] = {}
             for op in ops:
-                cell = []
                 for name, code in codes.items():  # interleaved: before, then after
-                    multiple = run_case(case, op, code, tmp)
-                    results.setdefault(case["label"], {}).setdefault(op, {})[name] = multiple
-                    cell.append("-" if multiple is None else f"{multiple:.2f}")
-                row += f"{' -> '.join(cell) + 'x':>16}"
+                    result = run_case(case, op, code, tmp)
+                    filled = multiples(op, result) if result is not None else {}
+                    if result is not None:
+                        model_bytes[case["label"]] = result["model_bytes"]
+                    for column in columns([op]):
+                        multiple = filled.get(column)
+                        results.setdefault(case["label"], {}).setdefault(column, {})[name] = (
+                            multiple
+                        )
+                        cells.setdefault(column, []).append(
+                            "-" if multiple is None else f"{multiple:.2f}"
+                        )
+            row = f"{case['label']:24}" + "".join(
+                f"{' -> '.join(cells[column]) + 'x':>16}" for column in columns(ops)
+            )
             print(row, flush=True)
     print(f"load average after: {os.getloadavg()}")
+    for line in bound_lines(results, model_bytes):
+        print(line)
     print(json.dumps(results))
 
 
