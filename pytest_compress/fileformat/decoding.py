@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -203,6 +204,15 @@ class Codes:
     dtype: torch.dtype  # the tensor's
     scales: Scales
 
+    @cached_property
+    def clamp(self) -> bool:
+        """Whether a value can pass the dtype's largest finite one (``quant._values``
+        saturates it there); if not, the clamp changes nothing and is skipped."""
+        if not self.scale.numel():
+            return False
+        bound = (self.qmax - self.qmin) * float(self.scale.max()) * (1 + 2**-20)
+        return bound >= torch.finfo(self.dtype).max
+
     def __call__(self, block: Block, target: torch.Tensor | None) -> torch.Tensor:
         """``(codes - z) * s`` of the block clamped to the dtype's range (in the compute
         dtype, into ``target`` when that is the dtype), exactly as ``quant._values``."""
@@ -220,8 +230,10 @@ class Codes:
             real = torch.sub(wide.view(target.shape), z, out=target)
         else:
             real = torch.sub(wide.view(-1, block.run), z)
-        largest = torch.finfo(self.dtype).max
-        real.mul_(s).clamp_(-largest, largest)
+        real.mul_(s)
+        if self.clamp:
+            largest = torch.finfo(self.dtype).max
+            real.clamp_(-largest, largest)
         return real
 
 

@@ -101,6 +101,21 @@ def test_quantized_values_come_back_exactly(
     assert again.read_bytes() == path.read_bytes()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_values_at_the_edge_of_the_dtype_saturate_as_they_were_saved(dtype, tmp_path) -> None:
+    """The grid's last point past the dtype's largest value is saturated there on load
+    too (the clamp ``quant._values`` applies, which the decoder skips only when no value
+    can reach that far)."""
+    largest = torch.finfo(dtype).max
+    model = nn.Linear(16, 8, bias=False).to(dtype)
+    with torch.no_grad():
+        edge = torch.linspace(-largest, largest * 0.999, 128, dtype=torch.float64)
+        model.weight.copy_(edge.reshape(8, 16))
+    packed = compress_model(model, quantize=QuantSpec(bits=3, per_channel=False))
+    assert packed.weight.abs().max() == largest  # saturated when it was quantized
+    round_trip(packed, tmp_path / "m.ptcz")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_every_layout_is_reached_and_decoded(dtype, block, tmp_path: Path) -> None:
     seen: set[str] = set()
