@@ -1,14 +1,19 @@
 """Engine seconds per 100 M parameters, as ratios to their floors in the same run (on demand).
 
-    python benchmarks/bench_engine_speed.py [--millions 50] [--rounds 3]
-    PYTHONPATH=/path/to/old/checkout python benchmarks/bench_engine_speed.py   # before
+    python benchmarks/bench_engine_speed.py [--millions 50] [--rounds 3] [--ops save,load]
+    python benchmarks/bench_engine_speed.py --base /path/to/old/checkout   # before/after
 
 Each operation (A) and its floor (B) run interleaved, round by round, and the table shows
 medians, so a machine whose load changes mid-run shifts both alike and cannot invert a
 ratio. Floors: ``torch.fake_quantize_per_channel_affine`` over every weight (the kernel
 any quantizer pays), ``copy.deepcopy`` (every recipe copies the user's model),
-``torch.save`` / ``torch.load`` of the float ``state_dict``. The load average is printed
-before and after. Nothing here is a test.
+``torch.save`` / ``torch.load`` of the float ``state_dict``. Saving and loading run on
+two compressed copies: int4 with 80 % pruning (sparse layouts) and int8 per channel (the
+file format's bound: save within 2x ``torch.save``, load within 3x ``torch.load``).
+``--ops`` keeps the rows whose names contain one of its words. With ``--base``, each row
+runs in a fresh process against the code at that path (``PYTHONPATH``), then against this
+checkout, row by row, so "before" and "after" share the machine's load. The load average
+is printed before and after. Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import argparse
 import copy
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -59,23 +67,21 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--millions", type=float, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = build(args.millions)
-    params = sum(p.numel() for p in model.parameters())
-    per100 = 1e8 / params
+Pairs = dict[str, tuple[Callable[[], object], str, Callable[[], object]]]
+
+
+def pairs_for(model: nn.Module) -> Pairs:
+    """Each operation, its floor's name and its floor."""
     pruned = PruneSpec(amount=0.8, scope="global")
     packed = compress_model(model, quantize="int4", prune=pruned)
+    int8 = compress_model(model, quantize="int8")
     tmp = tempfile.mkdtemp(dir=os.environ.get("TMPDIR"))
-    ours, theirs = os.path.join(tmp, "m.ptcz"), os.path.join(tmp, "m.pt")
+    ours, ours8 = os.path.join(tmp, "m.ptcz"), os.path.join(tmp, "m8.ptcz")
+    theirs = os.path.join(tmp, "m.pt")
     save_compressed(packed, ours)
+    save_compressed(int8, ours8)
     torch.save(model.state_dict(), theirs)
-    pairs: dict[str, tuple[Callable[[], object], str, Callable[[], object]]] = {
+    return {
         "int4 + global 80 % prune": (
             lambda: compress_model(model, quantize="int4", prune=pruned),
             "fake-quant",
@@ -106,18 +112,86 @@ def main() -> None:
             "torch.load",
             lambda: torch.load(theirs),
         ),
+        "save_compressed int8": (
+            lambda: save_compressed(int8, ours8),
+            "torch.save",
+            lambda: torch.save(model.state_dict(), theirs),
+        ),
+        "load_compressed int8": (
+            lambda: load_compressed(ours8, model),
+            "torch.load",
+            lambda: torch.load(theirs),
+        ),
     }
-    print(f"load average before: {os.getloadavg()}")
-    print(f"model: {params / 1e6:.1f} M float32 parameters, 1 thread, {args.rounds} rounds")
-    print(f"{'operation':26}{'s / 100 M':>11}{'floor':>12}{'s / 100 M':>11}{'ratio':>8}")
-    for name, (action, floor_name, floor) in pairs.items():
+
+
+def selected(names: list[str], ops: str) -> list[str]:
+    words = [word for word in ops.split(",") if word]
+    return [name for name in names if not words or any(word in name for word in words)]
+
+
+def row(name: str, floor_name: str, a: list[float], b: list[float], per100: float) -> str:
+    ta, tb = statistics.median(a) * per100, statistics.median(b) * per100
+    return f"{name:26}{ta:11.2f}{floor_name:>12}{tb:11.2f}{ta / tb:8.2f}"
+
+
+HEADER = f"{'operation':26}{'s / 100 M':>11}{'floor':>12}{'s / 100 M':>11}{'ratio':>8}"
+
+
+def run_here(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build(args.millions)
+    params = sum(p.numel() for p in model.parameters())
+    per100 = 1e8 / params
+    pairs = pairs_for(model)
+    if not args.rows_only:
+        print(f"load average before: {os.getloadavg()}")
+        print(f"model: {params / 1e6:.1f} M float32 parameters, 1 thread, {args.rounds} rounds")
+        print(HEADER)
+    for name in selected(list(pairs), args.ops):
+        action, floor_name, floor = pairs[name]
         a, b = [], []
         for _ in range(args.rounds):  # interleaved A/B, round by round
             a.append(timed(action))
             b.append(timed(floor))
-        ta, tb = statistics.median(a) * per100, statistics.median(b) * per100
-        print(f"{name:26}{ta:11.2f}{floor_name:>12}{tb:11.2f}{ta / tb:8.2f}", flush=True)
+        print(row(name, floor_name, a, b, per100), flush=True)
+    if not args.rows_only:
+        print(f"load average after: {os.getloadavg()}")
+
+
+def run_against(args: argparse.Namespace, base: Path) -> None:
+    """Each row in a fresh process, the old code's then this checkout's."""
+    here = Path(__file__).resolve()
+    codes = {"before": base.resolve(), "after": here.parent.parent}
+    print(f"load average before: {os.getloadavg()}")
+    print(f"model: {args.millions:g} M float32 parameters, 1 thread, {args.rounds} rounds")
+    print(f"{'':7}{HEADER}")
+    for op in [word for word in args.ops.split(",") if word] or ["size", "save", "load"]:
+        for label, code in codes.items():
+            command = [sys.executable, str(here), "--rows-only", "--ops", op]
+            command += ["--millions", str(args.millions), "--rounds", str(args.rounds)]
+            env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1")
+            # not run from a checkout: the code under test comes from PYTHONPATH alone
+            done = subprocess.run(command, env=env, capture_output=True, text=True, cwd="/")
+            lines = done.stdout.strip().splitlines() or [f"failed: {done.stderr[-300:]}"]
+            for line in lines:
+                print(f"{label:7}{line}", flush=True)
     print(f"load average after: {os.getloadavg()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--millions", type=float, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ops", default="", help="comma-separated words; rows naming one")
+    parser.add_argument("--base", type=Path, help="a checkout of the old code, for before/after")
+    parser.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.base is not None:
+        run_against(args, args.base)
+    else:
+        run_here(args)
 
 
 if __name__ == "__main__":
