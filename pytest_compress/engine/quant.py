@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
+import numpy as np
 import torch
 
 from ..errors import ModelError, SpecError
@@ -327,6 +328,26 @@ def quantize_with(
     return _blockwise(x, (scale, zero_point), axis, group_size, kernel, out)
 
 
+# numpy's casts and comparisons of these dtypes run several times faster than torch's on
+# one thread (they are SIMD loops; torch's go element by element through its iterator)
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+_NUMPY_CODES = {torch.uint8: "uint8", torch.uint16: "uint16", torch.int32: "int32"}
+
+
+def _narrowed(codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Whole-number float codes cast to integer ``dtype`` (exact: they are in its range)."""
+    if codes.device.type == "cpu" and codes.dtype in _NUMPY_FLOATS and dtype in _NUMPY_CODES:
+        return torch.from_numpy(codes.numpy().astype(_NUMPY_CODES[dtype]))
+    return codes.to(dtype)
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal`` (by value: -0.0 equals 0.0, NaN equals nothing)."""
+    if a.device.type == "cpu" and a.dtype == b.dtype and a.dtype in _NUMPY_FLOATS:
+        return a.shape == b.shape and bool(np.array_equal(a.detach().numpy(), b.detach().numpy()))
+    return torch.equal(a, b)
+
+
 def quantize_checked(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -353,9 +374,9 @@ def quantize_checked(
         nonlocal on_grid
         rows, (s, z), row_axis = _grouped(block, params, block_axis, group_size)
         codes = _codes(rows, s, z, qmin, qmax, row_axis)
-        narrow = (codes - offset if offset else codes).to(dtype)
+        narrow = _narrowed(codes - offset if offset else codes, dtype)
         if on_grid:  # the codes are whole numbers, so this is dequantize(codes) exactly
-            on_grid = torch.equal(_values_in_place(codes, s, z, row_axis, x.dtype), rows)
+            on_grid = _equal(_values_in_place(codes, s, z, row_axis, x.dtype), rows)
         return narrow if group_size is None else ungroup_rows(narrow, block.shape, block_axis or 0)
 
     out = torch.empty(x.shape, dtype=dtype, device=x.device)

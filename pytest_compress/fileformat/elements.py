@@ -44,16 +44,23 @@ def quantized_elements(
     shape = tuple(codes.shape)
     row, zeros = _row_zero_points(zero_point.to(torch.int32), shape, params, axis)
 
-    def nonzero(start: int, stop: int) -> np.ndarray:
-        if row == 1:
-            return flat[start:stop] != zeros(start, stop)
+    def at_zero(start: int, stop: int) -> np.ndarray:
+        if row == 1:  # per element: a channel's zero point as a flat (n,), never (n, 1)
+            return flat[start:stop] == zeros(start, stop).reshape(-1)
         block = flat[start:stop].reshape(-1, row)
-        return (block != zeros(start // row, stop // row)).reshape(-1)
+        return (block == zeros(start // row, stop // row)).reshape(-1)
+
+    def nonzero(start: int, stop: int) -> np.ndarray:
+        return ~at_zero(start, stop)
+
+    def kept(start: int, stop: int) -> int:
+        # counting the (few) zeros skips inverting the flags: the plan's whole cost
+        return stop - start - int(np.count_nonzero(at_zero(start, stop)))
 
     def values(index: slice | np.ndarray) -> np.ndarray:
         return flat[index]
 
-    return Elements(flat.size, params.bits, nonzero, values, packed=True, row=row)
+    return Elements(flat.size, params.bits, nonzero, values, packed=True, row=row, kept=kept)
 
 
 def _row_zero_points(

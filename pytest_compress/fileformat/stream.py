@@ -41,6 +41,13 @@ class Elements:
     values: Callable[[slice | np.ndarray], np.ndarray]
     packed: bool  # values are integer codes packed at ``bits``; else raw element bytes
     row: int = 1
+    # the count of nonzero elements in [start, stop), when cheaper than the flags
+    kept: Callable[[int, int], int] | None = None
+
+    def count(self, start: int, stop: int) -> int:
+        if self.kept is not None:
+            return self.kept(start, stop)
+        return int(np.count_nonzero(self.nonzero(start, stop)))
 
     def chunks(self) -> Iterator[tuple[int, int]]:
         row = max(1, self.row)
@@ -85,7 +92,7 @@ def plan(source: Elements) -> Plan:
     """The smallest layout (dense, then mask, then the narrowest gaps win ties), as
     ``encoding.layout_sizes`` and ``choose_layout`` pick it, and its sizes."""
     total, bits = source.numel, source.bits
-    kept = sum(int(np.count_nonzero(source.nonzero(a, b))) for a, b in source.chunks())
+    kept = sum(source.count(a, b) for a, b in source.chunks())
     value_size = packed_size(total, bits)
     sizes = [
         (value_size, Plan(Layout("dense"), total, 0, value_size)),

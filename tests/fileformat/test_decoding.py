@@ -27,6 +27,7 @@ from pytest_compress.fileformat.container import (
     load_compressed,
     save_compressed,
 )
+from pytest_compress.fileformat.encoding import choose_layout
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -292,3 +293,20 @@ def test_runs_and_positions_find_the_same_scales() -> None:
         positions = np.arange(scales.numel)
         runs = np.repeat(np.arange(scales.numel // scales.run) % scales.count, scales.run)
         assert np.array_equal(scales.index(positions), runs)
+
+
+@pytest.mark.parametrize("zeros", [0.6, 0.97])
+def test_channels_along_the_last_axis_get_the_smallest_layout(zeros, tmp_path: Path) -> None:
+    """One zero point per element of a row (channels along the last axis): the encoder
+    compares each element with its own channel's zero point (once an (n, n) matrix, which
+    always chose dense and held chunk x chunk flags)."""
+    model = by_hand(torch.float32, bits=8, axis=1, group=None, zeros=zeros)
+    path = tmp_path / "m.ptcz"
+    round_trip(model, path)
+    params = get_record(model).quantized["0.weight"]
+    assert isinstance(params, QuantParams)
+    codes = params.stored_codes(model[0].weight.detach(), "0.weight")
+    nonzero = codes != (params.zero_point - params.qmin).reshape(1, -1)
+    expected = choose_layout(nonzero.numpy(), 8)
+    entry = next(e for e in header(path)["t"] if e["k"] == "0.weight")
+    assert entry["e"] == expected.name != "dense"
