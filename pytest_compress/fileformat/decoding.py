@@ -83,12 +83,26 @@ class Scales:
 
     def index(self, positions: np.ndarray) -> np.ndarray:
         """The scale of each flat position: its channel, and within it its group."""
-        channel = (positions // self.inner) % self.channels
+        channel = _divided(positions, self.inner)
+        if self.channels * self.inner != self.numel:  # channels repeat: not along axis 0
+            channel %= self.channels
         if self.group_size is None:
             return channel
         outer, within = np.divmod(positions, self.channels * self.inner)
         inputs = outer * self.inner + within % self.inner
         return channel * self.groups + inputs // self.group_size
+
+
+def _divided(positions: np.ndarray, by: int) -> np.ndarray:
+    """``positions // by``; a shift for a power of two (int64 division is slow)."""
+    if by & (by - 1) == 0:
+        return positions >> (by.bit_length() - 1)
+    return positions // by
+
+
+def _gathered(values: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+    """``values[index]`` (numpy's take: several times torch's indexing on one thread)."""
+    return torch.from_numpy(values.numpy().take(index))
 
 
 @dataclass(frozen=True)
@@ -221,9 +235,9 @@ class Codes:
         if (1 << self.bits) - 1 > span and codes.size and int(codes.max()) > span:
             raise _bad(f"a code exceeds qmax {self.qmax}")
         wide = torch.from_numpy(codes if codes.dtype == np.uint8 else codes.astype(np.int32))
-        index = torch.from_numpy(block.scales)
         shape = (-1, 1) if block.positions is None else (-1,)
-        s, z = self.scale[index].view(shape), self.zero[index].view(shape)
+        s, z = _gathered(self.scale, block.scales).view(shape), _gathered(self.zero, block.scales)
+        z = z.view(shape)
         if block.positions is not None:
             real = torch.sub(wide, z)
         elif target is not None and target.dtype == self.scale.dtype:
@@ -268,10 +282,9 @@ class Elements:
         if self.scale is None:
             out = stored  # cast by the destination's copy, as ``stored.to(dtype)``
         else:
-            index = torch.from_numpy(block.scales)
             shape = (-1, 1) if block.positions is None else (-1,)
             out = wide.view(-1, block.run) if block.positions is None else wide
-            out = out.mul_(self.scale[index].view(shape))
+            out = out.mul_(_gathered(self.scale, block.scales).view(shape))
         return out
 
 

@@ -48,8 +48,12 @@ def _pack(v: np.ndarray, bits: int) -> bytes:
         per_byte = 8 // bits
         padded = np.zeros(-(-v.size // per_byte) * per_byte, dtype=np.uint8)
         padded[: v.size] = v
-        shifts = np.arange(per_byte, dtype=np.uint8) * bits
-        return np.bitwise_or.reduce(padded.reshape(-1, per_byte) << shifts, axis=1).tobytes()
+        slots = padded.reshape(-1, per_byte)
+        # one slot of every byte at a time: contiguous uint8 loops, not a reduce over 2-8
+        out = slots[:, 0].copy()
+        for slot in range(1, per_byte):
+            out |= slots[:, slot] << (slot * bits)
+        return out.tobytes()
     # Any other width: spread each code into its bits, then pack 8 bits a byte. Chunks of a
     # multiple of 8 codes end on a byte boundary, and keep the bit matrix small.
     shifts = np.arange(bits, dtype=np.uint16)
@@ -132,8 +136,9 @@ def unpack_range(raw: np.ndarray, bits: int, start: int, count: int) -> np.ndarr
         return span.view("<u2").astype(np.uint16, copy=False)
     if 8 % bits == 0:  # whole values per byte, so lead is a multiple of bits
         per_byte = 8 // bits
-        shifts = np.arange(per_byte, dtype=np.uint8) * bits
-        slots = (span[:, None] >> shifts) & ((1 << bits) - 1)
+        slots = np.empty((span.size, per_byte), dtype=np.uint8)
+        for slot in range(per_byte):  # contiguous uint8 loops, one slot at a time
+            np.bitwise_and(span >> (slot * bits), (1 << bits) - 1, out=slots[:, slot])
         skip = lead // bits
         return slots.reshape(-1)[skip : skip + count]
     bit_matrix = np.unpackbits(span, bitorder="little")[lead : lead + count * bits]
