@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..budgets import LATENCY_BUDGETS
-from ..engine.apply import compress_model, copy_model
+from ..engine.apply import compress_model, low_memory_mode, working_copy
 from ..engine.batches import describe_inputs, model_device
 from ..engine.invariants import verify_recipe
 from ..engine.layers import computed_weights, preset_members, skipped_layers
@@ -73,6 +73,8 @@ from .cache import (
     combine,
     runtime_versions,
 )
+from .copies import DEFAULT_LOW_MEMORY, DEFAULT_LOW_MEMORY_SHARE, CopyMode, choose_copy_mode
+from .copies import describe as describe_copy_mode
 from .deploy import (
     PredictModule,
     deploy,
@@ -113,6 +115,9 @@ class CheckRunner:
     - ``verify``: the recipe-invariant gate after every check (``engine/invariants.py``).
     - ``sensitivity_seconds``: no further layer is measured alone after this long (None: no
       time budget, only ``sensitivity_limit``).
+    - ``low_memory``: ``on``, ``off`` or ``auto`` (when the model's bytes exceed
+      ``low_memory_share`` of the available memory): compress shallow clones holding packed
+      weights instead of deep copies (``checks/copies.py``); the numbers are the same.
     """
 
     def __init__(
@@ -128,6 +133,8 @@ class CheckRunner:
         exports: Path | None = None,
         verify: bool = True,
         sensitivity_seconds: float | None = None,
+        low_memory: str = DEFAULT_LOW_MEMORY,
+        low_memory_share: float = DEFAULT_LOW_MEMORY_SHARE,
     ) -> None:
         self.device = device
         self.latency_seconds = latency_seconds
@@ -135,6 +142,9 @@ class CheckRunner:
         self.exports = exports
         self.verify = verify
         self.sensitivity_seconds = sensitivity_seconds
+        self.low_memory = low_memory
+        self.low_memory_share = low_memory_share
+        self.copy_modes = IdentityMemo()  # per model: a deep copy or the low-memory clone
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.sensitivity_limit = sensitivity_limit
         self.results = results
@@ -146,6 +156,7 @@ class CheckRunner:
         self.inputs = PreparedInputs(
             device=device, cache_mb=cache_mb, fingerprints=results is not None, notes=notes
         )
+        self.notes = self.inputs.notes
 
     def scratch(self) -> Path:
         """The session's scratch folder (removed with the runner, or when the process ends)."""
@@ -179,7 +190,30 @@ class CheckRunner:
             calibration = self.inputs.data(
                 inputs.calibration_label, inputs.calibration, "calibration data"
             )
-        return _CheckRun(self, inputs, evaluation, calibration).adjusted(check)
+        mode = self.copy_mode(inputs)
+        if mode.low_memory and inputs.recovery is not None:
+            raise CompressError(
+                f"recover= fine-tunes a full copy of {inputs.model_label}, which the "
+                f"low-memory mode does not make ({mode.why}); run this check with "
+                "--compress-low-memory=off on a machine with room for a second copy"
+            )
+        with low_memory_mode(mode.low_memory):
+            result = _CheckRun(self, inputs, evaluation, calibration).adjusted(check)
+        return dataclasses.replace(result, low_memory=mode.low_memory)
+
+    def copy_mode(self, inputs: CheckInputs) -> CopyMode:
+        """The copy the model's checks compress, chosen once per model in a session (the
+        report says when it is the low-memory clone)."""
+
+        def choose() -> CopyMode:
+            mode = choose_copy_mode(inputs.model, self.low_memory, self.low_memory_share)
+            if mode.low_memory:
+                self.notes[f"low-memory {inputs.model_label}"] = describe_copy_mode(
+                    mode, inputs.model_label
+                )
+            return mode
+
+        return self.copy_modes.get(inputs.model_label, (inputs.model,), choose)[0]
 
 
 def missing_device(device: str, index: int | None) -> str | None:
@@ -319,9 +353,9 @@ class _CheckRun:
         model = self.inputs.model
         if not computed_weights(model):
             return model
-        return self.runner.folded.get(self.inputs.model_label, (model,), lambda: copy_model(model))[
-            0
-        ]
+        return self.runner.folded.get(
+            self.inputs.model_label, (model,), lambda: working_copy(model)
+        )[0]
 
     def skipped(self, recipe: Recipe) -> dict[str, str]:
         """The modules with a weight matrix that ``recipe`` leaves uncompressed, and why."""

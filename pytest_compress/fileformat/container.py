@@ -102,6 +102,7 @@ from ..engine.activations import (
 )
 from ..engine.floats import FLOAT_DTYPES, FloatParams
 from ..engine.groups import group_count, per_element
+from ..engine.lazy import CastValues, LazyWeight, PackedCodes
 from ..engine.quant import QuantizedTensor, dequantize
 from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
 from ..engine.specs import FLOAT_FORMATS, MAX_BITS, MIN_BITS
@@ -264,6 +265,9 @@ def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tu
     checked = [False]
 
     def source() -> Elements:
+        if isinstance(values, PackedCodes) and _same_params(values.params, params):
+            # the low-memory mode's weight holds exactly these codes
+            return quantized_elements(values.codes(), zero_point - params.qmin, params, axis)
         # ModelError if off the grid; checked once, the write pass reuses the verdict
         codes = params.stored_codes(values, key, check=not checked[0])
         checked[0] = True
@@ -295,6 +299,8 @@ def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[
     values = values.detach().cpu()
 
     def source() -> Elements:
+        if isinstance(values, CastValues) and _same_params(values.params, params):
+            return raw_elements(values.stored)  # the low-memory mode's weight holds them
         return raw_elements(params.elements(values, key))  # ModelError if off the format
 
     head = b"" if scale is None else _raw_bytes(scale).tobytes()
@@ -341,6 +347,8 @@ def _storage_id(t: torch.Tensor) -> tuple | None:
     """What makes two state_dict entries one tensor; None for empty tensors (no storage)."""
     if t.numel() == 0:
         return None
+    if isinstance(t, LazyWeight):  # no storage of its own: its packed tensors say
+        return (t.device, t.key(), t.dtype, tuple(t.shape))
     return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
 
 

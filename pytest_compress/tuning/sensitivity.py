@@ -29,8 +29,9 @@ from typing import Any, TypeGuard, TypeVar
 import torch
 from torch import nn
 
-from ..engine.apply import compress_model, copy_model, prune_model
+from ..engine.apply import compress_model, low_memory_enabled, prune_model, working_copy
 from ..engine.layers import Layer, compressible_layers, literal_pattern, selector
+from ..engine.lazy import replace_parameter
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec, describe_recipe
 from ..errors import SpecError
 from ..metrics import MetricKind
@@ -164,10 +165,14 @@ def _compress_alone(
     if _applies(prune, model, layer):
         assert prune is not None
         if global_reference is not None:
-            base = copy_model(model)
+            base = working_copy(model)
             source = global_reference.get_parameter(layer.weight_name)
-            with torch.no_grad():
-                base.get_parameter(layer.weight_name).copy_(source)
+            target = base.get_parameter(layer.weight_name)
+            if low_memory_enabled():  # the clone's weight is the user's: swap, never write
+                replace_parameter(base, target, source)
+            else:
+                with torch.no_grad():
+                    target.copy_(source)
             if prune.activation_threshold is not None:
                 layer_prune = PruneSpec(
                     activation_threshold=prune.activation_threshold, include=only
@@ -175,7 +180,7 @@ def _compress_alone(
         else:
             layer_prune = replace(prune, include=only, exclude=())
     if layer_quant is None and layer_prune is None:
-        return base if base is not model else copy_model(model)
+        return base if base is not model else working_copy(model)
     return compress_model(
         base, quantize=layer_quant, prune=layer_prune, calibration_data=calibration_data
     )
