@@ -42,10 +42,10 @@ from .layers import (
     selector,
 )
 from .lazy import (
-    CastValues,
     LazyWeight,
     MaskedValues,
     PackedCodes,
+    RoundedValues,
     replace_parameter,
     shallow_clone,
 )
@@ -357,7 +357,7 @@ def _quantize_in_place(
                 with torch.no_grad():
                     param.copy_(values)
         elif lazy:
-            packed, params = _packed_parameter(_values_of(param), names[0], axis, spec)
+            packed, params = _packed_parameter(param, names[0], axis, spec)
             replace_parameter(model, param, packed)
         else:
             # written straight into the copy's parameter: no second tensor of its size
@@ -433,15 +433,15 @@ def _round_parameter(
 
 
 def _packed_parameter(
-    x: torch.Tensor, name: str, axis: int | None, spec: QuantSpec
+    source: torch.Tensor, name: str, axis: int | None, spec: QuantSpec
 ) -> tuple[LazyWeight, QuantParams | FloatParams]:
-    """``x`` (never written) as the low-memory mode holds it rounded: its narrow codes, or
-    its elements in the float format; and its mapping."""
+    """``source`` (never written) as the low-memory mode holds it rounded: itself with its
+    mapping, the values recomputed on use; and the mapping."""
+    x = _values_of(source)
     params = _mapping(x, name, axis, spec)
     if isinstance(params, FloatParams):
-        return CastValues(cast_elements(x, params, name), params, x.dtype), params
-    codes = params.stored_codes(x, name, check=False)  # the codes rounding x gives
-    return PackedCodes.of(codes, params, x.dtype), params
+        cast_elements(x, params, name)  # an overflow is refused now, naming the weight
+    return RoundedValues(source.detach(), params), params
 
 
 def _check_group_size(

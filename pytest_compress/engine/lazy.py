@@ -8,16 +8,20 @@ is the user's own (buffers are cloned: a forward pass may update them in place).
 recipe then replaces, in the clone's tables only, each weight it compresses by a
 ``LazyWeight``:
 
-- ``PackedCodes``: integer codes (two per byte up to 4 bits) with the mapping's scales;
-- ``CastValues``: the elements of a float format (fp8, fp16, bf16) with their scales;
+- ``RoundedValues``: the user's weight (or a masked one) and the mapping that rounds it
+  (scales and zero points, or a float format): round-to-nearest and MSE-chosen scales
+  make the codes a function of the shared weight, recomputed on use;
+- ``PackedCodes``: integer codes (two per byte up to 4 bits) with the mapping's scales,
+  for GPTQ, whose codes are not a function of the weight alone;
 - ``MaskedValues``: the user's weight and a bit mask of the weights pruning kept.
 
 A ``LazyWeight`` is a tensor subclass (``__torch_dispatch__``, as torchao's quantized
 tensors are): any operation on it, a layer's ``F.linear`` or ``count_nonzero`` alike,
 runs on its values, built for that operation and released after it. So a layer's float
-weight exists only while the layer runs, and the clone holds about a quarter (int8 of
-float32) or an eighth (int4) of the model's bytes beyond the model itself. The values are
-the deep-copy mode's, bit for bit: the same codes through the same kernel.
+weight exists only while the layer runs, and the clone holds only scales, masks (a bit
+per weight) and GPTQ's codes (a byte per weight at 5-8 bits, half a byte up to 4) beyond
+the model itself. The values are the deep-copy mode's, bit for bit: the same codes
+through the same kernels.
 
 ``detach`` (which ``state_dict`` calls) and device moves keep a weight packed; the file
 format reads its codes directly (``fileformat/container.py``).
@@ -33,8 +37,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from .floats import FloatParams
-from .quant import QuantizedTensor, dequantize
+from .floats import FloatParams, cast_elements, cast_to_format
+from .quant import QuantizedTensor, dequantize, fake_quantize_with
 from .record import QuantParams
 
 _ALIAS_OPS = (torch.ops.aten.detach.default, torch.ops.aten.alias.default)
@@ -189,36 +193,85 @@ class PackedCodes(LazyWeight):
         return PackedCodes(packed, params if device != self.device else p, self.shape, self.dtype)
 
 
-class CastValues(LazyWeight):
-    """The elements of a float format (``FloatParams.dtype``) and their scales."""
+class RoundedValues(LazyWeight):
+    """The user's weight (or a masked one) and the mapping that rounds it: the values are
+    recomputed on each use, exactly as the deep copy's were computed once.
 
-    shown_as = "float format"
-    stored: torch.Tensor
-    params: FloatParams
+    Round-to-nearest (and the MSE method's chosen scales) makes the codes a function of
+    the weight the clone already shares, so they need not be held: the clone keeps only
+    the scales, and a use costs a quantize-and-dequantize pass over the layer instead of
+    a dequantize pass. That is what lets an int8 check of a bf16 model add next to
+    nothing to the model's own bytes (held codes would add half of them).
+    """
+
+    shown_as = "rounded on use"
+    source: torch.Tensor
+    params: QuantParams | FloatParams
 
     @staticmethod
-    def __new__(cls, stored: torch.Tensor, params: FloatParams, dtype: torch.dtype) -> CastValues:
-        made = cast(CastValues, LazyWeight.__new__(cls, stored.shape, dtype, stored.device))
-        made.stored, made.params = stored, params
+    def __new__(cls, source: torch.Tensor, params: QuantParams | FloatParams) -> RoundedValues:
+        made = cast(
+            RoundedValues, LazyWeight.__new__(cls, source.shape, source.dtype, source.device)
+        )
+        made.source, made.params = source, params
         return made
 
+    def _source_values(self) -> torch.Tensor:
+        return _values(self.source)
+
     def values(self) -> torch.Tensor:
-        return self.params.decode(self.stored, self.dtype)
+        x, p = self._source_values(), self.params
+        if isinstance(p, FloatParams):
+            return cast_to_format(x, p, "weight")
+        return fake_quantize_with(
+            x,
+            p.scale,
+            p.zero_point,
+            qmin=p.qmin,
+            qmax=p.qmax,
+            axis=p.axis,
+            group_size=p.group_size,
+        )
+
+    def codes(self) -> torch.Tensor:
+        """``codes - qmin`` in the narrowest dtype (integer formats), computed now."""
+        assert isinstance(self.params, QuantParams)
+        return self.params.stored_codes(self._source_values(), "weight", check=False)
+
+    def elements(self) -> torch.Tensor:
+        """The float format's elements (float formats), computed now."""
+        assert isinstance(self.params, FloatParams)
+        return cast_elements(self._source_values(), self.params, "weight")
 
     def packed_bytes(self) -> int:
-        scale = self.params.scale
-        extra = 0 if scale is None else scale.numel() * scale.element_size()
-        return self.stored.numel() * self.stored.element_size() + extra
+        p = self.params
+        tensors = [p.scale] if isinstance(p, FloatParams) else [p.scale, p.zero_point]
+        own = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return own + (self.source.packed_bytes() if isinstance(self.source, LazyWeight) else 0)
 
     def key(self) -> tuple:
-        return ("cast", id(self.stored))
+        source = self.source
+        origin = source.key() if isinstance(source, LazyWeight) else (source.data_ptr(),)
+        return ("rounded", *origin, id(self.params))
 
-    def moved(self, device: torch.device) -> CastValues:
+    def moved(self, device: torch.device) -> RoundedValues:
         if device == self.device:
-            return CastValues(self.stored, self.params, self.dtype)
+            return RoundedValues(self.source, self.params)
         p = self.params
-        scale = None if p.scale is None else p.scale.to(device)
-        return CastValues(self.stored.to(device), FloatParams(p.format, scale, p.axis), self.dtype)
+        if isinstance(p, FloatParams):
+            scale = None if p.scale is None else p.scale.to(device)
+            params: QuantParams | FloatParams = FloatParams(p.format, scale, p.axis)
+        else:
+            params = QuantParams(
+                p.scale.to(device),
+                p.zero_point.to(device),
+                p.bits,
+                p.axis,
+                p.qmin,
+                p.qmax,
+                p.group_size,
+            )
+        return RoundedValues(self.source.to(device), params)
 
 
 class MaskedValues(LazyWeight):

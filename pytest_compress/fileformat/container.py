@@ -102,7 +102,7 @@ from ..engine.activations import (
 )
 from ..engine.floats import FLOAT_DTYPES, FloatParams
 from ..engine.groups import group_count, per_element
-from ..engine.lazy import CastValues, LazyWeight, PackedCodes
+from ..engine.lazy import LazyWeight, PackedCodes, RoundedValues
 from ..engine.quant import QuantizedTensor, dequantize
 from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
 from ..engine.specs import FLOAT_FORMATS, MAX_BITS, MIN_BITS
@@ -265,8 +265,8 @@ def _encode_quantized(key: str, values: torch.Tensor, params: QuantParams) -> tu
     checked = [False]
 
     def source() -> Elements:
-        if isinstance(values, PackedCodes) and _same_params(values.params, params):
-            # the low-memory mode's weight holds exactly these codes
+        if isinstance(values, PackedCodes | RoundedValues) and _same_params(values.params, params):
+            # the low-memory mode's weight holds (or computes) exactly these codes
             return quantized_elements(values.codes(), zero_point - params.qmin, params, axis)
         # ModelError if off the grid; checked once, the write pass reuses the verdict
         codes = params.stored_codes(values, key, check=not checked[0])
@@ -299,8 +299,8 @@ def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[
     values = values.detach().cpu()
 
     def source() -> Elements:
-        if isinstance(values, CastValues) and _same_params(values.params, params):
-            return raw_elements(values.stored)  # the low-memory mode's weight holds them
+        if isinstance(values, RoundedValues) and _same_params(values.params, params):
+            return raw_elements(values.elements())  # the low-memory mode's weight makes them
         return raw_elements(params.elements(values, key))  # ModelError if off the format
 
     head = b"" if scale is None else _raw_bytes(scale).tobytes()

@@ -17,10 +17,10 @@ from torch import nn
 from pytest_compress.engine.apply import compress_model, low_memory_mode, working_copy
 from pytest_compress.engine.invariants import verify_recipe
 from pytest_compress.engine.lazy import (
-    CastValues,
     LazyWeight,
     MaskedValues,
     PackedCodes,
+    RoundedValues,
     held_bytes,
     lazy_weights,
     shallow_clone,
@@ -130,18 +130,25 @@ def test_the_low_memory_clone_gives_the_deep_copys_numbers(
     assert verify_recipe(model, deep, q, p) == verify_recipe(model, lazy, q, p) == []
 
 
-def test_the_clone_holds_codes_and_shares_every_other_tensor() -> None:
+def test_the_clone_holds_mappings_and_shares_every_other_tensor() -> None:
     model = seeded(nn.Sequential(nn.Linear(256, 512), nn.LayerNorm(512), nn.Linear(512, 128)))
-    weights = model[0].weight.numel() + model[2].weight.numel()
-    for spec, held_per_weight in (("int8", 1.0), ("int4", 0.5), ("fp8-e4m3", 1.0)):
+    rows = model[0].out_features + model[2].out_features
+    for spec, per_row in (("int8", 4 + 4), ("int4-mse", 4 + 4), ("fp8-e4m3", 4), ("bf16", 0)):
         lazy = compress_model(model, quantize=spec, low_memory=True)
         for name, tensor in lazy.named_parameters():
-            if isinstance(tensor, LazyWeight):
-                continue
-            assert tensor.data_ptr() == model.get_parameter(name).data_ptr(), name
-        rows = model[0].out_features + model[2].out_features
-        mapping = rows * (4 + 4)  # a float32 scale and an int32 zero point per row, at most
-        assert held_bytes(lazy) <= weights * held_per_weight + mapping, spec
+            if isinstance(tensor, RoundedValues):
+                assert tensor.source.data_ptr() == model.get_parameter(name).data_ptr(), name
+            else:
+                assert tensor.data_ptr() == model.get_parameter(name).data_ptr(), name
+        # a float32 scale (and an int32 zero point) per row: no codes, no values
+        assert held_bytes(lazy) == rows * per_row, spec
+    gptq = compress_model(
+        model, quantize="int4-gptq", calibration_data=[torch.randn(8, 256)], low_memory=True
+    )
+    codes = lazy_weights(gptq)
+    assert all(isinstance(w, PackedCodes) for w in codes.values())
+    weights = model[0].weight.numel() + model[2].weight.numel()
+    assert held_bytes(gptq) == weights // 2 + rows * (4 + 4)  # two codes per byte
     pruned = compress_model(model, prune=0.9, low_memory=True)
     masked = lazy_weights(pruned)
     assert all(isinstance(w, MaskedValues) for w in masked.values())
@@ -151,26 +158,34 @@ def test_the_clone_holds_codes_and_shares_every_other_tensor() -> None:
 
 def test_weight_kinds_follow_the_recipe() -> None:
     model = lenet()
+    calibration = [IMAGES]
     kinds = {
-        "int8": PackedCodes,
-        "fp8-e4m3": CastValues,
-        "bf16": CastValues,
+        ("int8", None): {RoundedValues},
+        ("fp8-e4m3", None): {RoundedValues},
+        (None, 0.5): {MaskedValues},
+        ("int4-gptq", None): {PackedCodes},
     }
-    for spec, kind in kinds.items():
-        lazy = compress_model(model, quantize=spec, low_memory=True)
-        assert {type(w) for w in lazy_weights(lazy).values()} == {kind}
-    int4 = compress_model(model, quantize="int4", low_memory=True)
+    for (q, p), kind in kinds.items():
+        lazy = compress_model(
+            model, quantize=q, prune=p, calibration_data=calibration, low_memory=True
+        )
+        assert {type(w) for w in lazy_weights(lazy).values()} == kind
+    both_ways = compress_model(model, quantize="int8", prune=0.5, low_memory=True)
+    rounded = next(iter(lazy_weights(both_ways).values()))
+    assert isinstance(rounded, RoundedValues) and isinstance(rounded.source, MaskedValues)
+    int4 = compress_model(
+        model, quantize="int4-gptq", calibration_data=calibration, low_memory=True
+    )
     packed = next(iter(lazy_weights(int4).values()))
     assert isinstance(packed, PackedCodes) and packed.nibbles
     assert packed.packed.numel() == -(-packed.numel() // 2)  # two codes per byte
 
 
-def test_a_bf16_model_stays_bf16_and_a_bf16_cast_of_it_holds_nothing_new() -> None:
+def test_a_bf16_model_stays_bf16() -> None:
     model = lenet().to(torch.bfloat16)
     lazy = compress_model(model, quantize="bf16", low_memory=True)
-    for name, weight in lazy_weights(lazy).items():
-        assert isinstance(weight, CastValues) and weight.dtype == torch.bfloat16
-        assert weight.stored.data_ptr() == model.get_parameter(name).data_ptr()
+    for weight in lazy_weights(lazy).values():
+        assert weight.dtype == torch.bfloat16 and weight.values().dtype == torch.bfloat16
     int8 = compress_model(model, quantize="int8", low_memory=True)
     assert all(w.values().dtype == torch.bfloat16 for w in lazy_weights(int8).values())
     with torch.no_grad():
@@ -230,7 +245,7 @@ def test_a_packed_weight_survives_deepcopy_and_pickling_as_its_values(tmp_path) 
     with torch.no_grad():
         assert torch.equal(copied(IMAGES), lazy(IMAGES))
     first = next(iter(lazy_weights(copied).values()))
-    assert isinstance(first, PackedCodes)
+    assert isinstance(first, RoundedValues) and isinstance(first.source, MaskedValues)
     torch.save(lazy.state_dict(), tmp_path / "state.pt")
     state = torch.load(tmp_path / "state.pt")
     assert all(type(value) is torch.Tensor for value in state.values())
