@@ -34,10 +34,11 @@ import torch
 from torch import nn
 
 from ..budgets import LATENCY_BUDGETS
-from ..engine.apply import compress_model, low_memory_mode, working_copy
+from ..engine.apply import compress_model, low_memory_enabled, low_memory_mode, working_copy
 from ..engine.batches import describe_inputs, model_device
 from ..engine.invariants import verify_recipe
 from ..engine.layers import computed_weights, preset_members, skipped_layers
+from ..engine.lazy import move_clone
 from ..engine.measure import evaluate, metric_source, model_size, reference_outputs, sparsity
 from ..engine.metrics import BuiltinMetric, builtin_metric
 from ..errors import BudgetError, CompressError, ModelError
@@ -605,7 +606,12 @@ class _CheckRun:
         timings = {"compress": time.perf_counter() - begun}
         target = resolve_device(self.runner.device)
         if model_device(compressed) != target:
-            compressed.to(target)  # our own copy: move it, rather than let evaluate copy it
+            # our own copy: move it, rather than let evaluate copy it; a low-memory clone
+            # shares the user's tensors, so it gets new ones rather than Module.to's in place
+            if low_memory_enabled():
+                move_clone(compressed, target)
+            else:
+                compressed.to(target)
         recovered = None
         if self.inputs.recovery is not None:
             begun = time.perf_counter()

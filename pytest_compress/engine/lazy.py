@@ -411,6 +411,26 @@ def replace_parameter(model: nn.Module, old: torch.Tensor, new: torch.Tensor) ->
                 module._parameters[name] = parameter
 
 
+def move_clone(clone: nn.Module, device: torch.device | str) -> nn.Module:
+    """``clone`` with every parameter and buffer on ``device``: new tensors in the clone's
+    own tables. ``Module.to`` may instead set ``param.data`` in place, which on a tensor
+    the clone shares would move the user's model."""
+    target = torch.device(device)
+    moved: dict[int, torch.Tensor] = {}  # tied tensors stay one tensor
+    for module in clone.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is None or tensor.device == target:
+                    continue
+                if id(tensor) not in moved:
+                    new = tensor.detach().to(target)
+                    if isinstance(tensor, nn.Parameter):
+                        new = nn.Parameter(new, requires_grad=tensor.requires_grad)
+                    moved[id(tensor)] = new
+                table[name] = moved[id(tensor)]  # type: ignore[assignment]
+    return clone
+
+
 def lazy_weights(model: nn.Module) -> dict[str, LazyWeight]:
     """The model's packed weights by parameter name (tied ones under each name)."""
     return {

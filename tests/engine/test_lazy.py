@@ -23,6 +23,7 @@ from pytest_compress.engine.lazy import (
     RoundedValues,
     held_bytes,
     lazy_weights,
+    move_clone,
     shallow_clone,
 )
 from pytest_compress.engine.measure import sparsity
@@ -253,3 +254,13 @@ def test_a_packed_weight_survives_deepcopy_and_pickling_as_its_values(tmp_path) 
     target.load_state_dict(state)
     with torch.no_grad():
         assert torch.equal(target(IMAGES), lazy(IMAGES))
+
+
+def test_moving_a_clone_to_another_device_leaves_the_users_tensors_where_they_are() -> None:
+    model = lenet()
+    lazy = compress_model(model, quantize="int8", prune=0.5, low_memory=True)
+    move_clone(lazy, "meta")
+    assert all(t.device.type == "meta" for t in (*lazy.parameters(), *lazy.buffers()))
+    assert all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
+    weight = next(iter(lazy_weights(lazy).values()))
+    assert isinstance(weight, RoundedValues) and weight.source.device.type == "meta"
