@@ -60,10 +60,17 @@ NUMBERS = (
 
 
 def run(pytester: pytest.Pytester, *options: str) -> dict:
+    """The JSON report of a cold run that rewrites the baseline, with the baseline read
+    back under ``"baseline"``."""
     report = pytester.path / "report.json"
-    result = pytester.runpytest("--compress-report=report.json", "--compress-no-cache", *options)
+    result = pytester.runpytest(
+        "--compress-report=report.json",
+        "--compress-no-cache",
+        "--compress-update-baseline",
+        *options,
+    )
     result.assert_outcomes(passed=5, failed=1)
-    return read_json(report)
+    return {**read_json(report), "baseline": read_json(pytester.path / ".compress-baseline.json")}
 
 
 def by_test(document: dict) -> dict[str, dict]:
@@ -80,6 +87,7 @@ def test_both_modes_give_the_same_numbers_and_the_report_names_the_mode(pytester
         for field in NUMBERS:
             assert check[field] == lazy_checks[name][field], (name, field)
         assert check["low_memory"] is False and lazy_checks[name]["low_memory"] is True
+    assert deep["baseline"] == lazy["baseline"]
     assert deep_checks["test_failing"]["sensitivity"]["layers"]  # compared, not empty
     assert deep_checks["test_keep_float"]["keep_float"]["kept_float"]
     assert not any("low-memory" in note for note in deep["notes"])
@@ -90,7 +98,7 @@ def test_both_modes_give_the_same_numbers_and_the_report_names_the_mode(pytester
 
 
 def test_auto_turns_the_mode_on_above_its_share_of_the_available_memory(pytester) -> None:
-    make_project(pytester, CHECKS.split("@pytest.mark.compress(quantize=\"int4\"")[0])
+    make_project(pytester, CHECKS.split('@pytest.mark.compress(quantize="int4"')[0])
     report = pytester.path / "report.json"
     for share, expected in (("1", False), ("0.0000001", True)):
         result = pytester.runpytest(
@@ -106,7 +114,7 @@ def test_auto_turns_the_mode_on_above_its_share_of_the_available_memory(pytester
 
 
 def test_a_cached_result_serves_the_other_mode(pytester) -> None:
-    make_project(pytester, CHECKS.split("@pytest.mark.compress(quantize=\"int4\"")[0])
+    make_project(pytester, CHECKS.split('@pytest.mark.compress(quantize="int4"')[0])
     pytester.runpytest("--compress-report=report.json", "--compress-low-memory=on")
     first = read_json(pytester.path / "report.json")["checks"][0]
     pytester.runpytest("--compress-report=report.json", "--compress-low-memory=off")
