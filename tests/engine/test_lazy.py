@@ -264,3 +264,44 @@ def test_moving_a_clone_to_another_device_leaves_the_users_tensors_where_they_ar
     assert all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers()))
     weight = next(iter(lazy_weights(lazy).values()))
     assert isinstance(weight, RoundedValues) and weight.source.device.type == "meta"
+
+
+def tiny_transformers() -> list[nn.Module]:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    return [
+        transformers.GPT2LMHeadModel(  # Conv1D projections, tied head
+            transformers.GPT2Config(
+                n_layer=2,
+                n_head=2,
+                n_embd=32,
+                vocab_size=100,
+                n_positions=16,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        ),
+        transformers.LlamaForCausalLM(  # grouped-query attention, rotary buffers
+            transformers.LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+                intermediate_size=64,
+                vocab_size=100,
+                tie_word_embeddings=True,
+            )
+        ),
+    ]
+
+
+@pytest.mark.parametrize("quantize, prune", [("int8", None), ("int4-g16", 0.5)])
+def test_hugging_face_models_give_the_same_logits_in_both_modes(quantize, prune) -> None:
+    tokens = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(3))
+    for model in tiny_transformers():
+        model.eval()
+        deep, lazy = both(model, quantize, prune, None)
+        with torch.no_grad():
+            assert torch.equal(deep(input_ids=tokens).logits, lazy(input_ids=tokens).logits)
+        assert compressed_size(deep) == compressed_size(lazy)
+        assert sparsity(deep) == sparsity(lazy)
