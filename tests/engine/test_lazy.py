@@ -305,3 +305,16 @@ def test_hugging_face_models_give_the_same_logits_in_both_modes(quantize, prune)
             assert torch.equal(deep(input_ids=tokens).logits, lazy(input_ids=tokens).logits)
         assert compressed_size(deep) == compressed_size(lazy)
         assert sparsity(deep) == sparsity(lazy)
+
+
+def test_evaluating_on_another_device_in_the_mode_copies_nothing_in_host_memory(
+    monkeypatch,
+) -> None:
+    from pytest_compress.engine import measure
+
+    model = lenet()
+    monkeypatch.setattr(measure, "copy_model", lambda m: pytest.fail("deep copy in the mode"))
+    with low_memory_mode():
+        moved = measure._on_device(model, torch.device("meta"))
+    assert all(t.device.type == "meta" for t in moved.parameters())
+    assert all(t.device.type == "cpu" for t in model.parameters())
