@@ -186,15 +186,19 @@ def _values(
     zero_point: torch.Tensor,
     axis: int | None,
     dtype: torch.dtype,
+    *,
+    owned: bool = False,
 ) -> torch.Tensor:
-    """``(codes - z) * s`` in ``dtype``, saturating at its largest finite value.
+    """``(codes - z) * s`` in ``dtype``, saturating at its largest finite value (``owned``:
+    ``codes`` is a temporary this module made, overwritten instead of copied).
 
     The grid's last point can lie up to half a step beyond the quantized range; for a
     range that ends near the dtype's largest finite value it saturates there instead of
     becoming infinite (which is also the nearer value).
     """
     compute = scale_dtype_for(dtype)
-    real = codes.to(compute, copy=True)
+    # codes of our own making (fake quantization) are reused in place: one pass less
+    real = codes if owned and codes.dtype == compute else codes.to(compute, copy=True)
     grouped, (s, z) = _per_channel(real, (scale.to(compute), zero_point.to(compute)), axis)
     largest = torch.finfo(dtype).max
     grouped.sub_(z).mul_(s).clamp_(-largest, largest)
@@ -338,7 +342,8 @@ def fake_quantize_with(
         block: torch.Tensor, params: tuple[torch.Tensor, ...], block_axis: int | None
     ) -> torch.Tensor:
         rows, (s, z), row_axis = _grouped(block, params, block_axis, group_size)
-        values = _values(_codes(rows, s, z, qmin, qmax, row_axis), s, z, row_axis, x.dtype)
+        codes = _codes(rows, s, z, qmin, qmax, row_axis)
+        values = _values(codes, s, z, row_axis, x.dtype, owned=True)
         return values if group_size is None else ungroup_rows(values, block.shape, block_axis or 0)
 
     target = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
