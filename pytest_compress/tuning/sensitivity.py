@@ -106,14 +106,7 @@ def layer_sensitivity(
     """
     quant_spec, prune_spec = _recipe(quantize, prune, evaluate)
     cap = _check_limit(limit)
-    layers = touched_layers(model, quant_spec, prune_spec)
-    # Largest first; sorted() is stable, so equal sizes keep model order.
-    order = sorted(layers, key=lambda layer: -layer.module.weight.numel())
-    proxied: tuple[LayerProxy, ...] = ()
-    if proxy_data is not None:
-        proxied = proxy_ranking(model, order, quant_spec, prune_spec, proxy_data, calibration_data)
-        by_name = {layer.name: layer for layer in order}
-        order = [by_name[entry.layer] for entry in proxied]
+    order, proxied = _candidates(model, quant_spec, prune_spec, proxy_data, calibration_data)
     measured = order if cap is None else order[:cap]
     skipped = tuple(layer.name for layer in order[len(measured) :])
 
@@ -143,6 +136,25 @@ def layer_sensitivity(
         metric_name=metric_name,
         higher_is_better=higher_is_better,
     )
+
+
+def _candidates(
+    model: nn.Module,
+    quantize: QuantSpec | None,
+    prune: PruneSpec | None,
+    proxy_data: Iterable[Any] | None,
+    calibration_data: Iterable[Any] | None,
+) -> tuple[list[Layer], tuple[LayerProxy, ...]]:
+    """The touched layers in the order they are measured: by proxy error with
+    ``proxy_data`` (and that ranking), else largest first (and no ranking)."""
+    layers = touched_layers(model, quantize, prune)
+    # Largest first; sorted() is stable, so equal sizes keep model order.
+    by_size = sorted(layers, key=lambda layer: -layer.module.weight.numel())
+    if proxy_data is None:
+        return by_size, ()
+    proxied = proxy_ranking(model, by_size, quantize, prune, proxy_data, calibration_data)
+    by_name = {layer.name: layer for layer in by_size}
+    return [by_name[entry.layer] for entry in proxied], proxied
 
 
 def proxy_ranking(
