@@ -22,6 +22,7 @@ The tuning loop runs here too, each of its evaluations an ordinary check:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tempfile
 import time
@@ -424,7 +425,7 @@ class _CheckRun:
             self.runner.sensitivity_seconds,
         )
         objects = (inputs.model, self.batches, inputs.metric, self.calibration.batches)
-        stored_or_measured = lambda: self.stored_sensitivity(result, limit)  # noqa: E731
+        stored_or_measured = functools.partial(self.stored_sensitivity, result, limit)
         return self.runner.sensitivities.get(key, objects, stored_or_measured)[0]
 
     def stored_sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
