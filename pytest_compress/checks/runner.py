@@ -22,6 +22,7 @@ The tuning loop runs here too, each of its evaluations an ordinary check:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tempfile
 import time
@@ -54,6 +55,7 @@ from ..tuning.keep_float import (
     rank_layers_per_byte,
     require_matches,
 )
+from ..tuning.proxy import PROXY_BATCHES
 from ..tuning.recovery import RecoveryResult, pruning_masks, recover_compressed
 from ..tuning.search import search
 from ..tuning.sensitivity import (
@@ -89,6 +91,9 @@ from .inputs import PreparedInputs
 from .materialize import EvaluationData, resolve_device
 from .request import COMPRESSOR, Check, CheckInputs, Recipe
 from .result import CompressionResult
+
+# The layout of a stored sensitivity: a new one never reads an older one's document.
+SENSITIVITY_FORMAT = "sensitivity 2: proxy-ranked, top layers measured"
 
 
 @dataclass(frozen=True)
@@ -437,9 +442,12 @@ class _CheckRun:
         return Trial.from_result(self.one(check.at(recipe)))
 
     def sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
-        """Each layer alone with the recipe, measured once per session for the same model,
-        data, metric, calibration data and recipe: checks that differ only in their budgets
-        share it (their verdicts differ, the per-layer drops do not)."""
+        """Every layer ranked by the proxy, the top ``limit`` measured alone with the recipe.
+
+        Once per session for the same model, data, metric, calibration data and recipe:
+        checks that differ only in their budgets share it (their verdicts differ, the
+        per-layer drops do not); and across sessions through the persistent cache, under
+        the check's own fingerprints plus the cap, unless the time budget cut it short."""
         inputs = self.inputs
         key = (
             inputs.model_label,
@@ -452,22 +460,42 @@ class _CheckRun:
             self.runner.sensitivity_seconds,
         )
         objects = (inputs.model, self.batches, inputs.metric, self.calibration.batches)
+        stored_or_measured = functools.partial(self.stored_sensitivity, result, limit)
+        return self.runner.sensitivities.get(key, objects, stored_or_measured)[0]
 
-        def measure() -> SensitivityResult:
-            return layer_sensitivity(
-                self.layered_model,
-                quantize=result.quantize,
-                prune=result.prune,
-                evaluate=self.evaluate,
-                float_metric=result.float_metric,
-                higher_is_better=result.higher_is_better,
-                limit=limit,
-                calibration_data=self.calibration.batches,
-                metric_name=result.metric,
-                max_seconds=self.runner.sensitivity_seconds,
-            )
+    def stored_sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
+        """From the persistent cache, else measured and stored when complete: a run the
+        time budget stopped early depends on the machine's speed that day, so the next
+        run measures again rather than serving a partial blame as the whole one."""
+        # The check's store: the same fingerprints as the result being blamed.
+        store = self.store(Check(Recipe(result.quantize, result.prune)))
+        settings = repr(
+            (SENSITIVITY_FORMAT, PROXY_BATCHES, limit, result.higher_is_better, result.metric)
+        )
+        stored = SensitivityResult.from_dict(store.sensitivity(settings))
+        if stored is not None and stored.float_metric == result.float_metric:
+            return stored
+        measured = self.measure_sensitivity(result, limit)
+        if not measured.timed_out:
+            store.put_sensitivity(settings, measured.to_dict())
+        return measured
 
-        return self.runner.sensitivities.get(key, objects, measure)[0]
+    def measure_sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
+        # the proxy reads the batches keep_float's ranking reads: their errors are shared
+        calibration = self.calibration.batches
+        return layer_sensitivity(
+            self.layered_model,
+            quantize=result.quantize,
+            prune=result.prune,
+            evaluate=self.evaluate,
+            float_metric=result.float_metric,
+            higher_is_better=result.higher_is_better,
+            limit=limit,
+            calibration_data=calibration,
+            metric_name=result.metric,
+            max_seconds=self.runner.sensitivity_seconds,
+            proxy_data=calibration if calibration is not None else self.batches,
+        )
 
     def keep_float_auto(
         self, check: Check, result: CompressionResult, sensitivity: SensitivityResult | None

@@ -102,9 +102,10 @@ OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ),
     (
         "compress-sensitivity-layers",
-        "when a check fails its accuracy budget, compress at most this many layers alone "
-        f"(the largest first) to name the most sensitive ones (default: "
-        f"{DEFAULT_SENSITIVITY_LAYERS})",
+        "when a check fails its accuracy budget, rank every layer it compresses by its "
+        "output error (one short forward pass), then measure at most this many of them "
+        "alone with the metric, one evaluation each, to name the most sensitive ones "
+        f"(default: {DEFAULT_SENSITIVITY_LAYERS})",
         "N",
     ),
     (
