@@ -8,7 +8,9 @@ computed once per session per fixture.
 pytest's ``config.cache`` (``get(key, default)`` / ``set(key, value)``; the plugin passes
 it in, so ``-p no:cacheprovider`` turns this cache off). One small JSON entry per key:
 the float model's metric and size under a reference key, each check's measurements
-under a check key. A key is a fingerprint of everything its numbers depend on, so a
+under a check key, and a failing check's per-layer sensitivity (a JSON document the
+caller reads back, ``SensitivityResult.from_dict``) under its check key plus the
+sensitivity's own settings. A key is a fingerprint of everything its numbers depend on, so a
 changed weight, data value, metric, recipe, device or version simply finds no entry. Each
 entry carries a ``checksum`` of its key and numbers: an entry that cannot be read, has the
 wrong shape or does not match its checksum (a digit changed, an ``Infinity`` written in)
@@ -168,6 +170,24 @@ class ResultCache:
         self._put(f"{KEY_PREFIX}/deployed/{key}", entry)
         self._written.add(f"deployed/{key}")
 
+    def sensitivity(self, key: str) -> dict[str, Any] | None:
+        """A stored sensitivity document, checksum verified (its shape is the caller's to check)."""
+        if not self._read or f"sensitivity/{key}" in self._written:
+            return None
+        full = f"{KEY_PREFIX}/sensitivity/{key}"
+        value = self._store.get(full, None)
+        if not isinstance(value, dict) or not isinstance(value.get("document"), dict):
+            return None
+        if value.get(CHECKSUM) != checksum(full, value["document"]):
+            return None
+        document: dict[str, Any] = value["document"]
+        return document
+
+    def put_sensitivity(self, key: str, document: dict[str, Any]) -> None:
+        full = f"{KEY_PREFIX}/sensitivity/{key}"
+        self._store.set(full, {"document": document, CHECKSUM: checksum(full, document)})
+        self._written.add(f"sensitivity/{key}")
+
     def _get(self, key: str, kind: type[Entry]) -> Entry | None:
         value = self._store.get(key, None)
         if not isinstance(value, dict):
@@ -245,6 +265,13 @@ class CheckStore:
         key = combine(self.keys.check, runtime, runtime_versions(runtime))
         self.cache.put_deployed(key, entry)
 
+    def sensitivity(self, settings: str) -> dict[str, Any] | None:
+        """The check's sensitivity measured with ``settings`` (cap, direction, metric name)."""
+        return self.cache.sensitivity(combine(self.keys.check, "sensitivity", settings))
+
+    def put_sensitivity(self, settings: str, document: dict[str, Any]) -> None:
+        self.cache.put_sensitivity(combine(self.keys.check, "sensitivity", settings), document)
+
 
 class NoStore:
     """A check that is not cached: nothing is found, nothing is kept."""
@@ -265,6 +292,12 @@ class NoStore:
         return None
 
     def put_deployed(self, runtime: str, entry: DeployedEntry) -> None:
+        pass
+
+    def sensitivity(self, settings: str) -> dict[str, Any] | None:
+        return None
+
+    def put_sensitivity(self, settings: str, document: dict[str, Any]) -> None:
         pass
 
 

@@ -74,6 +74,9 @@ class CompressionResult:
     # True when the numbers come from the persistent cache (an earlier run measured the
     # same weights, data, metric and recipe); the budgets were checked on them anew.
     cached: bool = False
+    # True when the check compressed the low-memory mode's shallow clone (packed weights,
+    # dequantized as each layer runs) instead of a deep copy: the numbers are the same.
+    low_memory: bool = False
     # Modules with a weight matrix that the recipe did not compress, and why (by name).
     skipped_layers: dict[str, str] = field(default_factory=dict)
     # How the recipe was adjusted from evaluation, when it was: the search that chose the
@@ -217,6 +220,7 @@ class CompressionResult:
             "seconds": self.seconds,
             "timings": dict(self.timings),
             "cached": self.cached,
+            "low_memory": self.low_memory,
             "skipped_layers": dict(self.skipped_layers),
             "broken_invariants": list(self.broken_invariants),
             "search": None if self.search is None else self.search.to_dict(),

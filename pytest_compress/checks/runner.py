@@ -22,6 +22,7 @@ The tuning loop runs here too, each of its evaluations an ordinary check:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import tempfile
 import time
@@ -34,10 +35,11 @@ import torch
 from torch import nn
 
 from ..budgets import LATENCY_BUDGETS
-from ..engine.apply import compress_model, copy_model
+from ..engine.apply import compress_model, low_memory_enabled, low_memory_mode, working_copy
 from ..engine.batches import describe_inputs, model_device
 from ..engine.invariants import verify_recipe
 from ..engine.layers import computed_weights, preset_members, skipped_layers
+from ..engine.lazy import move_clone
 from ..engine.measure import evaluate, metric_source, model_size, reference_outputs, sparsity
 from ..engine.metrics import BuiltinMetric, builtin_metric
 from ..errors import BudgetError, CompressError, ModelError
@@ -53,6 +55,7 @@ from ..tuning.keep_float import (
     rank_layers_per_byte,
     require_matches,
 )
+from ..tuning.proxy import PROXY_BATCHES
 from ..tuning.recovery import RecoveryResult, pruning_masks, recover_compressed
 from ..tuning.search import search
 from ..tuning.sensitivity import (
@@ -73,6 +76,8 @@ from .cache import (
     combine,
     runtime_versions,
 )
+from .copies import DEFAULT_LOW_MEMORY, DEFAULT_LOW_MEMORY_SHARE, CopyMode, choose_copy_mode
+from .copies import describe as describe_copy_mode
 from .deploy import (
     PredictModule,
     deploy,
@@ -86,6 +91,9 @@ from .inputs import PreparedInputs
 from .materialize import EvaluationData, resolve_device
 from .request import COMPRESSOR, Check, CheckInputs, Recipe
 from .result import CompressionResult
+
+# The layout of a stored sensitivity: a new one never reads an older one's document.
+SENSITIVITY_FORMAT = "sensitivity 2: proxy-ranked, top layers measured"
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,9 @@ class CheckRunner:
     - ``verify``: the recipe-invariant gate after every check (``engine/invariants.py``).
     - ``sensitivity_seconds``: no further layer is measured alone after this long (None: no
       time budget, only ``sensitivity_limit``).
+    - ``low_memory``: ``on``, ``off`` or ``auto`` (when the model's bytes exceed
+      ``low_memory_share`` of the available memory): compress shallow clones holding packed
+      weights instead of deep copies (``checks/copies.py``); the numbers are the same.
     """
 
     def __init__(
@@ -128,6 +139,8 @@ class CheckRunner:
         exports: Path | None = None,
         verify: bool = True,
         sensitivity_seconds: float | None = None,
+        low_memory: str = DEFAULT_LOW_MEMORY,
+        low_memory_share: float = DEFAULT_LOW_MEMORY_SHARE,
     ) -> None:
         self.device = device
         self.latency_seconds = latency_seconds
@@ -135,6 +148,9 @@ class CheckRunner:
         self.exports = exports
         self.verify = verify
         self.sensitivity_seconds = sensitivity_seconds
+        self.low_memory = low_memory
+        self.low_memory_share = low_memory_share
+        self.copy_modes = IdentityMemo()  # per model: a deep copy or the low-memory clone
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.sensitivity_limit = sensitivity_limit
         self.results = results
@@ -146,6 +162,7 @@ class CheckRunner:
         self.inputs = PreparedInputs(
             device=device, cache_mb=cache_mb, fingerprints=results is not None, notes=notes
         )
+        self.notes = self.inputs.notes
 
     def scratch(self) -> Path:
         """The session's scratch folder (removed with the runner, or when the process ends)."""
@@ -179,7 +196,30 @@ class CheckRunner:
             calibration = self.inputs.data(
                 inputs.calibration_label, inputs.calibration, "calibration data"
             )
-        return _CheckRun(self, inputs, evaluation, calibration).adjusted(check)
+        mode = self.copy_mode(inputs)
+        if mode.low_memory and inputs.recovery is not None:
+            raise CompressError(
+                f"recover= fine-tunes a full copy of {inputs.model_label}, which the "
+                f"low-memory mode does not make ({mode.why}); run this check with "
+                "--compress-low-memory=off on a machine with room for a second copy"
+            )
+        with low_memory_mode(mode.low_memory):
+            result = _CheckRun(self, inputs, evaluation, calibration).adjusted(check)
+        return dataclasses.replace(result, low_memory=mode.low_memory)
+
+    def copy_mode(self, inputs: CheckInputs) -> CopyMode:
+        """The copy the model's checks compress, chosen once per model in a session (the
+        report says when it is the low-memory clone)."""
+
+        def choose() -> CopyMode:
+            mode = choose_copy_mode(inputs.model, self.low_memory, self.low_memory_share)
+            if mode.low_memory:
+                self.notes[f"low-memory {inputs.model_label}"] = describe_copy_mode(
+                    mode, inputs.model_label
+                )
+            return mode
+
+        return self.copy_modes.get(inputs.model_label, (inputs.model,), choose)[0]
 
 
 def missing_device(device: str, index: int | None) -> str | None:
@@ -319,9 +359,9 @@ class _CheckRun:
         model = self.inputs.model
         if not computed_weights(model):
             return model
-        return self.runner.folded.get(self.inputs.model_label, (model,), lambda: copy_model(model))[
-            0
-        ]
+        return self.runner.folded.get(
+            self.inputs.model_label, (model,), lambda: working_copy(model)
+        )[0]
 
     def skipped(self, recipe: Recipe) -> dict[str, str]:
         """The modules with a weight matrix that ``recipe`` leaves uncompressed, and why."""
@@ -402,9 +442,12 @@ class _CheckRun:
         return Trial.from_result(self.one(check.at(recipe)))
 
     def sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
-        """Each layer alone with the recipe, measured once per session for the same model,
-        data, metric, calibration data and recipe: checks that differ only in their budgets
-        share it (their verdicts differ, the per-layer drops do not)."""
+        """Every layer ranked by the proxy, the top ``limit`` measured alone with the recipe.
+
+        Once per session for the same model, data, metric, calibration data and recipe:
+        checks that differ only in their budgets share it (their verdicts differ, the
+        per-layer drops do not); and across sessions through the persistent cache, under
+        the check's own fingerprints plus the cap, unless the time budget cut it short."""
         inputs = self.inputs
         key = (
             inputs.model_label,
@@ -417,22 +460,42 @@ class _CheckRun:
             self.runner.sensitivity_seconds,
         )
         objects = (inputs.model, self.batches, inputs.metric, self.calibration.batches)
+        stored_or_measured = functools.partial(self.stored_sensitivity, result, limit)
+        return self.runner.sensitivities.get(key, objects, stored_or_measured)[0]
 
-        def measure() -> SensitivityResult:
-            return layer_sensitivity(
-                self.layered_model,
-                quantize=result.quantize,
-                prune=result.prune,
-                evaluate=self.evaluate,
-                float_metric=result.float_metric,
-                higher_is_better=result.higher_is_better,
-                limit=limit,
-                calibration_data=self.calibration.batches,
-                metric_name=result.metric,
-                max_seconds=self.runner.sensitivity_seconds,
-            )
+    def stored_sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
+        """From the persistent cache, else measured and stored when complete: a run the
+        time budget stopped early depends on the machine's speed that day, so the next
+        run measures again rather than serving a partial blame as the whole one."""
+        # The check's store: the same fingerprints as the result being blamed.
+        store = self.store(Check(Recipe(result.quantize, result.prune)))
+        settings = repr(
+            (SENSITIVITY_FORMAT, PROXY_BATCHES, limit, result.higher_is_better, result.metric)
+        )
+        stored = SensitivityResult.from_dict(store.sensitivity(settings))
+        if stored is not None and stored.float_metric == result.float_metric:
+            return stored
+        measured = self.measure_sensitivity(result, limit)
+        if not measured.timed_out:
+            store.put_sensitivity(settings, measured.to_dict())
+        return measured
 
-        return self.runner.sensitivities.get(key, objects, measure)[0]
+    def measure_sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
+        # the proxy reads the batches keep_float's ranking reads: their errors are shared
+        calibration = self.calibration.batches
+        return layer_sensitivity(
+            self.layered_model,
+            quantize=result.quantize,
+            prune=result.prune,
+            evaluate=self.evaluate,
+            float_metric=result.float_metric,
+            higher_is_better=result.higher_is_better,
+            limit=limit,
+            calibration_data=calibration,
+            metric_name=result.metric,
+            max_seconds=self.runner.sensitivity_seconds,
+            proxy_data=calibration if calibration is not None else self.batches,
+        )
 
     def keep_float_auto(
         self, check: Check, result: CompressionResult, sensitivity: SensitivityResult | None
@@ -571,7 +634,12 @@ class _CheckRun:
         timings = {"compress": time.perf_counter() - begun}
         target = resolve_device(self.runner.device)
         if model_device(compressed) != target:
-            compressed.to(target)  # our own copy: move it, rather than let evaluate copy it
+            # our own copy: move it, rather than let evaluate copy it; a low-memory clone
+            # shares the user's tensors, so it gets new ones rather than Module.to's in place
+            if low_memory_enabled():
+                move_clone(compressed, target)
+            else:
+                compressed.to(target)
         recovered = None
         if self.inputs.recovery is not None:
             begun = time.perf_counter()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
 import torch
@@ -27,11 +29,26 @@ from .activations import (
 )
 from .batches import observe
 from .clipping import mse_qparams
-from .floats import FloatParams, cast_to_format, float_params
+from .floats import FloatParams, cast_elements, cast_to_format, float_params
 from .gptq import gptq_layer
 from .groups import input_size
 from .hessian import hessians as collect_hessians
-from .layers import Layer, compressible_layers, fold_torch_pruning, require_layers, selector
+from .layers import (
+    Layer,
+    compressible_layers,
+    fold_torch_pruning,
+    pruned_by_torch,
+    require_layers,
+    selector,
+)
+from .lazy import (
+    LazyWeight,
+    MaskedValues,
+    PackedCodes,
+    RoundedValues,
+    replace_parameter,
+    shallow_clone,
+)
 from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
@@ -65,15 +82,72 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copied
 
 
-def prune_model(model: nn.Module, spec: PruneSpec | float | str) -> nn.Module:
+_LOW_MEMORY: ContextVar[bool] = ContextVar("pytest_compress_low_memory", default=False)
+
+
+@contextmanager
+def low_memory_mode(enabled: bool = True) -> Iterator[None]:
+    """Within the block, recipes whose ``low_memory`` is not given compress a shallow clone
+    holding packed weights (``lazy.py``) instead of a deep copy: the check runner sets it
+    around a check, so that its search, sensitivity and keep-float copies follow too."""
+    token = _LOW_MEMORY.set(enabled)
+    try:
+        yield
+    finally:
+        _LOW_MEMORY.reset(token)
+
+
+def low_memory_enabled() -> bool:
+    """Whether recipes compress shallow clones here (``low_memory_mode``)."""
+    return _LOW_MEMORY.get()
+
+
+def working_copy(model: nn.Module, *, low_memory: bool | None = None) -> nn.Module:
+    """What a recipe compresses: a deep copy (``copy_model``), or in the low-memory mode a
+    shallow clone sharing the model's tensors, its ``torch.nn.utils.prune`` weights folded
+    in the clone only. ``low_memory`` None: as ``low_memory_mode`` says."""
+    low_memory = _LOW_MEMORY.get() if low_memory is None else low_memory
+    if not low_memory:
+        return copy_model(model)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    clone = shallow_clone(model)
+    _fold_torch_pruning_in_clone(clone)
+    return clone
+
+
+def _fold_torch_pruning_in_clone(clone: nn.Module) -> None:
+    """``fold_torch_pruning`` without ``prune.remove``, which writes the folded value into
+    the ``_orig`` parameter: that parameter is the user's in a shallow clone."""
+    for module in clone.modules():
+        for name in pruned_by_torch(module):
+            original = module._parameters.pop(f"{name}_orig")
+            mask = module._buffers.pop(f"{name}_mask")
+            assert original is not None and mask is not None
+            hooks = module._forward_pre_hooks
+            for key, hook in list(hooks.items()):
+                if getattr(hook, "_tensor_name", None) == name:
+                    del hooks[key]
+            vars(module).pop(name, None)
+            module._parameters[name] = nn.Parameter(
+                original.detach() * mask, requires_grad=original.requires_grad
+            )
+
+
+def prune_model(
+    model: nn.Module, spec: PruneSpec | float | str, *, low_memory: bool | None = None
+) -> nn.Module:
     """A copy of ``model`` pruned by ``spec`` (a ``PruneSpec``, an amount such as 0.8, or "2:4").
 
     The zeros are baked into ordinary parameters: no ``torch.nn.utils.prune``
     re-parametrisation, state_dict keys unchanged. Activation pruning adds forward hooks.
+    ``low_memory``: a shallow clone whose pruned weights are the model's own and a bit
+    mask each (``lazy.py``), instead of a deep copy (None: as ``low_memory_mode`` says).
     """
     prune_spec = _required(as_prune_spec(spec), "prune")
-    compressed = copy_model(model)
-    _prune_in_place(compressed, prune_spec)
+    lazy = _LOW_MEMORY.get() if low_memory is None else low_memory
+    compressed = working_copy(model, low_memory=lazy)
+    _prune_in_place(compressed, prune_spec, lazy=lazy)
     return compressed
 
 
@@ -81,16 +155,22 @@ def quantize_model(
     model: nn.Module,
     spec: QuantSpec | str,
     calibration_data: Iterable[Any] | None = None,
+    *,
+    low_memory: bool | None = None,
 ) -> nn.Module:
     """A copy of ``model`` whose forward uses fake-quantized weights (and activations).
 
     ``calibration_data`` (batches of inputs, or (inputs, targets) pairs) is required
     when ``spec`` quantizes activations: their ranges are observed on it.
+    ``low_memory``: a shallow clone holding the quantized weights as packed codes,
+    dequantized while each layer runs (``lazy.py``), instead of a deep copy (None: as
+    ``low_memory_mode`` says).
     """
     quant_spec = _required(as_quant_spec(spec), "quantize")
     _check_calibration(quant_spec, calibration_data)
-    compressed = copy_model(model)
-    _quantize_in_place(compressed, quant_spec, calibration_data)
+    lazy = _LOW_MEMORY.get() if low_memory is None else low_memory
+    compressed = working_copy(model, low_memory=lazy)
+    _quantize_in_place(compressed, quant_spec, calibration_data, lazy=lazy)
     return compressed
 
 
@@ -100,10 +180,15 @@ def compress_model(
     quantize: QuantSpec | str | None = None,
     prune: PruneSpec | float | str | None = None,
     calibration_data: Iterable[Any] | None = None,
+    low_memory: bool | None = None,
 ) -> nn.Module:
     """A copy of ``model`` pruned by ``prune`` and then quantized by ``quantize``.
 
     Pruned weights stay exactly zero after quantization (0.0 is always on the grid).
+    ``low_memory``: the compressed weights are held packed in a shallow clone that shares
+    every other tensor with ``model`` (``lazy.py``); the values, sizes and every number
+    measured on the copy are the deep copy's, at about the packed bytes of extra memory
+    (None: as ``low_memory_mode`` says, off by default).
     """
     quant_spec = as_quant_spec(quantize)
     prune_spec = as_prune_spec(prune)
@@ -113,11 +198,12 @@ def compress_model(
         )
     if quant_spec is not None:
         _check_calibration(quant_spec, calibration_data)
-    compressed = copy_model(model)
+    lazy = _LOW_MEMORY.get() if low_memory is None else low_memory
+    compressed = working_copy(model, low_memory=lazy)
     if prune_spec is not None:
-        _prune_in_place(compressed, prune_spec)
+        _prune_in_place(compressed, prune_spec, lazy=lazy)
     if quant_spec is not None:
-        _quantize_in_place(compressed, quant_spec, calibration_data)
+        _quantize_in_place(compressed, quant_spec, calibration_data, lazy=lazy)
     return compressed
 
 
@@ -142,7 +228,9 @@ def _check_calibration(spec: QuantSpec, calibration_data: Iterable[Any] | None) 
 # --- pruning -------------------------------------------------------------------------
 
 
-def _prune_in_place(model: nn.Module, spec: PruneSpec) -> None:
+def _prune_in_place(model: nn.Module, spec: PruneSpec, *, lazy: bool = False) -> None:
+    """Zeros written into the copy's weights, or (``lazy``) each pruned weight replaced in
+    the clone by the user's weight and a mask of what stays."""
     layers = compressible_layers(model, spec.include, spec.exclude)
     require_layers(layers, spec.include, spec.exclude)
     if spec.prunes_weights:
@@ -155,11 +243,15 @@ def _prune_in_place(model: nn.Module, spec: PruneSpec) -> None:
             ):
                 check_finite(weight.detach(), layer.weight_name)
         if _by_amount(spec):
-            _prune_by_amount(weights, spec)
+            _prune_by_amount(model, layers, spec, lazy)
         else:
             with torch.no_grad():
-                for weight, keep in zip(weights, _keep_masks(layers, spec), strict=True):
-                    weight.masked_fill_(~keep, 0.0)
+                for layer, keep in zip(layers, _keep_masks(layers, spec), strict=True):
+                    weight = layer.module.weight
+                    if lazy:
+                        replace_parameter(model, weight, MaskedValues.of(weight, keep))
+                    else:
+                        weight.masked_fill_(~keep, 0.0)
     if spec.activation_threshold is not None:
         for layer in layers:
             add_activation_hook(layer.module, ActivationPrune(spec.activation_threshold))
@@ -175,21 +267,31 @@ def _by_amount(spec: PruneSpec) -> bool:
     )
 
 
-def _prune_by_amount(weights: list[nn.Parameter], spec: PruneSpec) -> None:
-    """The k smallest |w| zeroed in place, block by block (``magnitudes.py``): the same
-    weights ``magnitude_mask`` / ``global_magnitude_masks`` prune, without holding a mask
-    (or every |w| in float32) for the whole model."""
+def _prune_by_amount(model: nn.Module, layers: list[Layer], spec: PruneSpec, lazy: bool) -> None:
+    """The k smallest |w| zeroed, block by block (``magnitudes.py``): the same weights
+    ``magnitude_mask`` / ``global_magnitude_masks`` prune, without holding a mask (or every
+    |w| in float32) for the whole model. Lazy: zeroed in a copy of one layer at a time,
+    whose nonzeros become the layer's mask."""
     assert spec.amount is not None
+    plan: list[magnitudes.Cut | None] = [None] * len(layers)
     if spec.scope == "global":
-        total = sum(weight.numel() for weight in weights)
+        weights = [layer.module.weight for layer in layers]
         # every cut is chosen before any weight changes
-        plan = magnitudes.cuts(weights, round(spec.amount * total))
-        for weight, cut in zip(weights, plan, strict=True):
-            magnitudes.prune_(weight, cut)
-        return
-    for weight in weights:
-        (cut,) = magnitudes.cuts([weight], round(spec.amount * weight.numel()))
-        magnitudes.prune_(weight, cut)
+        plan = list(magnitudes.cuts(weights, round(spec.amount * sum(w.numel() for w in weights))))
+    for index, layer in enumerate(layers):
+        weight = layer.module.weight  # a tied weight's second layer sees the first's zeros
+        work = _values_copy(weight) if lazy else weight
+        cut = plan[index]
+        if cut is None:
+            (cut,) = magnitudes.cuts([work], round(spec.amount * work.numel()))
+        magnitudes.prune_(work, cut)
+        if lazy:
+            replace_parameter(model, weight, MaskedValues.of(weight, work != 0))
+
+
+def _values_copy(weight: torch.Tensor) -> torch.Tensor:
+    """A new tensor holding ``weight``'s values, to be edited instead of the user's."""
+    return weight.values() if isinstance(weight, LazyWeight) else weight.detach().clone()
 
 
 def _keep_masks(layers: list[Layer], spec: PruneSpec) -> Iterator[torch.Tensor]:
@@ -216,8 +318,14 @@ def _keep_masks(layers: list[Layer], spec: PruneSpec) -> Iterator[torch.Tensor]:
 
 
 def _quantize_in_place(
-    model: nn.Module, spec: QuantSpec, calibration_data: Iterable[Any] | None
+    model: nn.Module,
+    spec: QuantSpec,
+    calibration_data: Iterable[Any] | None,
+    *,
+    lazy: bool = False,
 ) -> None:
+    """Each selected weight rounded in the copy (its values written into it), or
+    (``lazy``) replaced in the clone by its packed codes or float-format elements."""
     layers = compressible_layers(model, spec.include, spec.exclude)
     require_layers(layers, spec.include, spec.exclude)
     record = CompressionRecord(dict(get_record(model).quantized))
@@ -241,12 +349,19 @@ def _quantize_in_place(
                 group_size=spec.group_size,
                 scale_dtype=_scale_dtype(spec),
             )
+            if lazy:
+                assert isinstance(params, QuantParams)
+                codes = params.stored_codes(values, names[0], check=False)
+                replace_parameter(model, param, PackedCodes.of(codes, params, values.dtype))
+            else:
+                with torch.no_grad():
+                    param.copy_(values)
+        elif lazy:
+            packed, params = _packed_parameter(param, names[0], axis, spec)
+            replace_parameter(model, param, packed)
         else:
             # written straight into the copy's parameter: no second tensor of its size
-            values, params = _round_parameter(param.detach(), names[0], axis, spec)
-        if values is not param and values.data_ptr() != param.data_ptr():
-            with torch.no_grad():
-                param.copy_(values)
+            params = _round_parameter(param.detach(), names[0], axis, spec)
         for name in names:
             record.quantized[name] = params
     set_record(model, record)
@@ -261,6 +376,11 @@ def _quantize_in_place(
         _calibrate_activations(model, layers, spec, calibration_data)
 
 
+def _values_of(param: torch.Tensor) -> torch.Tensor:
+    """``param``'s values to read (a masked weight's built once, not per operation)."""
+    return param.values() if isinstance(param, LazyWeight) else param.detach()
+
+
 def _scale_dtype(spec: QuantSpec) -> torch.dtype | None:
     """The scales' dtype: the spec's, else float16 group-wise and the default otherwise."""
     if spec.scale_dtype is not None:
@@ -268,16 +388,12 @@ def _scale_dtype(spec: QuantSpec) -> torch.dtype | None:
     return torch.float16 if spec.group_size is not None else None
 
 
-def _round_parameter(
+def _mapping(
     x: torch.Tensor, name: str, axis: int | None, spec: QuantSpec
-) -> tuple[torch.Tensor, QuantParams | FloatParams]:
-    """``x`` rounded by the spec's format and method (all but GPTQ), and its mapping; the
-    integer formats write the values into ``x`` itself (the copy's parameter)."""
+) -> QuantParams | FloatParams:
+    """The mapping the spec's format and method (all but GPTQ) choose for ``x``."""
     if spec.is_float:
-        float_mapping = float_params(
-            x, spec.format, axis=axis, name=name, scale_dtype=_scale_dtype(spec)
-        )
-        return cast_to_format(x, float_mapping, name), float_mapping
+        return float_params(x, spec.format, axis=axis, name=name, scale_dtype=_scale_dtype(spec))
     group_size = spec.group_size if axis is not None else None
     choose = mse_qparams if spec.method == "mse" else compute_qparams
     scale, zero_point, axis = choose(
@@ -290,11 +406,42 @@ def _round_parameter(
         scale_dtype=_scale_dtype(spec),
     )
     qmin, qmax = quant_range(spec.bits, symmetric=spec.symmetric)
-    # In place: x is the copy's own parameter, and each block is read before it is written.
-    values = fake_quantize_with(
-        x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis, group_size=group_size, out=x
+    return QuantParams(scale, zero_point, spec.bits, axis, qmin, qmax, group_size)
+
+
+def _round_parameter(
+    x: torch.Tensor, name: str, axis: int | None, spec: QuantSpec
+) -> QuantParams | FloatParams:
+    """``x`` (the copy's parameter) rounded in place by the spec's format and method (all
+    but GPTQ); its mapping."""
+    params = _mapping(x, name, axis, spec)
+    if isinstance(params, FloatParams):
+        x.copy_(cast_to_format(x, params, name))
+        return params
+    # In place: each block is read before it is written.
+    fake_quantize_with(
+        x,
+        params.scale,
+        params.zero_point,
+        qmin=params.qmin,
+        qmax=params.qmax,
+        axis=params.axis,
+        group_size=params.group_size,
+        out=x,
     )
-    return values, QuantParams(scale, zero_point, spec.bits, axis, qmin, qmax, group_size)
+    return params
+
+
+def _packed_parameter(
+    source: torch.Tensor, name: str, axis: int | None, spec: QuantSpec
+) -> tuple[LazyWeight, QuantParams | FloatParams]:
+    """``source`` (never written) as the low-memory mode holds it rounded: itself with its
+    mapping, the values recomputed on use; and the mapping."""
+    x = _values_of(source)
+    params = _mapping(x, name, axis, spec)
+    if isinstance(params, FloatParams):
+        cast_elements(x, params, name)  # an overflow is refused now, naming the weight
+    return RoundedValues(source.detach(), params), params
 
 
 def _check_group_size(

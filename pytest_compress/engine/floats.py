@@ -103,6 +103,12 @@ def float_params(
 def cast_to_format(x: torch.Tensor, params: FloatParams, name: str) -> torch.Tensor:
     """``x`` rounded to ``params``' format, in ``x``'s dtype; ``ModelError`` naming ``name``
     when a weight overflows the format (fp16 beyond 65504, bf16 near float32's limit)."""
+    return params.decode(cast_elements(x, params, name), x.dtype)
+
+
+def cast_elements(x: torch.Tensor, params: FloatParams, name: str) -> torch.Tensor:
+    """The format's elements (``params.dtype``) that ``cast_to_format`` decodes: ``x``
+    itself when it already has that dtype and no scale (bf16 of a bf16 model)."""
     if params.scale is None:
         stored = x.to(params.dtype)
     else:
@@ -116,4 +122,4 @@ def cast_to_format(x: torch.Tensor, params: FloatParams, name: str) -> torch.Ten
             f"{params.format} (largest {torch.finfo(params.dtype).max:g}) and would become "
             "infinite; keep this layer float (exclude it) or use a wider format"
         )
-    return params.decode(stored, x.dtype)
+    return stored

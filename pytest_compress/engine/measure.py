@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from ..errors import CompressError, DataError, MetricError, ModelError
-from .apply import copy_model
+from .apply import copy_model, low_memory_enabled
 from .batches import call_model, describe_inputs, model_device, split_batch, to_device
 from .layers import compressible_layers
+from .lazy import move_clone, shallow_clone
 from .metrics import BuiltinMetric, builtin_metric, call_inputs, split_for
 from .state import eval_mode
 
@@ -126,7 +127,11 @@ def evaluate(
 def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model if model_device(model) == device else copy_model(model).to(device)
+    if model_device(model) == device:
+        return model
+    if low_memory_enabled():  # no second copy in host memory: new tensors on the device only
+        return move_clone(shallow_clone(model), device)
+    return copy_model(model).to(device)
 
 
 def _builtin(

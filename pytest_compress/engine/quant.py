@@ -187,27 +187,19 @@ def _values(
     zero_point: torch.Tensor,
     axis: int | None,
     dtype: torch.dtype,
+    *,
+    owned: bool = False,
 ) -> torch.Tensor:
-    """``(codes - z) * s`` in ``dtype``, saturating at its largest finite value.
+    """``(codes - z) * s`` in ``dtype``, saturating at its largest finite value (``owned``:
+    ``codes`` is a temporary this module made, overwritten instead of copied).
 
     The grid's last point can lie up to half a step beyond the quantized range; for a
     range that ends near the dtype's largest finite value it saturates there instead of
     becoming infinite (which is also the nearer value).
     """
-    real = codes.to(scale_dtype_for(dtype), copy=True)
-    return _values_in_place(real, scale, zero_point, axis, dtype)
-
-
-def _values_in_place(
-    real: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor,
-    axis: int | None,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """``_values`` of codes already held as whole numbers in the compute dtype, which
-    ``real`` then holds the values in (saves the copy when the codes are not needed)."""
-    compute = real.dtype
+    compute = scale_dtype_for(dtype)
+    # codes of our own making (fake quantization) are reused in place: one pass less
+    real = codes if owned and codes.dtype == compute else codes.to(compute, copy=True)
     grouped, (s, z) = _per_channel(real, (scale.to(compute), zero_point.to(compute)), axis)
     largest = torch.finfo(dtype).max
     grouped.sub_(z).mul_(s).clamp_(-largest, largest)
@@ -376,7 +368,7 @@ def quantize_checked(
         codes = _codes(rows, s, z, qmin, qmax, row_axis)
         narrow = _narrowed(codes - offset if offset else codes, dtype)
         if on_grid:  # the codes are whole numbers, so this is dequantize(codes) exactly
-            on_grid = _equal(_values_in_place(codes, s, z, row_axis, x.dtype), rows)
+            on_grid = _equal(_values(codes, s, z, row_axis, x.dtype, owned=True), rows)
         return narrow if group_size is None else ungroup_rows(narrow, block.shape, block_axis or 0)
 
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
@@ -407,8 +399,8 @@ def fake_quantize_with(
         block: torch.Tensor, params: tuple[torch.Tensor, ...], block_axis: int | None
     ) -> torch.Tensor:
         rows, (s, z), row_axis = _grouped(block, params, block_axis, group_size)
-        # the float codes are a fresh temporary: dequantized where they are, no copy
-        values = _values_in_place(_codes(rows, s, z, qmin, qmax, row_axis), s, z, row_axis, x.dtype)
+        codes = _codes(rows, s, z, qmin, qmax, row_axis)
+        values = _values(codes, s, z, row_axis, x.dtype, owned=True)
         return values if group_size is None else ungroup_rows(values, block.shape, block_axis or 0)
 
     target = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out

@@ -104,6 +104,7 @@ from ..engine.activations import (
 )
 from ..engine.floats import FLOAT_DTYPES, FloatParams
 from ..engine.groups import group_count
+from ..engine.lazy import LazyWeight, PackedCodes, RoundedValues
 from ..engine.quant import scale_dtype_for
 from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
 from ..engine.specs import FLOAT_FORMATS, MAX_BITS, MIN_BITS
@@ -334,6 +335,9 @@ def _encode_quantized(
     once while planning, kept for the write pass when ``cache`` has room for them."""
     _checked_qparams(key, values.dtype, tuple(values.shape), params)
     values = values.detach().cpu()
+    if isinstance(values, PackedCodes | RoundedValues) and _same_params(values.params, params):
+        # the low-memory mode's weight holds (or computes) exactly these codes
+        return _encode_codes(key, params, values.dtype, tuple(values.shape), values.codes)
     kept: list[torch.Tensor] = []
     derived = [False]
 
@@ -364,6 +368,8 @@ def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[
     values = values.detach().cpu()
 
     def source() -> Elements:
+        if isinstance(values, RoundedValues) and _same_params(values.params, params):
+            return raw_elements(values.elements())  # the low-memory mode's weight makes them
         return raw_elements(params.elements(values, key))  # ModelError if off the format
 
     head = b"" if scale is None else _raw_bytes(scale).tobytes()
@@ -410,6 +416,8 @@ def _storage_id(t: torch.Tensor) -> tuple | None:
     """What makes two state_dict entries one tensor; None for empty tensors (no storage)."""
     if t.numel() == 0:
         return None
+    if isinstance(t, LazyWeight):  # no storage of its own: its packed tensors say
+        return (t.device, t.key(), t.dtype, tuple(t.shape))
     return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
 
 
@@ -1196,7 +1204,14 @@ def _plain_slot(model: nn.Module, key: str) -> torch.Tensor | None:
     slot = _slot(model, key)
     if slot is None or not _loads_plainly(model.get_submodule(key.rpartition(".")[0])):
         return None
-    return slot[1][slot[2]]
+    tensor = slot[1][slot[2]]
+    return tensor if _plain(tensor) else None
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """A parameter or tensor of torch's own (a subclass, such as the low-memory mode's
+    weights, may have no storage of its own to decode into or to count)."""
+    return type(t) in (nn.Parameter, torch.Tensor)
 
 
 def _empty_twins(model: nn.Module, target: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -1210,7 +1225,7 @@ def _empty_twins(model: nn.Module, target: dict[str, torch.Tensor]) -> dict[int,
     ]
     owners: Counter = Counter()
     for tensor in {id(tensor): tensor for _, tensor in named}.values():
-        if tensor.numel():
+        if tensor.numel() and _plain(tensor):
             owners[(tensor.device, tensor.untyped_storage().data_ptr())] += 1
     twins: dict[int, torch.Tensor] = {}
     for key in target:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import pytest
 
+from ..checks.copies import DEFAULT_LOW_MEMORY, DEFAULT_LOW_MEMORY_SHARE, LOW_MEMORY_MODES
 from ..runtimes.latency import DEFAULT_MAX_SECONDS
 from ..tuning.grids import DEFAULT_SENSITIVITY_LAYERS
 from .baseline import DEFAULT_LATENCY_TOLERANCE
@@ -51,6 +52,8 @@ class Options:
     latency_tolerance: float = DEFAULT_LATENCY_TOLERANCE
     verify: bool = True
     sensitivity_seconds: float | None = None
+    low_memory: str = DEFAULT_LOW_MEMORY
+    low_memory_share: float = DEFAULT_LOW_MEMORY_SHARE
 
 
 # (name, help, metavar or None for a flag)
@@ -99,9 +102,10 @@ OPTIONS: tuple[tuple[str, str, str | None], ...] = (
     ),
     (
         "compress-sensitivity-layers",
-        "when a check fails its accuracy budget, compress at most this many layers alone "
-        f"(the largest first) to name the most sensitive ones (default: "
-        f"{DEFAULT_SENSITIVITY_LAYERS})",
+        "when a check fails its accuracy budget, rank every layer it compresses by its "
+        "output error (one short forward pass), then measure at most this many of them "
+        "alone with the metric, one evaluation each, to name the most sensitive ones "
+        f"(default: {DEFAULT_SENSITIVITY_LAYERS})",
         "N",
     ),
     (
@@ -115,6 +119,21 @@ OPTIONS: tuple[tuple[str, str, str | None], ...] = (
         "do not verify each compressed model against its recipe's claims (distinct values "
         "per channel, exact zeros, N:M groups)",
         None,
+    ),
+    (
+        "compress-low-memory",
+        "auto, on or off: compress a shallow clone holding the compressed weights packed "
+        "(dequantized as each layer runs) instead of a deep copy of the model; auto turns "
+        "it on when the model's bytes exceed --compress-low-memory-share of the available "
+        f"memory; the numbers are the same (default: {DEFAULT_LOW_MEMORY})",
+        "MODE",
+    ),
+    (
+        "compress-low-memory-share",
+        "the share of the available memory above which a model's checks run in the "
+        f"low-memory mode under --compress-low-memory=auto (default: "
+        f"{DEFAULT_LOW_MEMORY_SHARE:g})",
+        "FRACTION",
     ),
     (
         "compress-latency-seconds",
@@ -165,6 +184,19 @@ def read_options(config: pytest.Config) -> Options:
             f"--compress-threads must be a whole number of threads, at least 1; got "
             f"{_option(config, 'compress-threads')!r}"
         )
+    low_memory = (_option(config, "compress-low-memory") or DEFAULT_LOW_MEMORY).strip().lower()
+    if low_memory not in LOW_MEMORY_MODES:
+        raise pytest.UsageError(
+            f"--compress-low-memory must be one of {', '.join(LOW_MEMORY_MODES)}; got "
+            f"{_option(config, 'compress-low-memory')!r}"
+        )
+    share = _number(config, "compress-low-memory-share", DEFAULT_LOW_MEMORY_SHARE)
+    if not 0 < share <= 1:
+        raise pytest.UsageError(
+            "--compress-low-memory-share must be a fraction of the available memory, above "
+            f"0 and at most 1, such as {DEFAULT_LOW_MEMORY_SHARE:g}; got "
+            f"{_option(config, 'compress-low-memory-share')!r}"
+        )
     return Options(
         report=_path(config, "compress-report"),
         markdown=_path(config, "compress-markdown"),
@@ -185,6 +217,8 @@ def read_options(config: pytest.Config) -> Options:
         verify=not _option(config, "compress-no-verify"),
         sensitivity_seconds=_optional_number(config, "compress-sensitivity-seconds"),
         latency_tolerance=_number(config, "compress-latency-tolerance", DEFAULT_LATENCY_TOLERANCE),
+        low_memory=low_memory,
+        low_memory_share=share,
     )
 
 

@@ -139,6 +139,8 @@ class CompressSession:
                 exports=self.exports if options.cache else None,
                 verify=options.verify,
                 sensitivity_seconds=options.sensitivity_seconds,
+                low_memory=options.low_memory,
+                low_memory_share=options.low_memory_share,
             )
         return self._runner
 

@@ -67,7 +67,7 @@ def export_onnx(
     """
     _require_extra()
     target = Path(path)
-    source = prune_model(model, prune) if prune is not None else model
+    source = prune_model(model, prune, low_memory=False) if prune is not None else model
     program = _torch_export(source, example_inputs)
     external = external_data
     if external is None:

@@ -82,7 +82,7 @@ def _quantize(
     with _quiet_torchao_import():
         from torchao.quantization import quantize_
 
-    copied = prune_model(model, prune) if prune is not None else copy_model(model)
+    copied = prune_model(model, prune, low_memory=False) if prune is not None else copy_model(model)
     copied.eval()
     # Named before quantize_: a torchao weight is a tensor subclass, no longer the
     # nn.Parameter that compressible_layers looks for.

@@ -187,14 +187,18 @@ def rank_layers_per_byte(
 
     Costs are measured on the file format (each weight's stored bytes float minus
     compressed), proxies on a few of ``batches``; ``sensitivity`` (a
-    ``SensitivityResult``) gives the measured drops. One compressed copy and one short
-    forward pass, whatever the number of layers; ``model`` is never modified.
+    ``SensitivityResult``) gives the measured drops, and the proxies too when it ranked
+    every layer by them (then no forward pass runs here). One compressed copy and at
+    most one short forward pass, whatever the number of layers; ``model`` is never
+    modified.
     """
     layers = touched_layers(model, quantize, prune)
     compressed = compress_model(
         model, quantize=quantize, prune=prune, calibration_data=calibration_data
     )
-    proxies = output_errors(model, compressed, layers, batches)
+    proxies = {entry.layer: entry.error for entry in getattr(sensitivity, "proxied", ())}
+    if set(proxies) != {layer.name for layer in layers}:
+        proxies = output_errors(model, compressed, layers, batches)
     float_sizes, compressed_sizes = stored_sizes(model), stored_sizes(compressed)
     costs = {
         layer.name: float_sizes[layer.weight_name] - compressed_sizes[layer.weight_name]

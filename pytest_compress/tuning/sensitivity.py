@@ -2,10 +2,18 @@
 
 ``layer_sensitivity`` compresses one layer at a time with the check's own recipe, the
 rest of the model left float, and evaluates each copy through the caller's callback.
-Cost: one evaluation per measured layer. The layers the recipe touches are ordered
-largest first (by weight elements) and capped at ``limit`` *before* any evaluation,
-so a big model costs at most ``limit`` evaluations; the ranking is by drop, largest
-first.
+Cost: one evaluation per measured layer, at most ``limit`` of them, chosen *before* any
+evaluation:
+
+- with ``proxy_data``, every layer the recipe touches is first ranked by the cheap proxy
+  (``tuning.proxy``: its own output error compressed, one short forward pass for all
+  layers), and only the proxy's top ``limit`` are confirmed with the real metric. The
+  other layers keep their proxy error in ``proxied`` ("ranked by proxy only");
+- without it, the ``limit`` largest layers (by weight elements) are measured.
+
+The ranking is by the real drop, largest first, over the measured layers only: a layer
+the proxy ranks below ``limit`` is never named however much it would hurt (the proxy
+sees a layer's output error, not what the rest of the model makes of it).
 
 "The same recipe, on that layer alone" means exactly what the full recipe does to
 that layer:
@@ -29,13 +37,15 @@ from typing import Any, TypeGuard, TypeVar
 import torch
 from torch import nn
 
-from ..engine.apply import compress_model, copy_model, prune_model
+from ..engine.apply import compress_model, low_memory_enabled, prune_model, working_copy
 from ..engine.layers import Layer, compressible_layers, literal_pattern, selector
+from ..engine.lazy import replace_parameter
 from ..engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec, describe_recipe
 from ..errors import SpecError
 from ..metrics import MetricKind
 from ..tables import text_table
 from .grids import DEFAULT_SENSITIVITY_LAYERS
+from .proxy import output_errors
 
 DEFAULT_LIMIT = DEFAULT_SENSITIVITY_LAYERS
 SHOWN_IN_MESSAGE = 3
@@ -82,6 +92,7 @@ def layer_sensitivity(
     metric_name: str = "accuracy",
     max_seconds: float | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    proxy_data: Iterable[Any] | None = None,
 ) -> SensitivityResult:
     """Each touched layer compressed alone with the recipe, evaluated by ``evaluate(model)``.
 
@@ -91,14 +102,14 @@ def layer_sensitivity(
     ``calibration_data`` is needed when ``quantize`` quantizes activations (``"w8a8"``).
     With ``max_seconds``, no further layer is started once that much time (on ``clock``)
     has passed: the rest are reported unmeasured, and ``timed_out`` says why.
+    With ``proxy_data`` (batches, or ``(inputs, targets)`` pairs), the measured layers are
+    the proxy's top ``limit`` rather than the largest.
     """
     quant_spec, prune_spec = _recipe(quantize, prune, evaluate)
     cap = _check_limit(limit)
-    layers = touched_layers(model, quant_spec, prune_spec)
-    # Largest first; sorted() is stable, so equal sizes keep model order.
-    by_size = sorted(layers, key=lambda layer: -layer.module.weight.numel())
-    measured = by_size if cap is None else by_size[:cap]
-    skipped = tuple(layer.name for layer in by_size[len(measured) :])
+    order, proxied = _candidates(model, quant_spec, prune_spec, proxy_data, calibration_data)
+    measured = order if cap is None else order[:cap]
+    skipped = tuple(layer.name for layer in order[len(measured) :])
 
     global_reference = _global_reference(model, prune_spec)
     results = []
@@ -120,11 +131,55 @@ def layer_sensitivity(
         layers=tuple(ranked),
         skipped=skipped,
         timed_out=timed_out,
+        proxied=proxied,
         float_metric=float_metric,
         recipe=describe_recipe(quant_spec, prune_spec),
         metric_name=metric_name,
         higher_is_better=higher_is_better,
     )
+
+
+def _candidates(
+    model: nn.Module,
+    quantize: QuantSpec | None,
+    prune: PruneSpec | None,
+    proxy_data: Iterable[Any] | None,
+    calibration_data: Iterable[Any] | None,
+) -> tuple[list[Layer], tuple[LayerProxy, ...]]:
+    """The touched layers in the order they are measured: by proxy error with
+    ``proxy_data`` (and that ranking), else largest first (and no ranking)."""
+    layers = touched_layers(model, quantize, prune)
+    # Largest first; sorted() is stable, so equal sizes keep model order.
+    by_size = sorted(layers, key=lambda layer: -layer.module.weight.numel())
+    if proxy_data is None:
+        return by_size, ()
+    proxied = proxy_ranking(model, by_size, quantize, prune, proxy_data, calibration_data)
+    by_name = {layer.name: layer for layer in by_size}
+    return [by_name[entry.layer] for entry in proxied], proxied
+
+
+def proxy_ranking(
+    model: nn.Module,
+    layers: list[Layer],
+    quantize: QuantSpec | None,
+    prune: PruneSpec | None,
+    batches: Iterable[Any],
+    calibration_data: Iterable[Any] | None,
+) -> tuple[LayerProxy, ...]:
+    """Every layer in ``layers`` with its proxy error, largest error first.
+
+    One compressed copy of the whole model (the twins carry exactly what the full recipe
+    does to each layer) and one short forward pass, whatever the number of layers. Ties
+    keep the order of ``layers`` (the caller's: largest first).
+    """
+    compressed = compress_model(
+        model, quantize=quantize, prune=prune, calibration_data=calibration_data
+    )
+    errors = output_errors(model, compressed, layers, batches)
+    entries = [
+        LayerProxy(layer.name, layer.module.weight.numel(), errors[layer.name]) for layer in layers
+    ]
+    return tuple(sorted(entries, key=lambda entry: -entry.error))
 
 
 def _recipe(
@@ -164,10 +219,14 @@ def _compress_alone(
     if _applies(prune, model, layer):
         assert prune is not None
         if global_reference is not None:
-            base = copy_model(model)
+            base = working_copy(model)
             source = global_reference.get_parameter(layer.weight_name)
-            with torch.no_grad():
-                base.get_parameter(layer.weight_name).copy_(source)
+            target = base.get_parameter(layer.weight_name)
+            if low_memory_enabled():  # the clone's weight is the user's: swap, never write
+                replace_parameter(base, target, source)
+            else:
+                with torch.no_grad():
+                    target.copy_(source)
             if prune.activation_threshold is not None:
                 layer_prune = PruneSpec(
                     activation_threshold=prune.activation_threshold, include=only
@@ -175,7 +234,7 @@ def _compress_alone(
         else:
             layer_prune = replace(prune, include=only, exclude=())
     if layer_quant is None and layer_prune is None:
-        return base if base is not model else copy_model(model)
+        return base if base is not model else working_copy(model)
     return compress_model(
         base, quantize=layer_quant, prune=layer_prune, calibration_data=calibration_data
     )
@@ -192,8 +251,22 @@ class LayerSensitivity:
 
 
 @dataclass(frozen=True)
+class LayerProxy:
+    """One layer's proxy: its relative squared output error compressed (``tuning.proxy``)."""
+
+    layer: str
+    parameters: int
+    error: float
+
+
+@dataclass(frozen=True)
 class SensitivityResult:
-    """Layers ranked most harmful first, and the layers left unmeasured by the cap."""
+    """Layers ranked most harmful first, and the layers left unmeasured by the cap.
+
+    ``proxied``: every touched layer by its proxy error, largest first, when the layers
+    to measure were chosen by the proxy (empty when they were the largest); ``skipped``
+    then lists the layers ranked by the proxy only, in its order.
+    """
 
     layers: tuple[LayerSensitivity, ...]
     skipped: tuple[str, ...]
@@ -203,6 +276,7 @@ class SensitivityResult:
     higher_is_better: bool = True
     # the time budget (--compress-sensitivity-seconds) ran out before every layer was measured
     timed_out: bool = False
+    proxied: tuple[LayerProxy, ...] = ()
 
     @property
     def evaluations(self) -> int:
@@ -226,8 +300,9 @@ class SensitivityResult:
     def summary(self, top: int = SHOWN_IN_MESSAGE) -> str:
         """``most sensitive layers: fc1 (-2.1 pp alone), conv2 (-0.6 pp alone)``.
 
-        Only layers that hurt alone are named (at most ``top``); the cap is mentioned
-        when it left layers unmeasured.
+        Only layers that hurt alone are named (at most ``top``), and only measured ones:
+        a layer ranked by the proxy only has no drop to show. What was left unmeasured
+        (by the cap or the time budget) is counted.
         """
         shown = self.harmful()[:top]
         if shown:
@@ -235,35 +310,114 @@ class SensitivityResult:
             text = f"most sensitive layers: {names}"
         else:
             text = "most sensitive layers: none hurts alone (the drop comes from layers together)"
+        unmeasured = len(self.skipped)
         if self.timed_out:
             text += (
                 f"; stopped early by the time budget (--compress-sensitivity-seconds): "
-                f"{len(self.skipped)} layers not measured"
+                f"{unmeasured} layers not measured"
             )
-        elif self.skipped:
-            text += f"; {len(self.skipped)} smaller layers not measured"
+            if self.proxied:
+                text += " (ranked by output error only)"
+        elif unmeasured and self.proxied:
+            text += f"; {unmeasured} more layers ranked by output error only, not measured"
+        elif unmeasured:
+            text += f"; {unmeasured} smaller layers not measured"
         return text
 
     def table(self) -> str:
-        """Every measured layer, most harmful first: name, weights, metric, change."""
+        """Every layer, most harmful first: name, weights, metric, change (and, when the
+        proxy chose what to measure, its output error; the layers it ranked alone last)."""
         metric = MetricKind.named(self.metric_name)
-        header = ("layer", "weights", self.metric_name, "change")
-        rows = [
+        errors = {entry.layer: entry.error for entry in self.proxied}
+        header: tuple[str, ...] = ("layer", "weights", self.metric_name, "change")
+        rows: list[tuple[str, ...]] = [
             (e.layer, f"{e.parameters:,}", metric.value(e.metric), self._change(e))
             for e in self.layers
         ]
+        if self.proxied:
+            header = (*header, "output error")
+            rows = [(*row, f"{errors[row[0]]:.3g}") for row in rows]
+            rows += [
+                (p.layer, f"{p.parameters:,}", "not measured", "proxy only", f"{p.error:.3g}")
+                for p in self.proxied
+                if p.layer in self.skipped
+            ]
         return "\n".join(text_table(header, rows))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe: every measured layer (ranked) and the skipped ones."""
+        """JSON-safe: every measured layer (ranked), the skipped ones, and the proxy's ranking
+        of every layer when it chose what to measure (``ranked_by``: proxy or size)."""
         return {
             "recipe": self.recipe,
+            "metric_name": self.metric_name,
+            "higher_is_better": self.higher_is_better,
             "float_metric": self.float_metric,
             "evaluations": self.evaluations,
+            "ranked_by": "proxy" if self.proxied else "size",
             "layers": [
                 {"layer": e.layer, "parameters": e.parameters, "metric": e.metric, "drop": e.drop}
                 for e in self.layers
             ],
             "skipped": list(self.skipped),
             "timed_out": self.timed_out,
+            "proxies": [
+                {"layer": p.layer, "parameters": p.parameters, "output_error": p.error}
+                for p in self.proxied
+            ],
         }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SensitivityResult | None:
+        """The result ``to_dict`` wrote, or None when ``data`` is not exactly that shape
+        (a stored entry someone edited or an older version wrote: measured again)."""
+        try:
+            return _from_dict(data)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"not a count: {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"not a string: {value!r}")
+    return value
+
+
+def _from_dict(data: dict[str, Any]) -> SensitivityResult:
+    layers = tuple(
+        LayerSensitivity(
+            _text(e["layer"]), _count(e["parameters"]), _number(e["metric"]), _number(e["drop"])
+        )
+        for e in data["layers"]
+    )
+    proxied = tuple(
+        LayerProxy(_text(p["layer"]), _count(p["parameters"]), _number(p["output_error"]))
+        for p in data["proxies"]
+    )
+    flags = (data["higher_is_better"], data["timed_out"])
+    if not all(isinstance(flag, bool) for flag in flags):
+        raise TypeError(f"not flags: {flags!r}")
+    result = SensitivityResult(
+        layers=layers,
+        skipped=tuple(_text(name) for name in data["skipped"]),
+        float_metric=_number(data["float_metric"]),
+        recipe=_text(data["recipe"]),
+        metric_name=_text(data["metric_name"]),
+        higher_is_better=flags[0],
+        timed_out=flags[1],
+        proxied=proxied,
+    )
+    if result.to_dict() != data:  # an extra key, a count that disagrees: not ours
+        raise ValueError("not a sensitivity result as to_dict writes it")
+    return result

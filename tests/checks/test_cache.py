@@ -181,3 +181,17 @@ def test_a_cache_that_does_not_read_still_stores_fresh_entries() -> None:
     assert refreshing.check("c") is None and refreshing.reference("r") is None
     refreshing.put_check("c", CheckEntry(0.9, 1, 0.8, 1, 0.0))
     assert ResultCache(store).check("c") == CheckEntry(0.9, 1, 0.8, 1, 0.0)
+
+
+def test_a_sensitivity_document_round_trips_and_an_edited_one_counts_as_missing() -> None:
+    store = DictStore()
+    document = {"layers": [{"layer": "fc1", "drop": 0.02}], "timed_out": False}
+    ResultCache(store).put_sensitivity("k", document)
+    later = ResultCache(store)
+    assert later.sensitivity("k") == document and later.sensitivity("other") is None
+    assert ResultCache(store, read=False).sensitivity("k") is None
+    key = f"{KEY_PREFIX}/sensitivity/k"
+    store.values[key]["document"]["layers"][0]["drop"] = 0.0  # a number changed
+    assert ResultCache(store).sensitivity("k") is None
+    store.values[key] = {"document": [], "checksum": checksum(key, {})}
+    assert ResultCache(store).sensitivity("k") is None

@@ -14,7 +14,12 @@ from pytest_compress.engine.activations import (
     ActivationPrune,
     activation_hooks,
 )
-from pytest_compress.engine.apply import compress_model, prune_model, quantize_model
+from pytest_compress.engine.apply import (
+    compress_model,
+    low_memory_mode,
+    prune_model,
+    quantize_model,
+)
 from pytest_compress.engine.measure import evaluate, model_size, sparsity
 from pytest_compress.engine.quant import fake_quantize, quantize
 from pytest_compress.engine.record import get_record
@@ -82,16 +87,19 @@ RECIPES = [
 ]
 
 
+@pytest.mark.parametrize("low_memory", [False, True], ids=["deep-copy", "low-memory"])
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_the_input_model_is_never_modified(recipe) -> None:
+def test_the_input_model_is_never_modified(recipe, low_memory) -> None:
     model = lenet().train()
     model.fc2.eval()  # a mixed train/eval state must survive too
     model.conv1.weight.requires_grad_(False)
     handle_calls = []
     model.fc1.register_forward_hook(lambda *args: handle_calls.append(1))
     before = snapshot(model)
-    compressed = recipe(model)
+    with low_memory_mode(low_memory):
+        compressed = recipe(model)
     assert compressed is not model
+    compressed.eval()
     compressed(LENET_INPUT)
     assert_unchanged(model, before)
 

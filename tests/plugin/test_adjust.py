@@ -198,9 +198,16 @@ def test_a_failing_accuracy_budget_names_the_most_sensitive_layers(pytester):
 def test_sensitivity_is_capped_and_can_be_turned_off(pytester):
     make_project(pytester, HARSH_CHECK)
     capped = pytester.runpytest("--compress-sensitivity-layers=1", "--compress-report=r.json")
-    capped.stdout.fnmatch_lines(["*most sensitive layers: *; 1 smaller layers not measured"])
+    capped.stdout.fnmatch_lines(
+        ["*most sensitive layers: *; 1 more layers ranked by output error only, not measured"]
+    )
     sensitivity = read_json(pytester.path / "r.json")["checks"][0]["sensitivity"]
-    assert [layer["layer"] for layer in sensitivity["layers"]] == ["0"]  # 16x64 > 64x4
+    # both layers ranked by the proxy, its first measured: the cap counts evaluations
+    proxies = sensitivity["proxies"]
+    assert sensitivity["ranked_by"] == "proxy" and len(proxies) == 2
+    assert proxies[0]["output_error"] >= proxies[1]["output_error"]
+    assert [layer["layer"] for layer in sensitivity["layers"]] == [proxies[0]["layer"]]
+    assert sensitivity["skipped"] == [proxies[1]["layer"]] and sensitivity["evaluations"] == 1
     pytester.makeini("[pytest]\ncompress_no_sensitivity = true\n")
     off = pytester.runpytest("--compress-report=r.json")
     off.assert_outcomes(failed=1)
@@ -222,7 +229,9 @@ def test_checks_of_one_recipe_share_one_sensitivity_run(pytester):
 
         def test_harsh_a_count(forward_calls, compress_data):
             # the float model, its int2 copy, and one copy per layer for the sensitivity
-            assert sum(forward_calls.values()) == (1 + 1 + 2) * len(compress_data)
+            # (both layers: the cap is 5), after the proxy's pass of the float model over
+            # two batches
+            assert sum(forward_calls.values()) == (1 + 1 + 2) * len(compress_data) + 2
 
         @pytest.mark.compress(quantize="int2", prune=0.8, max_accuracy_drop=0.02)
         def test_harsh_b():
@@ -230,7 +239,7 @@ def test_checks_of_one_recipe_share_one_sensitivity_run(pytester):
 
         def test_harsh_b_count(forward_calls, compress_data):
             # float reference and sensitivity shared: only its own compressed copy ran
-            assert sum(forward_calls.values()) == (1 + 1 + 2 + 1) * len(compress_data)
+            assert sum(forward_calls.values()) == (1 + 1 + 2 + 1) * len(compress_data) + 2
         """,
     )
     result = pytester.runpytest("--compress-report=report.json")
@@ -259,8 +268,9 @@ def test_a_passing_check_measures_no_sensitivity(pytester):
             pass
 
         def test_too_harsh_count(forward_calls, compress_model, compress_data):
-            # one more copy, and one copy per layer for the sensitivity
-            assert sum(forward_calls.values()) == (2 + 1 + 2) * len(compress_data)
+            # one more copy, one copy per layer for the sensitivity, and the proxy's pass
+            # of the float model over two batches
+            assert sum(forward_calls.values()) == (2 + 1 + 2) * len(compress_data) + 2
         """,
     )
     result = pytester.runpytest("--compress-report=report.json")

@@ -427,3 +427,64 @@ def test_a_model_that_cannot_be_fingerprinted_is_measured_every_time(pytester):
             "or nothing"
         ]
     )
+
+
+# Two failing checks: one blamed layer by layer, one that keeps layers float from the same
+# ranking. Cosine to the float outputs: int2 always costs some, so both always fail (this
+# float model's accuracy on random labels rises under int2).
+FAILING = """
+import pytest
+
+@pytest.mark.compress(quantize="int2", metric="cosine", max_accuracy_drop=0.0001)
+def test_harsh():
+    pass
+
+@pytest.mark.compress(quantize="int3", metric="cosine", keep_float="auto",
+                      max_accuracy_drop=0.0001)
+def test_auto():
+    pass
+"""
+# A built-in metric finds the output it reads on the float model's first batch, once per
+# check and session, cached or not: that is all a fully served failing check runs.
+PROBE = 1
+
+
+def run_failing(pytester: pytest.Pytester, *args: str, failed: int = 2) -> pytest.RunResult:
+    result = pytester.runpytest("--compress-report=report.json", *args)
+    result.assert_outcomes(failed=failed)
+    return result
+
+
+def sensitivities(pytester: pytest.Pytester) -> list[dict]:
+    return [c["sensitivity"] for c in read_json(pytester.path / "report.json")["checks"]]
+
+
+def test_a_failing_checks_sensitivity_is_cached_and_a_rerun_evaluates_nothing(pytester):
+    make(pytester, FAILING)
+    run_failing(pytester)
+    first = counts(pytester)
+    # the proxy's pass of the float model, and the layers measured alone: work to save
+    assert first["float"] > BATCHES + 2 * PROBE and len(first["copies"]) > 2
+    measured = sensitivities(pytester)
+    again = run_failing(pytester)
+    # no sensitivity (proxy pass or layer alone) and no keep_float step ran: all served
+    assert counts(pytester) == {**NOTHING, "float": 2 * PROBE}
+    assert sensitivities(pytester) == measured and measured[0]["evaluations"] == 2
+    again.stdout.fnmatch_lines(["*most sensitive layers: * alone)*"])
+
+
+def test_a_sensitivity_cut_short_by_its_time_budget_is_measured_again(pytester):
+    make(pytester, FAILING.split('@pytest.mark.compress(quantize="int3"')[0])
+    run_failing(pytester, "--compress-sensitivity-seconds=0", failed=1)
+    for _ in range(2):
+        result = run_failing(pytester, "--compress-sensitivity-seconds=0", failed=1)
+        result.stdout.fnmatch_lines(["*stopped early by the time budget*"])
+        # the check is served; the proxy's pass (two batches) and one layer alone ran again,
+        # the latter compared with the float outputs (cosine), read once per session
+        float_runs = PROBE + 2 + BATCHES
+        assert counts(pytester) == {**NOTHING, "float": float_runs, "copies": [BATCHES]}
+    run_failing(pytester, failed=1)  # complete this time: stored
+    run_failing(pytester, failed=1)
+    assert counts(pytester) == {**NOTHING, "float": PROBE}
+    run_failing(pytester, "--compress-sensitivity-layers=1", failed=1)
+    assert counts(pytester)["copies"] == [BATCHES]  # another cap, another entry

@@ -372,7 +372,8 @@ def test_the_float_model_is_evaluated_once_for_several_checks(pytester):
     pytester.runpytest().assert_outcomes(passed=4)
 
 
-def test_the_users_model_is_never_modified(pytester):
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_the_users_model_is_never_modified(pytester, mode):
     make_project(
         pytester,
         """
@@ -412,7 +413,7 @@ def test_the_users_model_is_never_modified(pytester):
             return SNAPSHOT
         """,
     )
-    pytester.runpytest().assert_outcomes(passed=3)
+    pytester.runpytest(f"--compress-low-memory={mode}").assert_outcomes(passed=3)
 
 
 def test_the_calibration_fixture_is_used_for_activation_ranges(pytester):

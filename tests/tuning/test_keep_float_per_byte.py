@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pytest_compress.engine.apply import compress_model
@@ -144,3 +145,22 @@ def test_long_rankings_add_layers_in_growing_steps() -> None:
     assert calls == [0, 1, 2, 3, 4, 6, 9, 13, 19, 28, 39]  # 10 evaluations for 39 layers
     assert result.passed and len(result.kept) == 39 and result.kept == tuple(names[:39])
     assert result.trail[5].setting == ("4", "5")  # a step of several names them all
+
+
+def test_a_sensitivity_ranked_by_the_proxy_lends_its_errors_and_no_pass_runs(monkeypatch) -> None:
+    model, inputs = costly_sensitive_model()
+    batches = [inputs[:128], inputs[128:256]]
+    sensitivity = layer_sensitivity(
+        model, quantize=INT4, evaluate=lambda m: mse(m, model, inputs), float_metric=0.0,
+        higher_is_better=False, limit=1, proxy_data=batches,
+    )  # fmt: skip
+    layers = touched_layers(model, INT4, None)
+    errors = output_errors(model, compress_model(model, quantize=INT4), layers, batches)
+    monkeypatch.setattr(
+        "pytest_compress.tuning.keep_float.output_errors",
+        lambda *args, **kwargs: pytest.fail("the proxy ran again"),
+    )
+    lent = rank_layers_per_byte(model, INT4, None, batches, sensitivity=sensitivity)
+    assert {c.layer: c.proxy for c in lent} == errors  # the same errors, not measured again
+    # the layer measured alone keeps its drop; the other is estimated from the proxy
+    assert sum(c.drop is not None for c in lent) == 1

@@ -14,8 +14,20 @@ from pytest_compress.engine.activations import ActivationFakeQuantize, activatio
 from pytest_compress.engine.apply import compress_model
 from pytest_compress.engine.measure import evaluate
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
-from pytest_compress.tuning.sensitivity import layer_sensitivity, literal_pattern
-from tests.models import TiedEmbeddingModel, fragile_model, seeded
+from pytest_compress.tuning.proxy import PROXY_BATCHES
+from pytest_compress.tuning.sensitivity import (
+    DEFAULT_LIMIT,
+    SHOWN_IN_MESSAGE,
+    SensitivityResult,
+    layer_sensitivity,
+    literal_pattern,
+)
+from tests.models import (
+    TiedEmbeddingModel,
+    classification_batches,
+    fragile_model,
+    seeded,
+)
 
 
 class Recorder:
@@ -240,3 +252,117 @@ def test_a_time_budget_stops_before_the_next_layer_and_says_so() -> None:
         model, quantize="int6", evaluate=lambda m: evaluate(m, data), float_metric=1.0
     )
     assert unbounded.evaluations == 3 and not unbounded.timed_out
+
+
+def deep_model(layers: int = 8) -> tuple[nn.Module, list]:
+    """A stack of ``layers`` Linear layers (16 wide), labelled by itself (100 % accuracy)."""
+    stack: list[nn.Module] = []
+    for index in range(layers):
+        stack += [nn.Linear(16, 16 if index < layers - 1 else 4), nn.ReLU()]
+    model = seeded(nn.Sequential(*stack[:-1]), seed=5)
+    inputs = torch.randn(512, 16, generator=torch.Generator().manual_seed(6))
+    return model, classification_batches(model, inputs, batch_size=128)
+
+
+class CountedForward:
+    """Counts the float model's own forward passes (the proxy's), apart from evaluations."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.calls = 0
+        model.register_forward_hook(self.hook)
+
+    def hook(self, *_: object) -> None:
+        self.calls += 1
+
+
+def test_every_layer_is_ranked_by_the_proxy_and_only_the_top_few_are_evaluated() -> None:
+    model, data = deep_model(layers=8)
+    forwards, recorder = CountedForward(model), Recorder(data)
+    result = layer_sensitivity(
+        model, quantize="int3", evaluate=recorder, float_metric=1.0, proxy_data=data
+    )
+    # 8 layers ranked by one short pass of the float model; 4 (the default cap) evaluated
+    assert len(result.proxied) == 8 and forwards.calls == PROXY_BATCHES
+    assert result.evaluations == len(recorder.models) == DEFAULT_LIMIT == 4
+    errors = [entry.error for entry in result.proxied]
+    assert errors == sorted(errors, reverse=True) and errors[-1] > 0
+    proxy_order = [entry.layer for entry in result.proxied]
+    assert set(result.ranked) == set(proxy_order[:4]) and result.skipped == tuple(proxy_order[4:])
+    # the real drops, measured here layer by layer: the message names the three largest
+    drops = {}
+    for name in result.ranked:
+        alone = compress_model(model, quantize=QuantSpec(bits=3, include=(name,)))
+        drops[name] = 1.0 - evaluate(alone, data)
+    assert {e.layer: e.drop for e in result.layers} == pytest.approx(drops)
+    top3 = sorted(drops, key=lambda name: -drops[name])[:SHOWN_IN_MESSAGE]
+    named = re.findall(r"(\d+) \(-[\d.]+ pp alone\)", result.summary())
+    assert named == [name for name in top3 if drops[name] > 0]
+    assert result.summary().endswith("; 4 more layers ranked by output error only, not measured")
+    table = result.table().splitlines()
+    assert table[0].split()[-2:] == ["output", "error"]
+    assert sum("proxy only" in row for row in table) == 4
+    assert result.to_dict()["ranked_by"] == "proxy"
+
+
+class SilencedBranch(nn.Module):
+    """A classifier (``main`` -> ``head``) beside a branch (``side``) whose output a
+    threshold silences: ``relu(side(x) - 100)`` is zero for every input, so nothing
+    ``side`` does reaches the prediction. ``side`` is fragile under quantization (a huge
+    weight on an input that is always zero, as ``fragile_model``'s fc1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main, self.head, self.side = nn.Linear(16, 32), nn.Linear(32, 4), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.main(x))) + torch.relu(self.side(x) - 100.0)
+
+
+def test_the_proxy_can_rank_a_harmless_layer_above_a_harmful_one_a_documented_limit() -> None:
+    """The proxy sees a layer's own output error, not what the model makes of it. Here
+    ``side``'s output is ruined (the largest error) yet harmless, while the classifier's
+    layers, whose errors are smaller, cost accuracy. Measuring only the proxy's top layer
+    misses them; measuring every layer (limit=None) names them."""
+    model = seeded(SilencedBranch(), seed=2)
+    with torch.no_grad():
+        model.side.weight[:, 0] = 50.0
+    inputs = torch.randn(512, 16, generator=torch.Generator().manual_seed(3))
+    inputs[:, 0] = 0.0
+    data = classification_batches(model, inputs, batch_size=128)
+
+    def blame(limit: int | None):
+        return layer_sensitivity(
+            model,
+            quantize="int2",
+            evaluate=lambda m: evaluate(m, data),
+            float_metric=1.0,
+            limit=limit,
+            proxy_data=data,
+        )
+
+    capped, full = blame(1), blame(None)
+    assert capped.proxied[0].layer == "side" and capped.ranked == ("side",)
+    assert capped.harmful() == ()  # what the capped run can say: none hurts alone
+    drops = {entry.layer: entry.drop for entry in full.layers}
+    assert drops["side"] == 0.0 and max(drops["main"], drops["head"]) > 0.01
+    assert full.harmful()[0].layer in ("main", "head")
+
+
+def test_a_result_reads_back_from_its_json_and_anything_else_is_refused() -> None:
+    model, data = deep_model(layers=4)
+    result = layer_sensitivity(
+        model, quantize="int3", evaluate=lambda m: evaluate(m, data), float_metric=1.0,
+        limit=2, proxy_data=data,
+    )  # fmt: skip
+    document = json.loads(json.dumps(result.to_dict()))
+    assert SensitivityResult.from_dict(document) == result
+    broken = [
+        {**document, "layers": [{**document["layers"][0], "drop": "big"}]},
+        {**document, "timed_out": 1},
+        {**document, "evaluations": 7},  # disagrees with its layers
+        {**document, "extra": 1},
+        {key: value for key, value in document.items() if key != "proxies"},
+        [],
+        None,
+    ]
+    assert [SensitivityResult.from_dict(value) for value in broken] == [None] * len(broken)
