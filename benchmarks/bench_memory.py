@@ -15,7 +15,9 @@ parameters, and one 24000x4096 layer in float32 and bfloat16. Operations:
   ``load_compressed`` of the int8 copy (built before the peak is reset). ``load`` returns
   a copy of the model, 1.0x by itself: its column counts it, and ``load-copy`` is the
   same run's peak beyond that copy (the decoder's own cost);
-- ``check``: a whole int8 check through ``CheckRunner`` (deep-copy mode, 256 rows).
+- ``check``: a whole int8 check through ``CheckRunner`` (deep-copy mode, 256 rows);
+- ``int8-low`` / ``int4-low`` / ``check-low``: the same in the low-memory mode (a shallow
+  clone holding the weights' mappings; ``engine/lazy.py``): not run by default.
 
 With ``--base``, every case also runs against the code at that path (``PYTHONPATH``),
 interleaved case by case, so "before" and "after" share the machine's load. The load
@@ -92,7 +94,7 @@ if op in ("size", "save", "load"):
 if op == "load":
     save_compressed(prepared, path)
     prepared = None
-if op == "check":
+if op in ("check", "check-low"):
     from pytest_compress.budgets import Budgets
     from pytest_compress.checks.request import Check, CheckInputs, Recipe
     from pytest_compress.checks.runner import CheckRunner
@@ -102,7 +104,13 @@ if op == "check":
     with torch.no_grad():
         y = model(x).argmax(1)
     data = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64)]
-    runner = CheckRunner(device="cpu", cache_mb=0, sensitivity_limit=None, results=None)
+    runner = CheckRunner(
+        device="cpu",
+        cache_mb=0,
+        sensitivity_limit=None,
+        results=None,
+        low_memory="on" if op == "check-low" else "off",
+    )
     check = Check(Recipe(QuantSpec(bits=8)), Budgets(max_accuracy_drop=0.99))
 import gc; gc.collect()
 before = rss()
@@ -119,7 +127,9 @@ elif op == "save":
     out = save_compressed(prepared, path)
 elif op == "load":
     out = load_compressed(path, model)
-elif op == "check":
+elif op in ("int8-low", "int4-low"):
+    out = compress_model(model, quantize=op.split("-")[0], low_memory=True)
+elif op in ("check", "check-low"):
     out = runner.run(check, CheckInputs(model, data, "m", "d"))
 top = peak()
 # load_compressed returns a copy of the model: that much of the peak is the result itself
