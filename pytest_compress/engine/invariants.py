@@ -33,6 +33,7 @@ from ..errors import ModelError
 from .floats import FLOAT_DTYPES, FloatParams, cast_to_format
 from .groups import group_rows
 from .layers import Layer, compressible_layers
+from .measure import count_nonzero
 from .record import QuantParams, get_record
 from .specs import PruneSpec, QuantSpec
 
@@ -148,7 +149,7 @@ def _pruning(
     total_zeros, total = 0, 0
     for layer in layers:
         weight = layer.module.weight.detach()
-        zeros = int(weight.numel() - torch.count_nonzero(weight))
+        zeros = weight.numel() - count_nonzero(weight)
         total_zeros, total = total_zeros + zeros, total + weight.numel()
         before = original.get_parameter(layer.weight_name).detach()
         problem = _layer_pruning(weight, before, layer, spec, zeros, quantized=quantized)
