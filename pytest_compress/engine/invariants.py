@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ModelError
 from .floats import FLOAT_DTYPES, FloatParams, cast_to_format
 from .groups import group_rows
 from .layers import Layer, compressible_layers
@@ -116,11 +115,10 @@ def _too_many_values(weight: torch.Tensor, layer: Layer, spec: QuantSpec) -> str
 
 
 def _off_grid(weight: torch.Tensor, params: QuantParams, layer: Layer) -> str | None:
-    try:
-        params.stored_codes(weight, layer.weight_name)  # narrow codes, block by block
-    except ModelError:
-        return f"values off the recorded {params.bits}-bit grid"
-    return None
+    # the same count the file format makes (inside the runner's grid_memo, made once)
+    if params.on_grid(weight, layer.weight_name):
+        return None
+    return f"values off the recorded {params.bits}-bit grid"
 
 
 def _not_representable(weight: torch.Tensor, spec: QuantSpec, params: object) -> str | None:
