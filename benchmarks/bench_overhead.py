@@ -1,6 +1,7 @@
 """What the plugin costs beyond the forward passes a check cannot avoid (run on demand).
 
     python benchmarks/bench_overhead.py [--repeats 3] [--device cpu] [--only a] [--suite mlp]
+        [--threads 1]
 
 Three measurements, each the median of ``--repeats`` runs, printed beside their ratios:
 
@@ -365,9 +366,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", choices=("a", "b", "c"), action="append")
     parser.add_argument("--suite", choices=tuple(SUITE_NAMES), action="append", help="for (a)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch's threads here and in every pytest run (OMP_NUM_THREADS); on a shared "
+        "machine 1 keeps a busy neighbour from stalling a thread the others wait for",
+    )
     options = parser.parse_args()
     parts = options.only or ["a", "b", "c"]
+    if options.threads:
+        os.environ["OMP_NUM_THREADS"] = str(options.threads)  # read by the pytest runs' torch
     import torch
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
