@@ -1,17 +1,24 @@
 """What the plugin costs beyond the forward passes a check cannot avoid (run on demand).
 
-    python benchmarks/bench_overhead.py [--repeats 3] [--device cpu]
+    python benchmarks/bench_overhead.py [--repeats 3] [--device cpu] [--only a] [--suite mlp]
+        [--threads 1]
 
 Three measurements, each the median of ``--repeats`` runs, printed beside their ratios:
 
-(a) For two suites of K = 6 marked checks (weight quantization and pruning recipes) on
-    one model -- the example's LeNet on the held-out digits, and torchvision's resnet18 on
-    2,000 random 3x64x64 images served by a DataLoader -- the plugin's wall time from the
-    first check's start to the last check's end, as the plugin records it in its JSON
-    report (a cold run: ``--compress-no-cache`` reads nothing from the cache, but
-    fingerprints and stores like a first run), against K + 1 bare evaluation passes of the same
-    model over the same batches already in memory (``torch.inference_mode``). The
-    plugin's own cost per check is its time minus those passes, divided by K.
+(a) For three suites of K = 6 marked checks on one model -- the example's LeNet on the
+    held-out digits, torchvision's resnet18 on 2,000 random 3x64x64 images served by a
+    DataLoader (weight quantization and pruning recipes), and an MLP of 25.5 M parameters
+    on 2,000 random rows labelled by the float model (int8, int4, prune 0.5, prune 0.8 +
+    int4, w8a8 and a sparsity search) -- the plugin's wall time from the first check's
+    start to the last check's end, as the plugin records it in its JSON report (a cold
+    run: ``--compress-no-cache`` reads nothing from the cache, but fingerprints and stores
+    like a first run), against the bare evaluation passes of the same model over the same
+    batches already in memory (``torch.inference_mode``) that the suite cannot avoid:
+    counted from the report (``forward_passes``), one for the float model, one per
+    evaluation (a search's trials each count) and one per calibration pass (w8a8). The
+    plugin run and the bare passes alternate round by round, so a change of the machine's
+    load hits both; the ratio printed is the median of the rounds' ratios. The plugin's
+    own cost per check is its time minus those passes, divided by K.
 (b) For the resnet18 suite: a rerun with nothing changed (warm cache) against a cold
     run, both timed as whole pytest processes. Beside them, the floor no rerun can go
     below: the same pytest run with ``--compress-disable`` (interpreter, pytest, torch
@@ -40,6 +47,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 EXAMPLE = HERE.parent / "example_project"
 K = 6
+SUITE_NAMES = {
+    "lenet": "LeNet on digits   ",
+    "resnet18": "resnet18, 2000 img",
+    "mlp": "MLP 25.5 M, 2000 rows",
+}
 
 RECIPES = """
 import pytest
@@ -109,6 +121,69 @@ def data():
     return digits.loader(digits.split("images").test)
 """
 
+MLP_RECIPES = """
+import pytest
+from pytest_compress import PruneSpec
+
+BUDGET = dict(max_accuracy_drop=0.99)  # the budgets do not matter here, the work does
+
+
+@pytest.mark.compress(quantize="int8", **BUDGET)
+def test_int8():
+    pass
+
+
+@pytest.mark.compress(quantize="int4", **BUDGET)
+def test_int4():
+    pass
+
+
+@pytest.mark.compress(prune=0.5, **BUDGET)
+def test_prune_50():
+    pass
+
+
+@pytest.mark.compress(prune=PruneSpec(amount=0.8, scope="global"), quantize="int4", **BUDGET)
+def test_deep_compression():
+    pass
+
+
+@pytest.mark.compress(quantize="w8a8", **BUDGET)
+def test_w8a8():
+    pass
+
+
+@pytest.mark.compress(search="sparsity", max_accuracy_drop=0.05)  # no size budget
+def test_search_sparsity():
+    pass
+"""
+
+# bench_engine.py's model: 25.5 M parameters; labels are the float model's own answers,
+# so the sparsity search has a real accuracy to lose.
+MLP_SUITE = """
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+WIDTHS = [4000, 4000, 2000, 500, 1000]
+
+
+def model():
+    torch.manual_seed(0)
+    layers = []
+    for fan_in, fan_out in zip(WIDTHS, WIDTHS[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).eval()
+
+
+def data():
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randn(2000, WIDTHS[0], generator=generator)
+    with torch.inference_mode():
+        labels = model()(inputs).argmax(1)
+    return DataLoader(TensorDataset(inputs, labels), batch_size=250)
+"""
+
 RESNET_SUITE = """
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -128,11 +203,11 @@ def data():
 """
 
 
-def write_suite(folder: Path, suite: str) -> Path:
+def write_suite(folder: Path, suite: str, recipes: str = RECIPES) -> Path:
     folder.mkdir(parents=True)
     (folder / "suite.py").write_text(textwrap.dedent(suite))
     (folder / "conftest.py").write_text(textwrap.dedent(CONFTEST))
-    (folder / "test_recipes.py").write_text(textwrap.dedent(RECIPES))
+    (folder / "test_recipes.py").write_text(textwrap.dedent(recipes))
     (folder / "pytest.ini").write_text("[pytest]\n")
     return folder
 
@@ -159,8 +234,22 @@ def plugin_span(report: Path, *, cached: bool = False) -> float:
     )
 
 
-def bare_passes(folder: Path, device: str) -> Callable[[], None]:
-    """K + 1 plain inference passes over the suite's batches, already in memory."""
+def forward_passes(report: Path) -> int:
+    """The passes over the data a suite cannot avoid, read from its report: the float
+    model once, each evaluation (every trial of a search), and each calibration pass
+    (activation observers, GPTQ's Hessians) over the data."""
+    checks = json.loads(report.read_text())["checks"]
+    passes = 1
+    for check in checks:
+        passes += check["search"]["evaluations"] if check["search"] else 1
+        quantize = check["quantize"] or {}
+        observes = quantize.get("activation_bits") and quantize.get("observer") != "dynamic"
+        passes += 1 if observes or quantize.get("method") == "gptq" else 0
+    return passes
+
+
+def bare_passes(folder: Path, device: str, count: int) -> Callable[[], None]:
+    """``count`` plain inference passes over the suite's batches, already in memory."""
     import torch
 
     sys.path.insert(0, str(folder))
@@ -174,7 +263,7 @@ def bare_passes(folder: Path, device: str) -> Callable[[], None]:
 
     def passes() -> None:
         with torch.inference_mode():
-            for _ in range(K + 1):
+            for _ in range(count):
                 for inputs, _targets in batches:
                     model(inputs)
         if device.startswith("cuda"):
@@ -194,25 +283,34 @@ def timed(action: Callable[[], None]) -> float:
 
 
 def overhead(name: str, folder: Path, repeats: int, device: str) -> None:
-    """(a) for one suite: cold plugin spans against bare passes."""
+    """(a) for one suite: cold plugin spans against bare passes, alternating round by round."""
     report = folder / "report.json"
-    spans = []
-    for _ in range(repeats):
+
+    def cold_span() -> float:
         run_pytest(
             folder,
             "--compress-no-cache",
             f"--compress-device={device}",
             f"--compress-report={report}",
         )
-        spans.append(plugin_span(report))
-    passes = bare_passes(folder, device)
+        return plugin_span(report)
+
+    spans = [cold_span()]  # the first round also says how many passes the suite needs
+    count = forward_passes(report)
+    passes = bare_passes(folder, device, count)
     passes()  # warm up: the first pass pays for allocations
-    bare = median(lambda: timed(passes), repeats)
-    span = statistics.median(spans)
+    bares = [timed(passes)]
+    for _ in range(repeats - 1):
+        spans.append(cold_span())
+        bares.append(timed(passes))
+    span, bare = statistics.median(spans), statistics.median(bares)
+    ratios = [s / b for s, b in zip(spans, bares, strict=True)]
+    ratio = statistics.median(ratios)
     own = (span - bare) / K
     print(
-        f"(a) {name}: plugin {span:7.3f} s for {K} checks, bare {K + 1} passes {bare:7.3f} s: "
-        f"ratio {span / bare:.3f}; plugin's own cost per check {own * 1000:7.1f} ms"
+        f"(a) {name}: plugin {span:7.3f} s for {K} checks, bare {count} passes {bare:7.3f} s: "
+        f"ratio {ratio:.3f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)}); "
+        f"plugin's own cost per check {own * 1000:7.1f} ms; load {os.getloadavg()[0]:.2f}"
     )
 
 
@@ -267,9 +365,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--only", choices=("a", "b", "c"), action="append")
+    parser.add_argument("--suite", choices=tuple(SUITE_NAMES), action="append", help="for (a)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch's threads here and in every pytest run (OMP_NUM_THREADS); on a shared "
+        "machine 1 keeps a busy neighbour from stalling a thread the others wait for",
+    )
     options = parser.parse_args()
     parts = options.only or ["a", "b", "c"]
+    if options.threads:
+        os.environ["OMP_NUM_THREADS"] = str(options.threads)  # read by the pytest runs' torch
     import torch
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
@@ -279,9 +389,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as scratch:
         lenet = write_suite(Path(scratch, "lenet"), LENET_SUITE)
         resnet = write_suite(Path(scratch, "resnet18"), RESNET_SUITE)
+        mlp = write_suite(Path(scratch, "mlp"), MLP_SUITE, MLP_RECIPES)
+        suites = {"lenet": lenet, "resnet18": resnet, "mlp": mlp}
         if "a" in parts:
-            overhead("LeNet on digits   ", lenet, options.repeats, options.device)
-            overhead("resnet18, 2000 img", resnet, options.repeats, options.device)
+            for suite in options.suite or list(suites):
+                overhead(SUITE_NAMES[suite], suites[suite], options.repeats, options.device)
         if "b" in parts:
             warm_vs_cold(resnet, options.repeats, options.device)
     if "c" in parts:

@@ -42,6 +42,7 @@ from ..engine.layers import computed_weights, preset_members, skipped_layers
 from ..engine.lazy import move_clone
 from ..engine.measure import evaluate, metric_source, model_size, reference_outputs, sparsity
 from ..engine.metrics import BuiltinMetric, builtin_metric
+from ..engine.record import grid_memo
 from ..errors import BudgetError, CompressError, ModelError
 from ..fileformat.container import compressed_size
 from ..metrics import DEFAULT_METRIC, MetricKind
@@ -645,17 +646,19 @@ class _CheckRun:
             begun = time.perf_counter()
             compressed, recovered = self.recover(compressed, recipe, target)
             timings["recover"] = time.perf_counter() - begun
-        begun = time.perf_counter()
-        packed_size = compressed_size(compressed)  # the file the user would ship
-        zeros = sparsity(compressed).overall
-        timings["measure"] = time.perf_counter() - begun
-        begun = time.perf_counter()
-        metric = self.evaluate(compressed)
-        timings["evaluate"] = time.perf_counter() - begun
-        if recovered is not None:
-            assert recovered.metric_before is not None  # recover() measured it
-            recovered = recovered.with_metrics(recovered.metric_before, metric)
-        broken = self.verified(check, compressed, timings)
+        # the file size finds each weight on its grid, and the invariant gate asks the same
+        with grid_memo():
+            begun = time.perf_counter()
+            packed_size = compressed_size(compressed)  # the file the user would ship
+            zeros = sparsity(compressed).overall
+            timings["measure"] = time.perf_counter() - begun
+            begun = time.perf_counter()
+            metric = self.evaluate(compressed)
+            timings["evaluate"] = time.perf_counter() - begun
+            if recovered is not None:
+                assert recovered.metric_before is not None  # recover() measured it
+                recovered = recovered.with_metrics(recovered.metric_before, metric)
+            broken = self.verified(check, compressed, timings)
         return (metric, packed_size, zeros), timings, recovered, broken
 
     def recover(

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ModelError
 from .floats import FLOAT_DTYPES, FloatParams, cast_to_format
 from .groups import group_rows
 from .layers import Layer, compressible_layers
+from .measure import count_nonzero
 from .record import QuantParams, get_record
 from .specs import PruneSpec, QuantSpec
 
@@ -115,11 +115,10 @@ def _too_many_values(weight: torch.Tensor, layer: Layer, spec: QuantSpec) -> str
 
 
 def _off_grid(weight: torch.Tensor, params: QuantParams, layer: Layer) -> str | None:
-    try:
-        params.stored_codes(weight, layer.weight_name)  # narrow codes, block by block
-    except ModelError:
-        return f"values off the recorded {params.bits}-bit grid"
-    return None
+    # the same count the file format makes (inside the runner's grid_memo, made once)
+    if params.on_grid(weight, layer.weight_name):
+        return None
+    return f"values off the recorded {params.bits}-bit grid"
 
 
 def _not_representable(weight: torch.Tensor, spec: QuantSpec, params: object) -> str | None:
@@ -148,7 +147,7 @@ def _pruning(
     total_zeros, total = 0, 0
     for layer in layers:
         weight = layer.module.weight.detach()
-        zeros = int(weight.numel() - torch.count_nonzero(weight))
+        zeros = weight.numel() - count_nonzero(weight)
         total_zeros, total = total_zeros + zeros, total + weight.numel()
         before = original.get_parameter(layer.weight_name).detach()
         problem = _layer_pruning(weight, before, layer, spec, zeros, quantized=quantized)

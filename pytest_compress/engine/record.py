@@ -8,7 +8,11 @@ plain attribute, so ``copy.deepcopy`` and pickling carry it along.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +22,34 @@ from .floats import FloatParams
 from .quant import QuantizedTensor, dequantize, quantize_checked, quantize_with
 
 _RECORD_ATTR = "_pytest_compress_record"
+
+# Tensors found on their grid inside ``grid_memo``, by ``_grid_key``: each with the tensor
+# and mapping themselves, held so that no other tensor takes their address or id meanwhile.
+_ON_GRID: ContextVar[dict[tuple, tuple[torch.Tensor, Any]] | None] = ContextVar(
+    "pytest_compress_on_grid", default=None
+)
+
+
+@contextmanager
+def grid_memo() -> Iterator[None]:
+    """Inside it, a CPU tensor found on its grid is not checked again while it is unchanged
+    (its version counter is the same): the file size and the invariant gate of one check
+    read the same weights with the same mappings, and the check is a quantize-dequantize
+    pass over every weight."""
+    token = _ON_GRID.set({})
+    try:
+        yield
+    finally:
+        _ON_GRID.reset(token)
+
+
+def _grid_key(values: torch.Tensor, params: Any) -> tuple | None:
+    """What identifies ``values`` (any view of the same memory, unchanged) with ``params``;
+    None for what the memo does not keep (another device: its ``.cpu()`` copies come and go)."""
+    if type(values) is not torch.Tensor or values.device.type != "cpu":
+        return None
+    shape = (values.dtype, tuple(values.shape), values.stride(), values.storage_offset())
+    return (values.untyped_storage().data_ptr(), *shape, values._version, id(params))
 
 
 @dataclass(frozen=True)
@@ -44,6 +76,7 @@ class QuantParams:
         grid (``check`` False: already known to be on it). Computed and checked block by
         block: no int32 or float32 copy of the whole."""
         dtype = torch.uint8 if self.qmax - self.qmin < 1 << 8 else torch.uint16
+        checking = check and not self.known_on_grid(values)
         codes, on_grid = quantize_checked(
             values,
             self.scale,
@@ -54,14 +87,37 @@ class QuantParams:
             group_size=self.group_size,
             dtype=dtype,
             offset=self.qmin,
-            check=check,
+            check=checking,
         )
-        if check and not on_grid:
+        if not checking:
+            return codes
+        if not on_grid:
             raise ModelError(
                 f"{name} is no longer on its {self.bits}-bit quantization grid (it changed "
                 "after quantize_model); quantize the model again before saving it"
             )
+        self._remember_on_grid(values)
         return codes
+
+    def on_grid(self, values: torch.Tensor, name: str) -> bool:
+        """Every value of ``values`` is exactly one of the mapping's ``2**bits`` codes."""
+        if self.known_on_grid(values):
+            return True
+        try:
+            self.stored_codes(values, name)  # narrow codes, block by block
+        except ModelError:
+            return False
+        return True
+
+    def known_on_grid(self, values: torch.Tensor) -> bool:
+        """``values`` were found on this grid inside the current ``grid_memo``, unchanged."""
+        memo, key = _ON_GRID.get(), _grid_key(values, self)
+        return memo is not None and key is not None and key in memo
+
+    def _remember_on_grid(self, values: torch.Tensor) -> None:
+        memo, key = _ON_GRID.get(), _grid_key(values, self)
+        if memo is not None and key is not None:
+            memo[key] = (values, self)
 
     def codes_of(self, values: torch.Tensor, name: str) -> QuantizedTensor:
         """The codes behind fake-quantized ``values``; ``ModelError`` if they left the grid."""

@@ -10,6 +10,7 @@ from torch import nn
 from pytest_compress.budgets import Budgets
 from pytest_compress.checks.request import Adjustments, Check, CheckInputs, Recipe
 from pytest_compress.checks.runner import CheckRunner
+from pytest_compress.engine import record
 from pytest_compress.engine.apply import compress_model
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
 from pytest_compress.fileformat.container import compressed_size
@@ -68,6 +69,20 @@ def test_k_checks_of_one_model_cost_k_plus_one_evaluations() -> None:
         session.run(Check(Recipe(QuantSpec(bits=bits)), Budgets(max_size_ratio=1.0)), inputs)
     # the float model is evaluated once; each compressed copy counts on its own
     assert model.calls == len(data)
+
+
+def test_a_check_puts_each_quantized_weight_through_one_grid_check(monkeypatch) -> None:
+    # the file size and the invariant gate ask the same question of the same weights
+    model = seeded(mlp())
+    data = classification_batches(model, torch.randn(256, 16, generator=GENERATOR))
+    checks = []
+    real = record.dequantizes_to
+    monkeypatch.setattr(record, "dequantizes_to", lambda *args: checks.append(1) or real(*args))
+    check = Check(Recipe(QuantSpec(bits=4)), Budgets(max_accuracy_drop=0.99))
+    result = runner().run(check, CheckInputs(model, data, "m", "d"))
+    layers = sum(isinstance(module, nn.Linear) for module in model.modules())
+    assert len(checks) == layers and result.broken_invariants == ()
+    assert result.compressed_size == compressed_size(compress_model(model, quantize="int4"))
 
 
 def test_a_search_is_a_series_of_ordinary_checks_and_reports_its_choice() -> None:

@@ -160,3 +160,17 @@ def test_a_bf16_weight_is_never_widened_whole(
         compressed = compress_model(model, **recipe)
         compressed_size(compressed)
     assert 0 < seen.largest <= model[0].weight.numel() // 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_zeroing_by_integer_mask_is_masked_fill_bit_for_bit(dtype: torch.dtype) -> None:
+    # +0.0 where pruned; every kept element's bits untouched, a -0.0 and a NaN included
+    values = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    values[::7], values[3] = -0.0, float("nan")
+    values = values.to(dtype)
+    keep = torch.rand(1000, generator=torch.Generator().manual_seed(1)) > 0.5
+    fast, slow = values.clone(), values.clone()
+    magnitudes.zero_unkept_(fast, keep)
+    slow.masked_fill_(~keep, 0.0)
+    integers = magnitudes._BIT_VIEWS[values.element_size()]
+    assert torch.equal(fast.view(integers), slow.view(integers))

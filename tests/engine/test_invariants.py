@@ -9,9 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from pytest_compress.engine import record
 from pytest_compress.engine.apply import compress_model
 from pytest_compress.engine.invariants import verify_recipe
+from pytest_compress.engine.record import grid_memo
 from pytest_compress.engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+from pytest_compress.fileformat.container import compressed_size
 
 
 def model() -> nn.Module:
@@ -81,6 +84,41 @@ def test_weights_moved_off_the_recorded_grid_are_found() -> None:
     assert described(float_model, compressed, "int8") == [
         "2: values off the recorded 8-bit grid (int8 per-channel)"
     ]
+
+
+def test_the_file_size_and_the_gate_check_each_weight_on_its_grid_once(monkeypatch) -> None:
+    # inside grid_memo (one check of the runner), the gate reuses the size's finding
+    float_model = model()
+    compressed = compress_model(float_model, quantize="int4")
+    checks = []
+    monkeypatch.setattr(record, "dequantizes_to", counted(record.dequantizes_to, checks))
+    with grid_memo():
+        compressed_size(compressed)
+        assert len(checks) == 3  # the conv and the two linear weights
+        assert verify_recipe(float_model, compressed, as_quant_spec("int4"), None) == []
+        assert len(checks) == 3
+    verify_recipe(float_model, compressed, as_quant_spec("int4"), None)
+    assert len(checks) == 6  # outside it, every weight is checked again
+
+
+def test_a_weight_changed_after_the_size_is_checked_again() -> None:
+    float_model = model()
+    compressed = compress_model(float_model, quantize="int8")
+    with grid_memo():
+        compressed_size(compressed)
+        with torch.no_grad():
+            compressed[2].weight[0, 0] += 1e-4  # a new version of the same memory
+        assert described(float_model, compressed, "int8") == [
+            "2: values off the recorded 8-bit grid (int8 per-channel)"
+        ]
+
+
+def counted(function, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    return wrapper
 
 
 def test_pruning_claims_are_counted_against_the_float_model() -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from pytest_compress.engine.apply import prune_model
 from pytest_compress.engine.measure import (
+    count_nonzero,
     evaluate,
     model_metric,
     model_size,
@@ -140,6 +141,17 @@ def test_model_size_is_the_bytes_of_torch_save() -> None:
     assert model_size(model) == len(buffer.getvalue())
     parameters = sum(p.numel() for p in model.parameters())
     assert parameters * 4 < model_size(model) < parameters * 4 + 10_000
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8]
+)
+def test_count_nonzero_is_torchs_count(dtype: torch.dtype) -> None:
+    # numpy counts plain CPU floats; negative zero is a zero and NaN is not, as in torch
+    values = torch.tensor([0.0, -0.0, float("nan"), 1.0, -2.0, float("inf"), 0.0, 3.0])
+    tensor = values.to(dtype) if dtype.is_floating_point else values.nan_to_num(0).to(dtype)
+    for view in (tensor, tensor[::2], tensor.reshape(2, 4).t(), nn.Parameter(tensor.float())):
+        assert count_nonzero(view) == int(torch.count_nonzero(view))
 
 
 def test_sparsity_overall_and_per_layer() -> None:
