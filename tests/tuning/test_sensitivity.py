@@ -285,13 +285,13 @@ def test_every_layer_is_ranked_by_the_proxy_and_only_the_top_few_are_evaluated()
     result = layer_sensitivity(
         model, quantize="int3", evaluate=recorder, float_metric=1.0, proxy_data=data
     )
-    # 8 layers ranked by one short pass of the float model; 4 (the default cap) evaluated
+    # 8 layers ranked by one short pass of the float model; 3 (the default cap) evaluated
     assert len(result.proxied) == 8 and forwards.calls == PROXY_BATCHES
-    assert result.evaluations == len(recorder.models) == DEFAULT_LIMIT == 4
+    assert result.evaluations == len(recorder.models) == DEFAULT_LIMIT == 3
     errors = [entry.error for entry in result.proxied]
     assert errors == sorted(errors, reverse=True) and errors[-1] > 0
     proxy_order = [entry.layer for entry in result.proxied]
-    assert set(result.ranked) == set(proxy_order[:4]) and result.skipped == tuple(proxy_order[4:])
+    assert set(result.ranked) == set(proxy_order[:3]) and result.skipped == tuple(proxy_order[3:])
     # the real drops, measured here layer by layer: the message names the three largest
     drops = {}
     for name in result.ranked:
@@ -301,10 +301,10 @@ def test_every_layer_is_ranked_by_the_proxy_and_only_the_top_few_are_evaluated()
     top3 = sorted(drops, key=lambda name: -drops[name])[:SHOWN_IN_MESSAGE]
     named = re.findall(r"(\d+) \(-[\d.]+ pp alone\)", result.summary())
     assert named == [name for name in top3 if drops[name] > 0]
-    assert result.summary().endswith("; 4 more layers ranked by output error only, not measured")
+    assert result.summary().endswith("; 5 more layers ranked by output error only, not measured")
     table = result.table().splitlines()
     assert table[0].split()[-2:] == ["output", "error"]
-    assert sum("proxy only" in row for row in table) == 4
+    assert sum("proxy only" in row for row in table) == 5
     assert result.to_dict()["ranked_by"] == "proxy"
 
 
