@@ -30,6 +30,7 @@ format reads its codes directly (``fileformat/container.py``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Any, cast
 
@@ -179,18 +180,11 @@ class PackedCodes(LazyWeight):
         return ("codes", id(self.packed))
 
     def moved(self, device: torch.device) -> PackedCodes:
-        p = self.params
-        params = QuantParams(
-            p.scale.to(device),
-            p.zero_point.to(device),
-            p.bits,
-            p.axis,
-            p.qmin,
-            p.qmax,
-            p.group_size,
-        )
-        packed = self.packed if device == self.device else self.packed.to(device)
-        return PackedCodes(packed, params if device != self.device else p, self.shape, self.dtype)
+        if device == self.device:
+            return PackedCodes(self.packed, self.params, self.shape, self.dtype)
+        params = _params_on(self.params, device)
+        assert isinstance(params, QuantParams)
+        return PackedCodes(self.packed.to(device), params, self.shape, self.dtype)
 
 
 class RoundedValues(LazyWeight):
@@ -257,21 +251,19 @@ class RoundedValues(LazyWeight):
     def moved(self, device: torch.device) -> RoundedValues:
         if device == self.device:
             return RoundedValues(self.source, self.params)
-        p = self.params
-        if isinstance(p, FloatParams):
-            scale = None if p.scale is None else p.scale.to(device)
-            params: QuantParams | FloatParams = FloatParams(p.format, scale, p.axis)
-        else:
-            params = QuantParams(
-                p.scale.to(device),
-                p.zero_point.to(device),
-                p.bits,
-                p.axis,
-                p.qmin,
-                p.qmax,
-                p.group_size,
-            )
-        return RoundedValues(self.source.to(device), params)
+        return RoundedValues(self.source.to(device), _params_on(self.params, device))
+
+
+def _params_on(
+    params: QuantParams | FloatParams, device: torch.device
+) -> QuantParams | FloatParams:
+    """The mapping with its scales (and zero points) on ``device``."""
+    if isinstance(params, FloatParams):
+        scale = None if params.scale is None else params.scale.to(device)
+        return dataclasses.replace(params, scale=scale)
+    return dataclasses.replace(
+        params, scale=params.scale.to(device), zero_point=params.zero_point.to(device)
+    )
 
 
 class MaskedValues(LazyWeight):
