@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from ..errors import ModelError
 from .floats import FloatParams, cast_elements, cast_to_format
 from .quant import QuantizedTensor, dequantize, fake_quantize_with
 from .record import QuantParams
@@ -85,6 +86,7 @@ class LazyWeight(torch.Tensor):
         kwargs = kwargs or {}
         if func in _ALIAS_OPS:
             return args[0].alias()
+        _refuse_writes(func, args, kwargs)
         if func is torch.ops.aten._to_copy.default and _only_device(args[0], kwargs):
             return args[0].moved(torch.device(kwargs["device"]))
         values = tree_map(_values, (args, kwargs))
@@ -105,6 +107,20 @@ class LazyWeight(torch.Tensor):
             f"{type(self).__name__}(shape={tuple(self.shape)}, dtype={self.dtype}, "
             f"{self.shown_as}, {self.packed_bytes()} bytes held)"
         )
+
+
+def _refuse_writes(func: Any, args: tuple, kwargs: dict) -> None:
+    """``ModelError`` for an operation that would write into a lazy weight: it would write
+    into values built for that operation alone and lost after it, changing nothing."""
+    for index, argument in enumerate(func._schema.arguments):
+        written = argument.alias_info is not None and argument.alias_info.is_write
+        target = args[index] if index < len(args) else kwargs.get(argument.name)
+        if written and isinstance(target, LazyWeight):
+            raise ModelError(
+                f"{func._schema.name} writes into a weight the low-memory mode holds packed "
+                "(its values exist only while an operation reads them); modify the model "
+                "before the check, or run it with --compress-low-memory=off"
+            )
 
 
 def _values(x: Any) -> Any:

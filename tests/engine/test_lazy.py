@@ -28,6 +28,7 @@ from pytest_compress.engine.lazy import (
 )
 from pytest_compress.engine.measure import sparsity
 from pytest_compress.engine.specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
+from pytest_compress.errors import ModelError
 from pytest_compress.fileformat.container import compressed_size, load_compressed, save_compressed
 
 
@@ -318,3 +319,16 @@ def test_evaluating_on_another_device_in_the_mode_copies_nothing_in_host_memory(
         moved = measure._on_device(model, torch.device("meta"))
     assert all(t.device.type == "meta" for t in moved.parameters())
     assert all(t.device.type == "cpu" for t in model.parameters())
+
+
+def test_writing_into_a_lazy_weight_is_refused_by_name() -> None:
+    lazy = compress_model(lenet(), quantize="int8", low_memory=True)
+    weight = lazy[4].weight
+    for write in (
+        lambda: weight.mul_(2),
+        lambda: weight.copy_(torch.zeros_like(weight.values())),
+        lambda: torch.add(weight.values(), 1, out=weight),
+    ):
+        with pytest.raises(ModelError, match="writes into a weight the low-memory mode holds"):
+            write()
+    assert torch.equal(weight.values(), compress_model(lenet(), quantize="int8")[4].weight)
