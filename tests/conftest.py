@@ -41,6 +41,28 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.manual_seed(0)
 
 
+class _SubclassProbe(torch.Tensor):
+    """The smallest ``__torch_dispatch__`` tensor subclass, dispatched once below."""
+
+    @staticmethod
+    def __new__(cls):  # noqa: D102
+        return torch.Tensor._make_wrapper_subclass(cls, (1,))
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # noqa: D105
+        return torch.zeros(1)
+
+
+# The first operation on a tensor subclass (the low-memory mode's weights, which every
+# failing check's per-layer sensitivity uses too) imports torch.distributed.tensor and
+# sympy, hundreds of modules. pytester's in-process runs forget the modules imported
+# during a run, and importing these again registers torch libraries twice (a
+# RuntimeError in the next test that needs them): they are imported here, outside any run.
+_SubclassProbe().detach()
+
+
 # The modules whose tests read whole rows of the terminal report.
 WIDE_TERMINAL = {
     f"tests.{name}"
