@@ -48,6 +48,7 @@ from .lazy import (
     RoundedValues,
     replace_parameter,
     shallow_clone,
+    values_of,
 )
 from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
@@ -376,11 +377,6 @@ def _quantize_in_place(
         _calibrate_activations(model, layers, spec, calibration_data)
 
 
-def _values_of(param: torch.Tensor) -> torch.Tensor:
-    """``param``'s values to read (a masked weight's built once, not per operation)."""
-    return param.values() if isinstance(param, LazyWeight) else param.detach()
-
-
 def _scale_dtype(spec: QuantSpec) -> torch.dtype | None:
     """The scales' dtype: the spec's, else float16 group-wise and the default otherwise."""
     if spec.scale_dtype is not None:
@@ -437,7 +433,7 @@ def _packed_parameter(
 ) -> tuple[LazyWeight, QuantParams | FloatParams]:
     """``source`` (never written) as the low-memory mode holds it rounded: itself with its
     mapping, the values recomputed on use; and the mapping."""
-    x = _values_of(source)
+    x = values_of(source).detach()
     params = _mapping(x, name, axis, spec)
     if isinstance(params, FloatParams):
         cast_elements(x, params, name)  # an overflow is refused now, naming the weight

@@ -89,7 +89,7 @@ class LazyWeight(torch.Tensor):
         _refuse_writes(func, args, kwargs)
         if func is torch.ops.aten._to_copy.default and _only_device(args[0], kwargs):
             return args[0].moved(torch.device(kwargs["device"]))
-        values = tree_map(_values, (args, kwargs))
+        values = tree_map(values_of, (args, kwargs))
         return func(*values[0], **values[1])
 
     def __deepcopy__(self, memo: dict) -> LazyWeight:
@@ -123,7 +123,9 @@ def _refuse_writes(func: Any, args: tuple, kwargs: dict) -> None:
             )
 
 
-def _values(x: Any) -> Any:
+def values_of(x: Any) -> Any:
+    """``x``'s values when it is a lazy weight (built once, for every use that follows),
+    else ``x`` itself."""
     return x.values() if isinstance(x, LazyWeight) else x
 
 
@@ -226,11 +228,8 @@ class RoundedValues(LazyWeight):
         made.source, made.params = source, params
         return made
 
-    def _source_values(self) -> torch.Tensor:
-        return _values(self.source)
-
     def values(self) -> torch.Tensor:
-        x, p = self._source_values(), self.params
+        x, p = values_of(self.source), self.params
         if isinstance(p, FloatParams):
             return cast_to_format(x, p, "weight")
         return fake_quantize_with(
@@ -246,12 +245,12 @@ class RoundedValues(LazyWeight):
     def codes(self) -> torch.Tensor:
         """``codes - qmin`` in the narrowest dtype (integer formats), computed now."""
         assert isinstance(self.params, QuantParams)
-        return self.params.stored_codes(self._source_values(), "weight", check=False)
+        return self.params.stored_codes(values_of(self.source), "weight", check=False)
 
     def elements(self) -> torch.Tensor:
         """The float format's elements (float formats), computed now."""
         assert isinstance(self.params, FloatParams)
-        return cast_elements(self._source_values(), self.params, "weight")
+        return cast_elements(values_of(self.source), self.params, "weight")
 
     def packed_bytes(self) -> int:
         p = self.params

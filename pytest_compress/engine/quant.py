@@ -307,17 +307,19 @@ def quantize_with(
     ``scale`` and ``zero_point`` are (channels, groups) along ``axis``. Computed in row
     blocks: no temporary the size of ``x`` (see ``_blocks``).
     """
-
-    def kernel(
-        block: torch.Tensor, params: tuple[torch.Tensor, ...], block_axis: int | None
-    ) -> torch.Tensor:
-        rows, (s, z), row_axis = _grouped(block, params, block_axis, group_size)
-        codes = _codes(rows, s, z, qmin, qmax, row_axis)
-        codes = (codes.sub_(offset) if offset else codes).to(dtype)
-        return codes if group_size is None else ungroup_rows(codes, block.shape, block_axis or 0)
-
-    out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    return _blockwise(x, (scale, zero_point), axis, group_size, kernel, out)
+    codes, _ = quantize_checked(
+        x,
+        scale,
+        zero_point,
+        qmin=qmin,
+        qmax=qmax,
+        axis=axis,
+        group_size=group_size,
+        dtype=dtype,
+        offset=offset,
+        check=False,
+    )
+    return codes
 
 
 # numpy's casts and comparisons of these dtypes run several times faster than torch's on
@@ -329,7 +331,7 @@ _NUMPY_CODES = {torch.uint8: "uint8", torch.uint16: "uint16", torch.int32: "int3
 def _narrowed(codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Whole-number float codes cast to integer ``dtype`` (exact: they are in its range)."""
     if codes.device.type == "cpu" and codes.dtype in _NUMPY_FLOATS and dtype in _NUMPY_CODES:
-        return torch.from_numpy(codes.numpy().astype(_NUMPY_CODES[dtype]))
+        return torch.from_numpy(codes.detach().numpy().astype(_NUMPY_CODES[dtype]))
     return codes.to(dtype)
 
 
