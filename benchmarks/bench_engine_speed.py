@@ -5,8 +5,11 @@
 
 Each operation (A) and its floor (B) run interleaved, round by round, and the table shows
 medians, so a machine whose load changes mid-run shifts both alike and cannot invert a
-ratio. Floors: ``torch.fake_quantize_per_channel_affine`` over every weight (the kernel
-any quantizer pays), ``copy.deepcopy`` (every recipe copies the user's model),
+ratio. Before every call the freed memory is handed back to the system (``malloc_trim``),
+so each call, ours and its floor's alike, starts from the allocator state of a process
+that loads once; ``--warm`` skips that, and the ratios then depend on which call happened
+to reuse the other's freed pages. Floors: ``torch.fake_quantize_per_channel_affine`` over
+every weight (the kernel any quantizer pays), ``copy.deepcopy`` (every recipe copies the user's model),
 ``torch.save`` / ``torch.load`` of the float ``state_dict``. Saving and loading run on
 two compressed copies: int4 with 80 % pruning (sparse layouts) and int8 per channel (the
 file format's bound: save within 2x ``torch.save``, load within 3x ``torch.load``).
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
 import os
 import statistics
 import subprocess
@@ -61,7 +66,27 @@ def fake_quantize_floor(model: nn.Module) -> None:
             torch.fake_quantize_per_channel_affine(w, scale, zero, 0, 0, 15)
 
 
+def _malloc_trim() -> Callable[[], object]:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to hand back
+        return lambda *_: None
+
+
+MALLOC_TRIM = _malloc_trim()
+WARM = "--warm" in sys.argv  # keep freed memory for the next call (the order then decides)
+
+
 def timed(action: Callable[[], object]) -> float:
+    """Seconds of one call, from the same allocator state for every call: the last
+    call's freed memory handed back to the system first. Otherwise an operation's time
+    depends on the one before it: measured here, ``torch.load`` reused the pages
+    ``load_compressed`` had just freed (no page faults) while ``load_compressed`` got
+    fresh ones (200 MB of faults, 0.1 s), so the ratio said 3.5 where either order of
+    fresh memory gives 1.2."""
+    if not WARM:
+        gc.collect()
+        MALLOC_TRIM(0)
     start = time.perf_counter()
     action()
     return time.perf_counter() - start
@@ -171,6 +196,7 @@ def run_against(args: argparse.Namespace, base: Path) -> None:
         for label, code in codes.items():
             command = [sys.executable, str(here), "--rows-only", "--ops", op]
             command += ["--millions", str(args.millions), "--rounds", str(args.rounds)]
+            command += ["--warm"] if args.warm else []
             env = dict(os.environ, PYTHONPATH=str(code), OMP_NUM_THREADS="1")
             # not run from a checkout: the code under test comes from PYTHONPATH alone
             done = subprocess.run(command, env=env, capture_output=True, text=True, cwd="/")
@@ -186,6 +212,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ops", default="", help="comma-separated words; rows naming one")
     parser.add_argument("--base", type=Path, help="a checkout of the old code, for before/after")
+    parser.add_argument("--warm", action="store_true", help="no malloc_trim between calls")
     parser.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.base is not None:

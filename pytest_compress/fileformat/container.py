@@ -110,6 +110,7 @@ from ..engine.record import CompressionRecord, QuantParams, get_record, set_reco
 from ..engine.specs import FLOAT_FORMATS, MAX_BITS, MIN_BITS
 from ..errors import FileFormatError, ModelError
 from ..files import write_atomically
+from .checksum import RunningCrc
 from .decoding import Codes, Scales, blocks, decode_codes, decode_raw, fill
 from .decoding import Elements as DecodedElements
 from .elements import quantized_elements, raw_elements
@@ -1085,6 +1086,18 @@ def _decode_into(
         raise _BadFile(f"{item.key}: {err}") from None
 
 
+def _read_one(
+    f: Any, item: _Stored, dest: torch.Tensor, crc: RunningCrc
+) -> QuantParams | FloatParams | None:
+    """The next blob read, checksummed beside its decoding into ``dest``; its record. The
+    last blob is released once its CRC is taken, so one is in memory at a time."""
+    crc.settle()
+    blob = np.empty(item.nbytes, dtype=np.uint8)  # writable: torch views it as is
+    _check(f.readinto(blob.data) == item.nbytes, "the file changed while loading")
+    crc.add(blob.data)
+    return _decode_into(item, dest, blob)
+
+
 def _read_tensors(
     f: Any, contents: _Contents, loaded: nn.Module
 ) -> tuple[dict[str, torch.Tensor], dict[str, QuantParams | FloatParams]]:
@@ -1096,23 +1109,20 @@ def _read_tensors(
     # The CRC is taken over each blob as it is read (one read of the file, not two); every
     # value is checked as it is decoded, so a damaged blob never gets further than its
     # tensor, and a file whose checksum fails says so whatever its damage decoded to.
-    crc = _crc_of(f, _PREFIX.size, contents.data_offset)
-    try:
-        for item in contents.stored:
-            blob = np.empty(item.nbytes, dtype=np.uint8)  # writable: torch views it as is
-            _check(f.readinto(blob.data) == item.nbytes, "the file changed while loading")
-            crc = zlib.crc32(blob.data, crc)
-            dest = destinations.get(item.key)
-            if dest is None:
-                dest = torch.empty(item.shape, dtype=item.dtype)
-            mapping = _decode_into(item, dest, blob)
-            tensors[item.key] = dest
-            if mapping is not None:
-                quantized[item.key] = mapping
-    except _BadFile:
-        _check(_crc_of(f, f.tell(), None, crc) == contents.crc, _CORRUPTED)
-        raise
-    _check(crc == contents.crc, _CORRUPTED)
+    with RunningCrc(_crc_of(f, _PREFIX.size, contents.data_offset)) as crc:
+        try:
+            for item in contents.stored:
+                dest = destinations.get(item.key)
+                if dest is None:
+                    dest = torch.empty(item.shape, dtype=item.dtype)
+                mapping = _read_one(f, item, dest, crc)
+                tensors[item.key] = dest
+                if mapping is not None:
+                    quantized[item.key] = mapping
+        except _BadFile:
+            _check(_crc_of(f, f.tell(), None, crc.value) == contents.crc, _CORRUPTED)
+            raise
+        _check(crc.value == contents.crc, _CORRUPTED)
     for key, (source, shares_record) in contents.aliases.items():
         tensors[key] = tensors[source]
         if shares_record:

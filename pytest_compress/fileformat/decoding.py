@@ -241,7 +241,9 @@ class Codes:
         if block.positions is not None:
             real = torch.sub(wide, z)
         elif target is not None and target.dtype == self.scale.dtype:
-            real = torch.sub(wide.view(target.shape), z, out=target)
+            # widened by the copy, then subtracted: the same float values as torch.sub's
+            # promotion, in passes that vectorise (a mixed-dtype sub does not)
+            real = target.copy_(wide.view(target.shape)).sub_(z)
         else:
             real = torch.sub(wide.view(-1, block.run), z)
         real.mul_(s)

@@ -21,7 +21,7 @@ from pytest_compress.engine.quant import dequantize, quantize
 from pytest_compress.engine.record import CompressionRecord, QuantParams, get_record, set_record
 from pytest_compress.engine.specs import PruneSpec, QuantSpec
 from pytest_compress.errors import FileFormatError
-from pytest_compress.fileformat import container, decoding
+from pytest_compress.fileformat import checksum, container, decoding
 from pytest_compress.fileformat.container import (
     encode_codes,
     load_compressed,
@@ -310,3 +310,32 @@ def test_channels_along_the_last_axis_get_the_smallest_layout(zeros, tmp_path: P
     expected = choose_layout(nonzero.numpy(), 8)
     entry = next(e for e in header(path)["t"] if e["k"] == "0.weight")
     assert entry["e"] == expected.name != "dense"
+
+
+def test_the_running_crc_is_zlibs_over_the_blobs_in_order_threaded_or_not() -> None:
+    rng = np.random.default_rng(7)
+    blobs = [rng.integers(0, 256, size, dtype=np.uint8) for size in (10, 3 << 20, 5, 2 << 20)]
+    with checksum.RunningCrc(1234) as crc:
+        for blob in blobs:
+            crc.add(blob.data)
+        assert crc.value == zlib.crc32(b"".join(blob.tobytes() for blob in blobs), 1234)
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_flipped_byte_in_a_blob_checksummed_on_the_worker_fails_the_load(
+    tmp_path: Path, where: str
+) -> None:
+    """Blobs past ``THREADED_BYTES`` are checksummed beside their decoding; a flip in the
+    first (more blobs follow) or the last one (the check at the end) still fails."""
+    torch.manual_seed(8)
+    model = compress_model(nn.Sequential(nn.Linear(1024, 2048), nn.Linear(2048, 1024)), quantize="int8")
+    path = tmp_path / "m.ptcz"
+    save_compressed(model, path)
+    data = bytearray(path.read_bytes())
+    assert len(data) > 3 * checksum.THREADED_BYTES
+    _, header_len, _ = struct.unpack("<HII", bytes(data[4:14]))
+    flip = 14 + header_len + 4096 if where == "first" else len(data) - 4096
+    data[flip] ^= 0x01  # a code off by one: decodes fine, only the CRC can tell
+    path.write_bytes(bytes(data))
+    with pytest.raises(FileFormatError, match="checksum mismatch"):
+        load_compressed(path, model)
