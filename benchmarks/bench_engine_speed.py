@@ -9,10 +9,11 @@ ratio. Before every call the freed memory is handed back to the system (``malloc
 so each call, ours and its floor's alike, starts from the allocator state of a process
 that loads once; ``--warm`` skips that, and the ratios then depend on which call happened
 to reuse the other's freed pages. Floors: ``torch.fake_quantize_per_channel_affine`` over
-every weight (the kernel any quantizer pays), ``copy.deepcopy`` (every recipe copies the user's model),
-``torch.save`` / ``torch.load`` of the float ``state_dict``. Saving and loading run on
-two compressed copies: int4 with 80 % pruning (sparse layouts) and int8 per channel (the
-file format's bound: save within 2x ``torch.save``, load within 3x ``torch.load``).
+every weight (the kernel any quantizer pays), ``copy.deepcopy`` (every recipe copies the
+user's model), ``torch.save`` / ``torch.load`` of the float ``state_dict``. Saving and
+loading run on two compressed copies: int4 with 80 % pruning (sparse layouts) and int8 per
+channel (the file format's bound: save within 2x ``torch.save``, load within 3x
+``torch.load``).
 ``--ops`` keeps the rows whose names contain one of its words. With ``--base``, each row
 runs in a fresh process against the code at that path (``PYTHONPATH``), then against this
 checkout, row by row, so "before" and "after" share the machine's load. The load average

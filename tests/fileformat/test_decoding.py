@@ -328,7 +328,8 @@ def test_a_flipped_byte_in_a_blob_checksummed_on_the_worker_fails_the_load(
     """Blobs past ``THREADED_BYTES`` are checksummed beside their decoding; a flip in the
     first (more blobs follow) or the last one (the check at the end) still fails."""
     torch.manual_seed(8)
-    model = compress_model(nn.Sequential(nn.Linear(1024, 2048), nn.Linear(2048, 1024)), quantize="int8")
+    float_model = nn.Sequential(nn.Linear(1024, 2048), nn.Linear(2048, 1024))
+    model = compress_model(float_model, quantize="int8")
     path = tmp_path / "m.ptcz"
     save_compressed(model, path)
     data = bytearray(path.read_bytes())
