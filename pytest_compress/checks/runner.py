@@ -43,6 +43,7 @@ from ..engine.lazy import move_clone
 from ..engine.measure import evaluate, metric_source, model_size, reference_outputs, sparsity
 from ..engine.metrics import BuiltinMetric, builtin_metric
 from ..engine.record import grid_memo
+from ..engine.spares import SpareTensors, reusing
 from ..errors import BudgetError, CompressError, ModelError
 from ..fileformat.container import compressed_size
 from ..metrics import DEFAULT_METRIC, MetricKind
@@ -160,6 +161,7 @@ class CheckRunner:
         self.sources = IdentityMemo()  # the output a built-in metric reads, per model and data
         self.float_outputs = IdentityMemo()  # what a relative metric compares with
         self.sensitivities = IdentityMemo()  # per-layer drops, shared by checks of a recipe
+        self.spares = SpareTensors()  # memory of measured copies, for the next deep copy
         self.inputs = PreparedInputs(
             device=device, cache_mb=cache_mb, fingerprints=results is not None, notes=notes
         )
@@ -204,7 +206,11 @@ class CheckRunner:
                 f"low-memory mode does not make ({mode.why}); run this check with "
                 "--compress-low-memory=off on a machine with room for a second copy"
             )
-        with low_memory_mode(mode.low_memory):
+        if mode.low_memory:
+            self.spares.clear()  # memory is short: no spare copy is held
+        else:
+            self.spares.keep_only(inputs.model)
+        with low_memory_mode(mode.low_memory), reusing(None if mode.low_memory else self.spares):
             result = _CheckRun(self, inputs, evaluation, calibration).adjusted(check)
         return dataclasses.replace(result, low_memory=mode.low_memory)
 
@@ -659,6 +665,8 @@ class _CheckRun:
                 assert recovered.metric_before is not None  # recover() measured it
                 recovered = recovered.with_metrics(recovered.metric_before, metric)
             broken = self.verified(check, compressed, timings)
+        if not low_memory_enabled():  # measured: its memory goes to the next copy
+            self.runner.spares.give(compressed)
         return (metric, packed_size, zeros), timings, recovered, broken
 
     def recover(

@@ -53,6 +53,7 @@ from .lazy import (
 from .observers import RangeObserver
 from .quant import check_finite, compute_qparams, fake_quantize_with, quant_range
 from .record import CompressionRecord, QuantParams, get_record, set_record
+from .spares import copy_twins
 from .specs import PruneSpec, QuantSpec, as_prune_spec, as_quant_spec
 
 
@@ -72,8 +73,10 @@ def copy_model(model: nn.Module) -> nn.Module:
         for value in vars(module).values()
         if isinstance(value, torch.Tensor) and value.grad_fn is not None
     }
+    # tensors the copy would allocate afresh go into spare memory instead (spares.py)
+    memo = {**computed, **copy_twins(model)}
     try:
-        copied = copy.deepcopy(model, computed)
+        copied = copy.deepcopy(model, memo)
     except Exception as error:  # any failure of a user's __deepcopy__ is reported the same way
         raise ModelError(
             f"cannot copy the model with copy.deepcopy ({type(error).__name__}: {error}); "
@@ -237,10 +240,11 @@ def _prune_in_place(model: nn.Module, spec: PruneSpec, *, lazy: bool = False) ->
     if spec.prunes_weights:
         weights = [layer.module.weight for layer in layers]
         for layer, weight in zip(layers, weights, strict=True):
-            # max|w| is NaN or infinite exactly when a weight is: two reductions per
-            # layer, and the error names the parameter instead of a position in a list.
+            # max|w| is NaN or infinite exactly when a weight is: one pass of both
+            # reductions per layer, and the error names the parameter instead of a
+            # position in a list.
             if weight.numel() and not bool(
-                torch.isfinite(weight.detach().amax()) & torch.isfinite(weight.detach().amin())
+                torch.isfinite(torch.stack(torch.aminmax(weight.detach()))).all()
             ):
                 check_finite(weight.detach(), layer.weight_name)
         if _by_amount(spec):

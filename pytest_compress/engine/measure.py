@@ -19,6 +19,7 @@ from .batches import call_model, describe_inputs, model_device, split_batch, to_
 from .layers import compressible_layers
 from .lazy import move_clone, shallow_clone
 from .metrics import BuiltinMetric, builtin_metric, call_inputs, split_for
+from .record import remembered_nonzero
 from .state import eval_mode
 
 BatchMetric = Callable[[Any, Any], tuple[Any, Any]]
@@ -353,7 +354,11 @@ def count_nonzero(tensor: torch.Tensor) -> int:
     branches per element, so a pruned float weight (zeros at random places) costs it about
     ten times a dense one, while numpy's vectorized count reads the same memory for both
     (no copy: a view of a plain contiguous CPU tensor). A tensor subclass (the low-memory
-    mode's compressed weights) or another device or dtype goes to torch."""
+    mode's compressed weights) or another device or dtype goes to torch. Inside
+    ``grid_memo``, a count the file size took of the same tensor is read back."""
+    counted = remembered_nonzero(tensor)
+    if counted is not None:
+        return counted
     if (
         type(tensor) is torch.Tensor
         and tensor.device.type == "cpu"

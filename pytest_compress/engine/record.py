@@ -30,17 +30,41 @@ _ON_GRID: ContextVar[dict[tuple, tuple[torch.Tensor, Any]] | None] = ContextVar(
 )
 
 
+# Nonzero counts of CPU tensors inside ``grid_memo``, by ``_grid_key``, each with its tensor.
+_NONZERO: ContextVar[dict[tuple, tuple[torch.Tensor, int]] | None] = ContextVar(
+    "pytest_compress_nonzero", default=None
+)
+
+
 @contextmanager
 def grid_memo() -> Iterator[None]:
     """Inside it, a CPU tensor found on its grid is not checked again while it is unchanged
     (its version counter is the same): the file size and the invariant gate of one check
     read the same weights with the same mappings, and the check is a quantize-dequantize
-    pass over every weight."""
-    token = _ON_GRID.set({})
+    pass over every weight. Likewise its count of nonzero elements, which the file size
+    counts and the sparsity reads."""
+    token, counts = _ON_GRID.set({}), _NONZERO.set({})
     try:
         yield
     finally:
+        _NONZERO.reset(counts)
         _ON_GRID.reset(token)
+
+
+def remember_nonzero(values: torch.Tensor, count: int) -> None:
+    """Inside ``grid_memo``: ``values`` (unchanged since) hold ``count`` nonzero elements."""
+    memo, key = _NONZERO.get(), _grid_key(values, None)
+    if memo is not None and key is not None:
+        memo[key] = (values, count)
+
+
+def remembered_nonzero(values: torch.Tensor) -> int | None:
+    """The count ``remember_nonzero`` kept for ``values`` (any view of the same memory,
+    unchanged), or None."""
+    memo, key = _NONZERO.get(), _grid_key(values, None)
+    if memo is None or key is None or key not in memo:
+        return None
+    return memo[key][1]
 
 
 def _grid_key(values: torch.Tensor, params: Any) -> tuple | None:

@@ -106,7 +106,14 @@ from ..engine.floats import FLOAT_DTYPES, FloatParams
 from ..engine.groups import group_count
 from ..engine.lazy import LazyWeight, PackedCodes, RoundedValues
 from ..engine.quant import scale_dtype_for
-from ..engine.record import CompressionRecord, QuantParams, get_record, set_record
+from ..engine.record import (
+    CompressionRecord,
+    QuantParams,
+    get_record,
+    remember_nonzero,
+    set_record,
+)
+from ..engine.spares import sole_owners, twin
 from ..engine.specs import FLOAT_FORMATS, MAX_BITS, MIN_BITS
 from ..errors import FileFormatError, ModelError
 from ..files import write_atomically
@@ -461,6 +468,7 @@ def _encode_tensors(
             entry, blob = _encode_quantized(key, t, mapping, cache)
         else:
             entry, blob = _encode_raw(key, t)
+        remember_nonzero(t, blob.plan.nonzero)  # what a sparsity count reads next
         entries.append(entry)
         blobs.append(blob)
     return entries, blobs
@@ -1229,24 +1237,12 @@ def _empty_twins(model: nn.Module, target: dict[str, torch.Tensor]) -> dict[int,
     overwrite whole, so the copy does not first copy values that are thrown away. Only a
     plain parameter or buffer that shares its storage with no other tensor of the model
     (a deep copy keeps such sharing, which fresh twins would break)."""
-    named = [
-        *model.named_parameters(remove_duplicate=False),
-        *model.named_buffers(remove_duplicate=False),
-    ]
-    owners: Counter = Counter()
-    for tensor in {id(tensor): tensor for _, tensor in named}.values():
-        if tensor.numel() and _plain(tensor):
-            owners[(tensor.device, tensor.untyped_storage().data_ptr())] += 1
+    owned = {id(t) for t in sole_owners(model)}
     twins: dict[int, torch.Tensor] = {}
     for key in target:
         t = _plain_slot(model, key)
-        if t is None or t.numel() == 0 or owners[(t.device, t.untyped_storage().data_ptr())] != 1:
-            continue
-        empty = torch.empty_like(t.data, memory_format=torch.preserve_format)
-        if type(t) is nn.Parameter:  # as Parameter.__deepcopy__ builds it
-            twins[id(t)] = nn.Parameter(empty, t.requires_grad)
-        elif type(t) is torch.Tensor and not t.requires_grad and not t.__dict__:
-            twins[id(t)] = empty
+        if t is not None and id(t) in owned:
+            twins[id(t)] = twin(t, torch.empty_like(t.data, memory_format=torch.preserve_format))
     return twins
 
 

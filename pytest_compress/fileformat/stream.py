@@ -16,7 +16,7 @@ A dense tensor needs no positions at all; the others need them only for a chunk.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,12 +58,14 @@ class Elements:
 
 @dataclass(frozen=True)
 class Plan:
-    """The chosen layout, the stored element count and the index and values lengths."""
+    """The chosen layout, the stored element count and the index and values lengths;
+    ``nonzero``: the elements that are not zero, whatever the layout stores."""
 
     layout: Layout
     stored: int
     index_bytes: int
     value_bytes: int
+    nonzero: int = -1
 
 
 class _BitWriter:
@@ -119,7 +121,8 @@ def plan(source: Elements) -> Plan:
             entries = kept + fillers[gap_bits]
             index, values = packed_size(entries, gap_bits), packed_size(entries, bits)
             sizes.append((index + values, Plan(Layout("gaps", gap_bits), entries, index, values)))
-    return min(sizes, key=lambda size_plan: size_plan[0])[1]
+    chosen = min(sizes, key=lambda size_plan: size_plan[0])[1]
+    return replace(chosen, nonzero=kept)
 
 
 def _gaps(source: Elements) -> Iterator[np.ndarray]:

@@ -99,3 +99,34 @@ def test_a_search_is_a_series_of_ordinary_checks_and_reports_its_choice() -> Non
     assert result.search is not None and result.search.passed
     assert result.prune == PruneSpec(amount=result.search.chosen, scope="global")
     assert result.accuracy_drop <= 0.05
+
+
+def test_each_copy_after_the_first_is_made_in_the_memory_of_the_last_measured(
+    monkeypatch,
+) -> None:
+    """The runner gives a measured copy's memory back (``spares.py``): checks of one model,
+    a search's trials included, copy into it instead of fresh pages; never the user's."""
+    from pytest_compress.engine import apply
+
+    made: list[set[int]] = []
+    copy_model = apply.copy_model
+
+    def recording(model: nn.Module) -> nn.Module:
+        copied = copy_model(model)
+        tensors = [*copied.parameters(), *copied.buffers()]
+        made.append({t.untyped_storage().data_ptr() for t in tensors})
+        return copied
+
+    monkeypatch.setattr(apply, "copy_model", recording)
+    model = seeded(mlp())
+    data = classification_batches(model, torch.randn(256, 16, generator=GENERATOR))
+    session = runner()
+    inputs = CheckInputs(model, data, "m", "d")
+    budgets = Budgets(max_accuracy_drop=0.05)
+    session.run(Check(Recipe(QuantSpec(bits=8)), budgets), inputs)
+    session.run(Check(Recipe(prune=PruneSpec(amount=0.5)), budgets), inputs)
+    session.run(Check(Recipe(), budgets, Adjustments(search="sparsity")), inputs)
+    assert len(made) >= 5
+    assert all(later == made[0] for later in made[1:])
+    users = [*model.parameters(), *model.buffers()]
+    assert not made[0] & {t.untyped_storage().data_ptr() for t in users}

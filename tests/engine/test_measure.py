@@ -203,3 +203,35 @@ def test_top1_refuses_targets_that_would_broadcast() -> None:
     one_hot = torch.eye(3)
     with pytest.raises(DataError, match=r"targets of shape \(3,\).*got \(3, 3\)"):
         top1_accuracy(torch.randn(3, 3), one_hot)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"prune": 0.6},
+        {"quantize": "int4", "prune": PruneSpec(amount=0.8, scope="global")},
+        {"quantize": "fp8", "prune": 0.3},
+        {"quantize": "int8"},
+    ],
+)
+def test_inside_grid_memo_the_sparsity_reads_the_counts_the_file_size_took(
+    monkeypatch, recipe
+) -> None:
+    from types import SimpleNamespace
+
+    from pytest_compress.engine import measure
+    from pytest_compress.engine.apply import compress_model
+    from pytest_compress.engine.record import grid_memo
+    from pytest_compress.fileformat.container import compressed_size
+
+    model = compress_model(seeded(mlp()), **recipe)
+    counted = sparsity(model)  # no memo: counted afresh
+    with grid_memo():
+        compressed_size(model)
+        with monkeypatch.context() as patch:  # a count now would fail the test
+            patch.setattr(measure, "np", SimpleNamespace(count_nonzero=None))
+            patch.setattr(measure.torch, "count_nonzero", None)
+            assert sparsity(model) == counted
+        with torch.no_grad():  # a changed weight is counted again
+            model[0].weight.zero_()
+        assert sparsity(model).per_layer["0"] == 1.0
