@@ -98,21 +98,30 @@ def keep_blocks(weight: torch.Tensor, cut: Cut) -> Iterator[tuple[int, torch.Ten
         dtype = torch.float64  # a float64 cut never rounds into a float32 comparison
     remaining = cut.ties
     for start, block in magnitude_blocks(weight, dtype):
-        if remaining == 0 and not cut.all_ties:
-            if block.device.type == "cpu":  # numpy's compare: the same mask, faster
-                yield start, torch.from_numpy(block.numpy() >= cut.value)
-            else:
-                yield start, block >= cut.value
+        if remaining == 0 or cut.all_ties:  # every tie kept, or every tie pruned
+            yield start, _compared(block, cut.value, strictly=cut.all_ties)
             continue
-        keep = block > cut.value
-        if not cut.all_ties:
-            ties = block == cut.value
-            count = int(torch.count_nonzero(ties))
-            if count > remaining:
-                rank_dtype = torch.int32 if block.numel() < 2**31 else torch.int64
-                keep |= ties & (torch.cumsum(ties, 0, dtype=rank_dtype) > remaining)
-            remaining = max(0, remaining - count)
+        keep = _compared(block, cut.value, strictly=True)
+        ties = _equal_positions(block, cut.value)
+        keep[ties[remaining:]] = True  # the earliest ``remaining`` ties go, the rest stay
+        remaining = max(0, remaining - ties.numel())
         yield start, keep
+
+
+def _compared(block: torch.Tensor, value: float, *, strictly: bool) -> torch.Tensor:
+    """``block > value`` (``strictly``) or ``block >= value``; on the CPU by numpy, whose
+    compare makes the same mask several times faster than torch's one-thread kernel."""
+    if block.device.type == "cpu":
+        values = block.numpy()
+        return torch.from_numpy(values > value if strictly else values >= value)
+    return block > value if strictly else block >= value
+
+
+def _equal_positions(block: torch.Tensor, value: float) -> torch.Tensor:
+    """Flat positions of ``block == value``, in order (few: the ties at a cut)."""
+    if block.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(block.numpy() == value))
+    return torch.nonzero(block == value).view(-1)
 
 
 def keep_mask(weight: torch.Tensor, cut: Cut) -> torch.Tensor:
