@@ -180,6 +180,9 @@ class Budget:
         return template.format(drop=metric.drop_word, metric=metric.name)
 
 
+# The result fields that the compressed file's size decides.
+SIZE_MEASURES = ("compressed_size", "size_ratio")
+
 BUDGETS: dict[str, Budget] = {
     budget.name: budget
     for budget in (
@@ -328,6 +331,11 @@ class Budgets(Mapping[str, float]):
 
     def __len__(self) -> int:
         return len(self._limits)
+
+    @property
+    def limit_size(self) -> bool:
+        """Whether a budget limits the compressed size (``max_size``, ``max_size_ratio``)."""
+        return any(BUDGETS[name].measures in SIZE_MEASURES for name in self._limits)
 
     def __getattr__(self, name: str) -> float | None:
         if name in BUDGETS:

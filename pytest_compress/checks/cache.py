@@ -75,13 +75,22 @@ class ReferenceEntry:
 
 @dataclass(frozen=True)
 class CheckEntry:
-    """One check's measurements, with the float model's, so a hit needs nothing else."""
+    """One check's measurements, with the float model's, so a hit needs nothing else;
+    ``compressed_size`` is ``UNSIZED`` for a search trial that failed with no budget on
+    its size (``runner.trial``)."""
 
     float_metric: float
     float_size: int
     compressed_metric: float
     compressed_size: int
     sparsity: float
+
+    @property
+    def sized(self) -> bool:
+        return self.compressed_size != UNSIZED
+
+
+UNSIZED = -1  # a size left unmeasured
 
 
 @dataclass(frozen=True)
@@ -224,7 +233,8 @@ def _read(value: Any, kind: type[Entry]) -> Entry | None:
             if not isinstance(item, str):
                 return None
         elif f.type == "int":
-            if not isinstance(item, int) or item < 0:
+            unsized = kind is CheckEntry and f.name == "compressed_size" and item == UNSIZED
+            if not isinstance(item, int) or (item < 0 and not unsized):
                 return None
         elif not isinstance(item, (int, float)) or (
             f.name == "sparsity"

@@ -26,7 +26,7 @@ import functools
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,7 @@ from ..tuning.sensitivity import (
 )
 from ..tuning.trial import Trial
 from .cache import (
+    UNSIZED,
     CheckEntry,
     CheckStore,
     DeployedEntry,
@@ -412,7 +413,7 @@ class _CheckRun:
             begun = time.perf_counter()
             found = search(
                 adjustments.search,
-                lambda q, p: self.trial(check, Recipe(q, p)),
+                lambda q, p: self.search_trial(check, Recipe(q, p)),
                 quantize=recipe.quantize,
                 prune=recipe.prune,
                 exclude=adjustments.kept_float,
@@ -420,6 +421,9 @@ class _CheckRun:
             )
             assert found.closest is not None  # every grid has a setting, so one was tried
             result: CompressionResult = found.closest.result
+            if result.compressed_size == UNSIZED:  # nothing passed: the closest is reported
+                result = self.sized(check, result)
+                found = found.with_closest(Trial.from_result(result, found.closest.setting))
             phases["search"] = time.perf_counter() - begun
         else:
             result = self.one(check.at(recipe))
@@ -447,6 +451,41 @@ class _CheckRun:
 
     def trial(self, check: Check, recipe: Recipe) -> Trial:
         return Trial.from_result(self.one(check.at(recipe)))
+
+    def search_trial(self, check: Check, recipe: Recipe) -> Trial:
+        """One setting of a search. Its size is measured only when a budget limits it or
+        the trial passes (a passing trial may be the one reported); a failed trial's file
+        is never counted, unless nothing passes and it is the closest (``sized``)."""
+        lazy = not check.budgets.limit_size and self.inputs.recovery is None
+        return Trial.from_result(self.one(check.at(recipe), lazy_size=lazy))
+
+    def sized(self, check: Check, result: CompressionResult) -> CompressionResult:
+        """A trial's result with the size it left unmeasured: its recipe compressed again
+        (the same copy: compression is deterministic) and the file counted; no evaluation."""
+        recipe = Recipe(result.quantize, result.prune)
+        compressed = compress_model(
+            self.inputs.model,
+            quantize=recipe.quantize,
+            prune=recipe.prune,
+            calibration_data=self.calibration.batches,
+        )
+        with grid_memo():
+            size = compressed_size(compressed)
+        self.give_back(compressed)
+        entry = CheckEntry(
+            result.float_metric, result.float_size, result.compressed_metric, size, result.sparsity
+        )
+        trial = check.at(recipe)
+        if not result.broken_invariants:
+            self.store(trial).put_check(entry)
+        return self.verdict(
+            trial, entry, result.timings, cached=result.cached, broken=result.broken_invariants
+        )
+
+    def give_back(self, compressed: nn.Module) -> None:
+        """A measured copy's memory to the next deep copy (none in the low-memory mode)."""
+        if not low_memory_enabled():
+            self.runner.spares.give(compressed)
 
     def sensitivity(self, result: CompressionResult, limit: int) -> SensitivityResult:
         """Every layer ranked by the proxy, the top ``limit`` measured alone with the recipe.
@@ -532,25 +571,35 @@ class _CheckRun:
 
     # --- one check of a concrete recipe --------------------------------------------
 
-    def one(self, check: Check) -> CompressionResult:
+    def one(self, check: Check, *, lazy_size: bool = False) -> CompressionResult:
         """Compress, measure and judge ``check``'s recipe (or serve it from the cache); on a
-        runtime, deploy it too and judge the deployed artifact."""
+        runtime, deploy it too and judge the deployed artifact. ``lazy_size``: a simulated
+        check that fails without its size leaves it ``UNSIZED`` (no size budget asks)."""
         if check.runtime == "simulate":
-            return self.simulated(check)
+            return self.simulated(check, lazy_size=lazy_size)
         # a compressor may come without a recipe: then there is no simulation beside it
         simulated = None if check.recipe == Recipe() else self.simulated(check)
         return self.deployed(check, simulated)
 
-    def simulated(self, check: Check) -> CompressionResult:
+    def simulated(self, check: Check, *, lazy_size: bool = False) -> CompressionResult:
         """The recipe in simulation: fake-quantized (and pruned) weights in eager PyTorch."""
         started = time.perf_counter()
         store = self.store(check)
         stored = store.check()
         if stored is not None:
             timings = {"total": time.perf_counter() - started}
-            return self.verdict(check, stored, timings, cached=True)
+            served = self.verdict(check, stored, timings, cached=True)
+            if stored.sized or (lazy_size and not served.passed):
+                return served
         reference, remembered = self.reference(store)
-        measured, timings, recovered, broken = self.measure_compressed(check)
+
+        def passes(metric: float, zeros: float, broken: tuple[str, ...]) -> bool:
+            unsized = CheckEntry(reference.metric, reference.size, metric, UNSIZED, zeros)
+            return self.verdict(check, unsized, {}, cached=False, broken=broken).passed
+
+        measured, timings, recovered, broken = self.measure_compressed(
+            check, passes if lazy_size else None
+        )
         entry = CheckEntry(reference.metric, reference.size, *measured)
         if not broken:  # a broken invariant is verified again on every run, never served
             store.put_check(entry)
@@ -626,10 +675,12 @@ class _CheckRun:
         return metric
 
     def measure_compressed(
-        self, check: Check
+        self, check: Check, needs_size: SizeNeed = None
     ) -> tuple[tuple[float, int, float], dict[str, float], RecoveryResult | None, tuple]:
         """((metric, compressed size, sparsity), seconds by phase, RecoveryResult or None,
-        broken invariants) of a fresh copy, recovered first when the inputs have one."""
+        broken invariants) of a fresh copy, recovered first when the inputs have one.
+        ``needs_size``: asked, once the rest is measured, whether to count the file too
+        (else the size is ``UNSIZED``); None: counted first, before the evaluation."""
         recipe = check.recipe
         begun = time.perf_counter()
         compressed = compress_model(
@@ -654,10 +705,12 @@ class _CheckRun:
             timings["recover"] = time.perf_counter() - begun
         # the file size finds each weight on its grid, and the invariant gate asks the same
         with grid_memo():
-            begun = time.perf_counter()
-            packed_size = compressed_size(compressed)  # the file the user would ship
-            zeros = sparsity(compressed).overall
-            timings["measure"] = time.perf_counter() - begun
+            packed_size = UNSIZED
+            if needs_size is None:
+                begun = time.perf_counter()
+                packed_size = compressed_size(compressed)  # the file the user would ship
+                zeros = sparsity(compressed).overall  # the size's counts, read back
+                timings["measure"] = time.perf_counter() - begun
             begun = time.perf_counter()
             metric = self.evaluate(compressed)
             timings["evaluate"] = time.perf_counter() - begun
@@ -665,8 +718,13 @@ class _CheckRun:
                 assert recovered.metric_before is not None  # recover() measured it
                 recovered = recovered.with_metrics(recovered.metric_before, metric)
             broken = self.verified(check, compressed, timings)
-        if not low_memory_enabled():  # measured: its memory goes to the next copy
-            self.runner.spares.give(compressed)
+            if needs_size is not None:
+                begun = time.perf_counter()
+                zeros = sparsity(compressed).overall
+                if needs_size(metric, zeros, broken):
+                    packed_size = compressed_size(compressed)
+                timings["measure"] = time.perf_counter() - begun
+        self.give_back(compressed)
         return (metric, packed_size, zeros), timings, recovered, broken
 
     def recover(
@@ -883,6 +941,10 @@ class _CheckRun:
             **(deployment or {}),
         )
         return result.judged()
+
+
+# Whether a copy, measured but for its size (metric, sparsity, broken invariants), needs it.
+SizeNeed = Callable[[float, float, tuple[str, ...]], bool] | None
 
 
 def _relative(drop: float, reference: float) -> float:

@@ -298,7 +298,9 @@ class KeepFloatResult:
 
     @property
     def size_cost(self) -> int:
-        return self.final.size - self.initial.size
+        final, initial = self.final.size, self.initial.size
+        assert final is not None and initial is not None  # keep_float's trials count sizes
+        return final - initial
 
     @property
     def recipe(self) -> str:

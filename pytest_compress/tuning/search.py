@@ -172,6 +172,12 @@ class SearchResult:
     def evaluations(self) -> int:
         return len(self.trail)
 
+    def with_closest(self, trial: Trial) -> SearchResult:
+        """The same search with ``trial`` (the closest re-read, say once its size was
+        counted) in place of ``closest``, in the trail too."""
+        trail = tuple(trial if step is self.closest else step for step in self.trail)
+        return replace(self, trail=trail, closest=trial)
+
     @property
     def passed(self) -> bool:
         return self.chosen is not None
@@ -214,7 +220,13 @@ class SearchResult:
                 verdict += " (chosen)"
             setting = format_setting(self.kind, step.setting)
             rows.append(
-                (str(number), setting, metric.value(step.metric), format_size(step.size), verdict)
+                (
+                    str(number),
+                    setting,
+                    metric.value(step.metric),
+                    "not counted" if step.size is None else format_size(step.size),
+                    verdict,
+                )
             )
         header = ("#", self.kind, self.metric_name, "size", "verdict")
         return "\n".join(text_table(header, rows))

@@ -44,7 +44,8 @@ NOT_DAMAGE = (*FLOOR_BUDGETS, *DEPLOYED_BUDGETS, INVARIANT_CHECK)
 class Trial:
     """One candidate recipe, evaluated: its metric, its size and the budgets it broke.
 
-    - ``metric``: the compressed model's metric; ``size``: its compressed bytes.
+    - ``metric``: the compressed model's metric; ``size``: its compressed bytes, or None
+      when the caller left them unmeasured (a failed search trial with no size budget).
     - ``broken``: the names of the broken budgets (``BUDGET_NAMES`` of ``budgets.py``,
       or ``"baseline_metric"`` / ``"baseline_size"``); empty when every budget holds.
     - ``violations``: one short human text per broken budget, e.g. ``"drop 2.9 pp > 2.0 pp"``.
@@ -56,7 +57,7 @@ class Trial:
     """
 
     metric: float
-    size: int
+    size: int | None
     broken: tuple[str, ...] = ()
     violations: tuple[str, ...] = ()
     setting: Any = None
@@ -93,17 +94,18 @@ class Trial:
     def from_result(cls, result: Any, setting: Any = None) -> Trial:
         """A trial from a ``CompressionResult`` (or anything with the same fields).
 
-        Reads ``compressed_metric``, ``compressed_size``, ``violations`` (``BudgetCheck``
-        objects), ``metric`` (the metric's name: accuracy renders in percent) and
-        ``higher_is_better``; keeps ``result`` itself as the payload.
+        Reads ``compressed_metric``, ``compressed_size`` (negative: not measured),
+        ``violations`` (``BudgetCheck`` objects), ``metric`` (the metric's name: accuracy
+        renders in percent) and ``higher_is_better``; keeps ``result`` itself as the payload.
         """
         metric = MetricKind.named(
             getattr(result, "metric", "accuracy"), getattr(result, "higher_is_better", True)
         )
         checks = list(result.violations)
+        size = int(result.compressed_size)  # negative: not measured
         return cls(
             metric=float(result.compressed_metric),
-            size=int(result.compressed_size),
+            size=size if size >= 0 else None,
             broken=tuple(check.budget for check in checks),
             violations=tuple(describe_violation(check, metric) for check in checks),
             setting=setting,

@@ -9,6 +9,7 @@ import pytest
 
 from pytest_compress.checks.cache import (
     KEY_PREFIX,
+    UNSIZED,
     CheckEntry,
     IdentityMemo,
     ReferenceEntry,
@@ -88,7 +89,7 @@ def test_a_check_written_in_this_session_is_measured_again_within_it() -> None:
         {**vars(ENTRY), "extra": 1},
         {k: v for k, v in vars(ENTRY).items() if k != "sparsity"},
         {**vars(ENTRY), "compressed_size": 1.5},
-        {**vars(ENTRY), "compressed_size": -1},
+        {**vars(ENTRY), "compressed_size": -2},  # -1 is UNSIZED
         {**vars(ENTRY), "float_size": True},
         {**vars(ENTRY), "compressed_metric": "0.9"},
         {**vars(ENTRY), "sparsity": 1.5},
@@ -105,6 +106,14 @@ def test_an_entry_of_the_wrong_shape_counts_as_missing(stored: Any) -> None:
     store = DictStore()
     store.values[key] = signed(key, stored)
     assert ResultCache(store).check("c") is None
+
+
+def test_an_unsized_entry_reads_back_unsized() -> None:
+    key = f"{KEY_PREFIX}/check/c"
+    store = DictStore()
+    store.values[key] = signed(key, {**vars(ENTRY), "compressed_size": UNSIZED})
+    entry = ResultCache(store).check("c")
+    assert entry is not None and not entry.sized and ENTRY.sized
 
 
 def signed(key: str, stored: Any) -> Any:

@@ -130,3 +130,96 @@ def test_each_copy_after_the_first_is_made_in_the_memory_of_the_last_measured(
     assert all(later == made[0] for later in made[1:])
     users = [*model.parameters(), *model.buffers()]
     assert not made[0] & {t.untyped_storage().data_ptr() for t in users}
+
+
+def search_run(budgets: Budgets, session: CheckRunner | None = None, model=None):
+    model = model if model is not None else Counting(seeded(mlp()))
+    data = classification_batches(model, torch.randn(256, 16, generator=GENERATOR))
+    model.calls = 0
+    check = Check(Recipe(), budgets, Adjustments(search="sparsity"))
+    session = session if session is not None else runner()
+    return session.run(check, CheckInputs(model, data, "m", "d")), model
+
+
+def sizes_counted(monkeypatch) -> list[int]:
+    from pytest_compress.checks import runner as runner_module
+
+    counted: list[int] = []
+
+    def counting(model: nn.Module) -> int:
+        counted.append(compressed_size(model))
+        return counted[-1]
+
+    monkeypatch.setattr(runner_module, "compressed_size", counting)
+    return counted
+
+
+def test_a_search_without_a_size_budget_counts_only_the_passing_trials_files(monkeypatch) -> None:
+    counted = sizes_counted(monkeypatch)
+    result, _ = search_run(Budgets(max_accuracy_drop=0.05))
+    search = result.search
+    assert search is not None and search.passed
+    failed = [step for step in search.trail if not step.passed]
+    assert failed and all(step.size is None for step in failed)
+    assert all(step.size is not None for step in search.trail if step.passed)
+    assert len(counted) == sum(step.passed for step in search.trail)
+    chosen = compress_model(Counting(seeded(mlp())), prune=result.prune)
+    assert result.compressed_size == compressed_size(chosen)
+    assert "not counted" in search.trail_table()
+
+
+def test_a_size_budget_has_every_trial_counted(monkeypatch) -> None:
+    counted = sizes_counted(monkeypatch)
+    result, _ = search_run(Budgets(max_accuracy_drop=0.05, max_size_ratio=0.9))
+    assert result.search is not None
+    assert all(step.size is not None for step in result.search.trail)
+    assert len(counted) == result.search.evaluations
+
+
+def test_when_no_trial_passes_the_closest_is_counted_without_another_evaluation(
+    monkeypatch,
+) -> None:
+    from pytest_compress.checks import runner as runner_module
+
+    counted = sizes_counted(monkeypatch)
+    evaluations = []
+    evaluate = runner_module._CheckRun.evaluate
+
+    def counting(run, model):
+        evaluations.append(model)
+        return evaluate(run, model)
+
+    monkeypatch.setattr(runner_module._CheckRun, "evaluate", counting)
+    # no sparsity holds an impossible drop: the closest (least compression) is reported
+    result, _ = search_run(Budgets(max_relative_drop=1e-9, min_sparsity=0.99))
+    search = result.search
+    assert search is not None and not search.passed
+    assert search.closest is not None and search.closest.size == result.compressed_size
+    assert all(step.size is None for step in search.trail if step is not search.closest)
+    assert search.closest in search.trail
+    assert len(counted) == 1  # the closest's file, once nothing passed
+    assert result.compressed_size > 0 and result.size_ratio > 0
+    expected = compress_model(Counting(seeded(mlp())), prune=result.prune)
+    assert result.compressed_size == compressed_size(expected)
+    assert len(evaluations) == search.evaluations  # counting it evaluated nothing more
+
+
+def test_a_stored_unsized_trial_that_passes_now_is_measured_again_with_its_size() -> None:
+    from pytest_compress.checks.cache import ResultCache
+    from tests.checks.test_cache import DictStore
+
+    store = DictStore()
+
+    def session() -> CheckRunner:
+        return CheckRunner(
+            device="cpu", cache_mb=64, sensitivity_limit=None, results=ResultCache(store)
+        )
+
+    strict, _ = search_run(Budgets(max_accuracy_drop=0.001), session())
+    assert strict.search is not None
+    assert any(step.size is None for step in strict.search.trail)
+    relaxed, model = search_run(Budgets(max_accuracy_drop=0.99), session())
+    assert relaxed.search is not None and relaxed.search.passed
+    assert all(step.size is not None for step in relaxed.search.trail if step.passed)
+    chosen = compress_model(Counting(seeded(mlp())), prune=relaxed.prune)
+    assert relaxed.compressed_size == compressed_size(chosen)
