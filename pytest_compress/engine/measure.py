@@ -19,7 +19,7 @@ from .batches import call_model, describe_inputs, model_device, split_batch, to_
 from .layers import compressible_layers
 from .lazy import move_clone, shallow_clone
 from .metrics import BuiltinMetric, builtin_metric, call_inputs, split_for
-from .record import remembered_nonzero
+from .record import remember_nonzero, remembered_nonzero
 from .state import eval_mode
 
 BatchMetric = Callable[[Any, Any], tuple[Any, Any]]
@@ -355,7 +355,8 @@ def count_nonzero(tensor: torch.Tensor) -> int:
     ten times a dense one, while numpy's vectorized count reads the same memory for both
     (no copy: a view of a plain contiguous CPU tensor). A tensor subclass (the low-memory
     mode's compressed weights) or another device or dtype goes to torch. Inside
-    ``grid_memo``, a count the file size took of the same tensor is read back."""
+    ``grid_memo``, a count taken of the same tensor (here or by the file size) is read
+    back."""
     counted = remembered_nonzero(tensor)
     if counted is not None:
         return counted
@@ -365,8 +366,11 @@ def count_nonzero(tensor: torch.Tensor) -> int:
         and tensor.dtype in _NUMPY_COUNTED
         and tensor.is_contiguous()
     ):
-        return int(np.count_nonzero(tensor.detach().numpy()))
-    return int(torch.count_nonzero(tensor))
+        counted = int(np.count_nonzero(tensor.detach().numpy()))
+    else:
+        counted = int(torch.count_nonzero(tensor))
+    remember_nonzero(tensor, counted)
+    return counted
 
 
 def sparsity(model: nn.Module) -> SparsityReport:
