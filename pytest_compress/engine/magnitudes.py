@@ -51,12 +51,26 @@ def flat(weight: torch.Tensor) -> torch.Tensor:
 
 
 def magnitude_blocks(
-    weight: torch.Tensor, dtype: torch.dtype
+    weight: torch.Tensor, dtype: torch.dtype, buffer: torch.Tensor | None = None
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(start, |block| in ``dtype``) over ``weight``'s flat elements."""
+    """(start, |block| in ``dtype``) over ``weight``'s flat elements, each block written
+    into one buffer (``buffer``, of ``dtype`` on the weight's device and at least a block
+    long, or a new one): valid until the next is yielded. A new tensor per block would
+    leave holes the allocator cannot return: small arrays kept meanwhile (the elements
+    inside a cut's bracket) land in them, and a global cut of 50 M weights grew by 0.9x
+    their bytes; a pass over many tensors that keeps such arrays passes one ``buffer``."""
     values = flat(weight)
-    for start in range(0, values.numel(), BLOCK_ELEMENTS):
-        yield start, values[start : start + BLOCK_ELEMENTS].abs().to(dtype)
+    count = values.numel()
+    if buffer is None:
+        buffer = torch.empty(min(BLOCK_ELEMENTS, count), dtype=dtype, device=weight.device)
+    for start in range(0, count, BLOCK_ELEMENTS):
+        piece = values[start : start + BLOCK_ELEMENTS]
+        block = buffer[: piece.numel()]
+        if piece.dtype == dtype:
+            torch.abs(piece, out=block)
+        else:  # widened exactly, then made positive in place
+            block.copy_(piece).abs_()
+        yield start, block
 
 
 def cuts(weights: Sequence[torch.Tensor], k: int) -> list[Cut]:
@@ -212,28 +226,24 @@ def _inside_bracket(
     below_high = 0
     inside: list[list[torch.Tensor]] = []
     kept = 0
+    # the magnitudes and flags of a block, in buffers reused block after block and tensor
+    # after tensor: the elements kept meanwhile then never settle in the holes fresh ones
+    # would leave (see magnitude_blocks)
+    longest = min(BLOCK_ELEMENTS, max(w.numel() for w in weights))
+    flags = np.empty((3, longest), dtype=bool)
+    buffers: dict[torch.device, torch.Tensor] = {}
     for weight in weights:
         n_at_most_low, mine = 0, []
-        for _, block in magnitude_blocks(weight, dtype):
-            if block.device.type == "cpu":
-                # numpy compares, counts and selects a CPU block several times faster than
-                # torch's one-thread kernels; the results are the same, exactly
-                values = block.numpy()
-                above_low, under_high = values > low, values < high
-                n_at_most_low += values.size - int(np.count_nonzero(above_low))
-                below_high += int(np.count_nonzero(under_high))
-                if kept <= limit:  # a misleading sample: stop collecting, fall back
-                    chosen = torch.from_numpy(values[above_low & under_high])
-                    kept += chosen.numel()
-                    mine.append(chosen)
-                continue
-            above, under = block > low, block < high
-            n_at_most_low += block.numel() - int(torch.count_nonzero(above))
-            below_high += int(torch.count_nonzero(under))
-            if kept <= limit:
-                chosen = block[above & under]
+        if weight.device not in buffers:
+            buffers[weight.device] = torch.empty(longest, dtype=dtype, device=weight.device)
+        for _, block in magnitude_blocks(weight, dtype, buffers[weight.device]):
+            # past the limit the sample misled: stop collecting, fall back
+            low_count, high_count, chosen = _split(block, low, high, flags, kept <= limit)
+            n_at_most_low += low_count
+            below_high += high_count
+            if chosen is not None:
                 kept += chosen.numel()
-                mine.append(chosen.cpu())
+                mine.append(chosen)
         at_most_low.append(n_at_most_low)
         inside.append(mine)
     n_low = sum(at_most_low)
@@ -251,6 +261,30 @@ def _inside_bracket(
         equal = sum(int(torch.count_nonzero(p == value)) for p in parts)
         counts.append((below, equal))
     return value, counts
+
+
+def _split(
+    block: torch.Tensor, low: float, high: float, flags: np.ndarray, collect: bool
+) -> tuple[int, int, torch.Tensor | None]:
+    """(how many are <= low, how many < high, those strictly between when ``collect``) of
+    one block of magnitudes; ``flags``: three bool rows at least a block long, reused."""
+    if block.device.type == "cpu":
+        # numpy compares, counts and selects a CPU block several times faster than torch's
+        # one-thread kernels; the results are the same, exactly
+        values = block.numpy()
+        above_low, under_high, between = flags[:, : values.size]
+        np.greater(values, low, out=above_low)
+        np.less(values, high, out=under_high)
+        chosen = None
+        if collect:
+            np.logical_and(above_low, under_high, out=between)
+            chosen = torch.from_numpy(values[between])
+        at_most_low = values.size - int(np.count_nonzero(above_low))
+        return at_most_low, int(np.count_nonzero(under_high)), chosen
+    above, under = block > low, block < high
+    chosen = block[above & under].cpu() if collect else None
+    at_most_low = block.numel() - int(torch.count_nonzero(above))
+    return at_most_low, int(torch.count_nonzero(under)), chosen
 
 
 def _count(
