@@ -85,7 +85,7 @@ import struct
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, TypeGuard, cast
 
 import numpy as np
@@ -244,8 +244,8 @@ class _Blob:
     def parts(self) -> Iterator[bytes]:
         yield self.head
         source = self.source()
-        yield from index_parts(source, self.plan.layout)
-        yield from value_parts(source, self.plan.layout)
+        yield from index_parts(source, self.plan.layout, self.plan.gaps)
+        yield from value_parts(source, self.plan.layout, self.plan.gaps)
 
 
 def _planned(
@@ -254,8 +254,15 @@ def _planned(
     shape: tuple[int, ...],
     head: bytes,
     source: Callable[[], Elements],
+    cache: _CodeCache | None = None,
 ) -> tuple[dict, _Blob]:
-    plan = stream_plan(source())
+    """The entry and blob of a tensor, planned: with ``cache`` (a save: the write pass
+    follows) a gaps layout keeps its gaps for it, as far as the budget allows."""
+    plan = stream_plan(source(), cache.left if cache is not None else 0)
+    if plan.gaps is not None:
+        assert cache is not None
+        if not cache.take(sum(part.nbytes for part in plan.gaps)):
+            plan = replace(plan, gaps=None)
     nbytes = len(head) + plan.index_bytes + plan.value_bytes
     return _tensor_entry(key, dtype, shape, plan.layout, plan.stored, nbytes), _Blob(
         head, source, plan
@@ -311,6 +318,7 @@ def _encode_codes(
     dtype: torch.dtype,
     shape: tuple[int, ...],
     codes: Callable[[], torch.Tensor],
+    cache: _CodeCache | None = None,
 ) -> tuple[dict, _Blob]:
     """Scales, packed zero points, index and packed codes; ``codes`` gives the narrow
     codes each time the blob is planned or written."""
@@ -323,7 +331,7 @@ def _encode_codes(
     def source() -> Elements:
         return quantized_elements(codes(), zero_point - params.qmin, params, axis)
 
-    entry, blob = _planned(key, dtype, shape, head, source)
+    entry, blob = _planned(key, dtype, shape, head, source, cache)
     entry["q"] = [
         params.bits,
         axis,
@@ -345,7 +353,7 @@ def _encode_quantized(
     values = values.detach().cpu()
     if isinstance(values, PackedCodes | RoundedValues) and _same_params(values.params, params):
         # the low-memory mode's weight holds (or computes) exactly these codes
-        return _encode_codes(key, params, values.dtype, tuple(values.shape), values.codes)
+        return _encode_codes(key, params, values.dtype, tuple(values.shape), values.codes, cache)
     kept: list[torch.Tensor] = []
     derived = [False]
 
@@ -360,10 +368,12 @@ def _encode_quantized(
         derived[0] = True
         return narrow
 
-    return _encode_codes(key, params, values.dtype, tuple(values.shape), codes)
+    return _encode_codes(key, params, values.dtype, tuple(values.shape), codes, cache)
 
 
-def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[dict, _Blob]:
+def _encode_float(
+    key: str, values: torch.Tensor, params: FloatParams, cache: _CodeCache | None = None
+) -> tuple[dict, _Blob]:
     """Scales (fp8), index and the format's raw bytes of a tensor cast to a float format."""
     if values.dtype not in _DTYPE_NAMES or not values.is_floating_point():
         raise ModelError(f"{key} is cast to {params.format} but has dtype {values.dtype}")
@@ -381,7 +391,7 @@ def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[
         return raw_elements(params.elements(values, key))  # ModelError if off the format
 
     head = b"" if scale is None else _raw_bytes(scale).tobytes()
-    entry, blob = _planned(key, values.dtype, tuple(values.shape), head, source)
+    entry, blob = _planned(key, values.dtype, tuple(values.shape), head, source, cache)
     entry["f"] = [
         params.format,
         params.axis,
@@ -391,7 +401,7 @@ def _encode_float(key: str, values: torch.Tensor, params: FloatParams) -> tuple[
     return entry, blob
 
 
-def _encode_raw(key: str, t: torch.Tensor) -> tuple[dict, _Blob]:
+def _encode_raw(key: str, t: torch.Tensor, cache: _CodeCache | None = None) -> tuple[dict, _Blob]:
     """Index and raw element bytes of a tensor stored as it is."""
     if t.dtype not in _DTYPE_NAMES:
         raise ModelError(
@@ -399,7 +409,7 @@ def _encode_raw(key: str, t: torch.Tensor) -> tuple[dict, _Blob]:
             f"(supported: {', '.join(_DTYPES)})"
         )
     t = t.detach().cpu()
-    return _planned(key, t.dtype, tuple(t.shape), b"", lambda: raw_elements(t))
+    return _planned(key, t.dtype, tuple(t.shape), b"", lambda: raw_elements(t), cache)
 
 
 def _same_params(a: QuantParams | FloatParams, b: QuantParams | FloatParams) -> bool:
@@ -463,11 +473,11 @@ def _encode_tensors(
             first_key[storage] = key
         mapping = quantized.get(key)
         if isinstance(mapping, FloatParams):
-            entry, blob = _encode_float(key, t, mapping)
+            entry, blob = _encode_float(key, t, mapping, cache)
         elif mapping is not None:
             entry, blob = _encode_quantized(key, t, mapping, cache)
         else:
-            entry, blob = _encode_raw(key, t)
+            entry, blob = _encode_raw(key, t, cache)
         remember_nonzero(t, blob.plan.nonzero)  # what a sparsity count reads next
         entries.append(entry)
         blobs.append(blob)

@@ -16,7 +16,7 @@ A dense tensor needs no positions at all; the others need them only for a chunk.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -66,6 +66,9 @@ class Plan:
     index_bytes: int
     value_bytes: int
     nonzero: int = -1
+    # a gaps layout's gaps per chunk, kept from planning for the write pass (``plan``'s
+    # ``budget``), which otherwise finds them twice more (index, then elements)
+    gaps: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
 
 
 class _BitWriter:
@@ -90,9 +93,10 @@ class _BitWriter:
         return pack_trusted(self.pending, self.bits) if self.pending.size else b""
 
 
-def plan(source: Elements) -> Plan:
+def plan(source: Elements, budget: int = 0) -> Plan:
     """The smallest layout (dense, then mask, then the narrowest gaps win ties), as
-    ``encoding.layout_sizes`` and ``choose_layout`` pick it, and its sizes."""
+    ``encoding.layout_sizes`` and ``choose_layout`` pick it, and its sizes; a gaps
+    layout's gaps go with it when they fit in ``budget`` bytes."""
     total, bits = source.numel, source.bits
     kept = sum(source.count(a, b) for a, b in source.chunks())
     value_size = packed_size(total, bits)
@@ -112,17 +116,27 @@ def plan(source: Elements) -> Plan:
             if packed_size(kept, gap_bits) + packed_size(kept, bits) >= best:
                 break
             widths.append(gap_bits)
+    held: list[np.ndarray] | None = [] if budget > 0 else None
     if widths:
         fillers = dict.fromkeys(widths, 0)
+        narrow = np.int32 if total < 2**31 else np.int64  # a gap is below the element count
         for gaps in _gaps(source):
+            # gaps >> (w + 1) is (gaps >> w) >> 1: one array shifted in place, width by width
+            shifted = gaps >> widths[0]
             for gap_bits in widths:
-                fillers[gap_bits] += int((gaps >> gap_bits).sum())
+                fillers[gap_bits] += int(shifted.sum())
+                shifted >>= 1
+            if held is not None:
+                held.append(gaps.astype(narrow))
+                if sum(part.nbytes for part in held) > budget:
+                    held = None  # over the budget: the write pass finds them again
         for gap_bits in widths:
             entries = kept + fillers[gap_bits]
             index, values = packed_size(entries, gap_bits), packed_size(entries, bits)
             sizes.append((index + values, Plan(Layout("gaps", gap_bits), entries, index, values)))
     chosen = min(sizes, key=lambda size_plan: size_plan[0])[1]
-    return replace(chosen, nonzero=kept)
+    kept_gaps = tuple(held) if held and chosen.layout.name == "gaps" else None
+    return replace(chosen, nonzero=kept, gaps=kept_gaps)
 
 
 def _gaps(source: Elements) -> Iterator[np.ndarray]:
@@ -135,21 +149,39 @@ def _gaps(source: Elements) -> Iterator[np.ndarray]:
             previous = int(positions[-1])
 
 
-def _entries(source: Elements, gap_bits: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Per chunk, the gaps layout's entries (gap, position): fillers included."""
+def _entries(
+    source: Elements,
+    gap_bits: int,
+    known: tuple[np.ndarray, ...] | None = None,
+    *,
+    positions: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Per chunk, the gaps layout's entries (gap, and with ``positions`` its position):
+    fillers included; from the ``known`` gaps when the plan kept them."""
     step = 1 << gap_bits
     previous = -1
-    for gaps in _gaps(source):
+    for gaps in _gaps(source) if known is None else known:
         fillers = gaps >> gap_bits
-        entry_gaps = np.full(gaps.size + int(fillers.sum()), step - 1, dtype=np.int64)
-        entry_gaps[np.cumsum(fillers + 1) - 1] = gaps - fillers * step
-        positions = np.cumsum(entry_gaps + 1) + previous
-        previous = int(positions[-1])
-        yield entry_gaps, positions
+        extra = int(fillers.sum())
+        if extra == 0:  # every gap fits its width: the entries are the gaps themselves
+            entry_gaps = gaps
+        else:
+            entry_gaps = np.full(gaps.size + extra, step - 1, dtype=np.int64)
+            entry_gaps[np.cumsum(fillers + 1) - 1] = gaps - fillers * step
+        at = None
+        if positions:
+            at = np.cumsum(entry_gaps + 1, dtype=np.int64) + previous
+            previous = int(at[-1])
+        else:
+            previous += int(entry_gaps.sum(dtype=np.int64)) + entry_gaps.size
+        yield entry_gaps, at
 
 
-def index_parts(source: Elements, layout: Layout) -> Iterator[bytes]:
-    """The index blob of ``layout``, in pieces (as ``encoding.encode_index`` builds it)."""
+def index_parts(
+    source: Elements, layout: Layout, known: tuple[np.ndarray, ...] | None = None
+) -> Iterator[bytes]:
+    """The index blob of ``layout``, in pieces (as ``encoding.encode_index`` builds it);
+    ``known``: the gaps the plan kept."""
     if layout.name == "dense":
         return
     writer = _BitWriter(1 if layout.name == "mask" else layout.gap_bits)
@@ -157,13 +189,16 @@ def index_parts(source: Elements, layout: Layout) -> Iterator[bytes]:
         for start, stop in source.chunks():
             yield writer.feed(source.nonzero(start, stop).astype(np.uint8))
     else:
-        for entry_gaps, _ in _entries(source, layout.gap_bits):
+        for entry_gaps, _ in _entries(source, layout.gap_bits, known, positions=False):
             yield writer.feed(entry_gaps)
     yield writer.close()
 
 
-def value_parts(source: Elements, layout: Layout) -> Iterator[bytes]:
-    """The stored elements in flat order, in pieces: packed codes or raw bytes."""
+def value_parts(
+    source: Elements, layout: Layout, known: tuple[np.ndarray, ...] | None = None
+) -> Iterator[bytes]:
+    """The stored elements in flat order, in pieces: packed codes or raw bytes; ``known``:
+    the gaps the plan kept."""
     writer = _BitWriter(source.bits) if source.packed else None
 
     def out(values: np.ndarray) -> bytes:
@@ -176,7 +211,8 @@ def value_parts(source: Elements, layout: Layout) -> Iterator[bytes]:
         for start, stop in source.chunks():
             yield out(source.values(np.flatnonzero(source.nonzero(start, stop)) + start))
     else:
-        for _, positions in _entries(source, layout.gap_bits):
+        for _, positions in _entries(source, layout.gap_bits, known):
+            assert positions is not None
             yield out(source.values(positions))
     if writer is not None:
         yield writer.close()
