@@ -340,3 +340,31 @@ def test_a_flipped_byte_in_a_blob_checksummed_on_the_worker_fails_the_load(
     path.write_bytes(bytes(data))
     with pytest.raises(FileFormatError, match="checksum mismatch"):
         load_compressed(path, model)
+
+
+@pytest.mark.parametrize("recipe", [{"prune": 0.9}, {"prune": 0.8, "quantize": "int4"}])
+def test_gaps_kept_from_the_plan_write_the_same_file(tmp_path: Path, monkeypatch, recipe) -> None:
+    """A save keeps a gaps layout's gaps from planning for writing (within the code
+    cache's budget); the file is byte for byte the one written without them."""
+    from pytest_compress.fileformat import stream
+
+    torch.manual_seed(9)
+    model = compress_model(nn.Sequential(nn.Linear(300, 200), nn.Linear(200, 50)), **recipe)
+    monkeypatch.setattr(stream, "CHUNK", 997)  # many chunks, gaps across their edges
+    planned = []
+    real = stream.plan
+
+    def recording(source, budget=0):
+        planned.append(real(source, budget))
+        return planned[-1]
+
+    monkeypatch.setattr(container, "stream_plan", recording)
+    save_compressed(model, tmp_path / "kept.ptcz")
+    assert any(plan.gaps is not None for plan in planned)
+    monkeypatch.setattr(container, "CODE_CACHE_BYTES", 0)
+    planned.clear()
+    save_compressed(model, tmp_path / "found.ptcz")
+    assert all(plan.gaps is None for plan in planned)
+    assert (tmp_path / "kept.ptcz").read_bytes() == (tmp_path / "found.ptcz").read_bytes()
+    loaded = load_compressed(tmp_path / "kept.ptcz", model).state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in model.state_dict().items())
