@@ -177,6 +177,30 @@ def test_pytest_help_loads_the_plugin_without_importing_torch(tmp_path):
     assert output.strip() == "0 True []"
 
 
+@pytest.mark.parametrize("uses_compress", [False, True])
+def test_the_check_runner_loads_before_the_tests_only_when_one_runs_a_check(
+    tmp_path, uses_compress
+):
+    # loaded up front (not inside the first check's timings), and never for a suite with
+    # no check: a plain test run stays as light as it was
+    body = "def test_checks(compress):\n" if uses_compress else "def test_plain():\n"
+    (tmp_path / "test_it.py").write_text(
+        "import sys\n\n\n"
+        + body
+        + "    print('loaded', 'pytest_compress.checks.runner' in sys.modules)\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:randomly", "test_it.py"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"loaded {uses_compress}" in done.stdout
+
+
 def test_a_hint_is_offered_only_for_a_close_misspelling():
     with pytest.raises(MarkerError, match=r"did you mean max_accuracy_drop\?") as close:
         parse_marker((), {"quantize": "int8", "max_acc_drop": 0.1})
