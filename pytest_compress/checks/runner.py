@@ -591,6 +591,7 @@ class _CheckRun:
             served = self.verdict(check, stored, timings, cached=True)
             if stored.sized or (lazy_size and not served.passed):
                 return served
+            return self.sized(check, served)  # stored by a failed search trial: count it
         reference, remembered = self.reference(store)
 
         def passes(metric: float, zeros: float, broken: tuple[str, ...]) -> bool:

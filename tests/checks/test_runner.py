@@ -134,7 +134,8 @@ def test_each_copy_after_the_first_is_made_in_the_memory_of_the_last_measured(
 
 def search_run(budgets: Budgets, session: CheckRunner | None = None, model=None):
     model = model if model is not None else Counting(seeded(mlp()))
-    data = classification_batches(model, torch.randn(256, 16, generator=GENERATOR))
+    inputs = torch.randn(256, 16, generator=torch.Generator().manual_seed(5))
+    data = classification_batches(model, inputs)  # the same in every call: cached alike
     model.calls = 0
     check = Check(Recipe(), budgets, Adjustments(search="sparsity"))
     session = session if session is not None else runner()
@@ -221,5 +222,10 @@ def test_a_stored_unsized_trial_that_passes_now_is_measured_again_with_its_size(
     relaxed, model = search_run(Budgets(max_accuracy_drop=0.99), session())
     assert relaxed.search is not None and relaxed.search.passed
     assert all(step.size is not None for step in relaxed.search.trail if step.passed)
+    # the first setting is both runs' (bisection starts mid-grid): stored unsized by the
+    # strict run, it passes now and is counted from the cache, not evaluated again
+    first = relaxed.search.trail[0]
+    assert first.setting == strict.search.trail[0].setting and strict.search.trail[0].size is None
+    assert first.result.cached and first.size is not None
     chosen = compress_model(Counting(seeded(mlp())), prune=relaxed.prune)
     assert relaxed.compressed_size == compressed_size(chosen)
