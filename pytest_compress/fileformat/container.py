@@ -244,8 +244,8 @@ class _Blob:
     def parts(self) -> Iterator[bytes]:
         yield self.head
         source = self.source()
-        yield from index_parts(source, self.plan.layout, self.plan.gaps)
-        yield from value_parts(source, self.plan.layout, self.plan.gaps)
+        yield from index_parts(source, self.plan.layout, self.plan.entries)
+        yield from value_parts(source, self.plan.layout, self.plan.entries)
 
 
 def _planned(
@@ -257,12 +257,12 @@ def _planned(
     cache: _CodeCache | None = None,
 ) -> tuple[dict, _Blob]:
     """The entry and blob of a tensor, planned: with ``cache`` (a save: the write pass
-    follows) a gaps layout keeps its gaps for it, as far as the budget allows."""
+    follows) a gaps layout keeps its entries for it, as far as the budget allows."""
     plan = stream_plan(source(), cache.left if cache is not None else 0)
-    if plan.gaps is not None:
+    if plan.entries is not None:
         assert cache is not None
-        if not cache.take(sum(part.nbytes for part in plan.gaps)):
-            plan = replace(plan, gaps=None)
+        if not cache.take(sum(part.nbytes for part in plan.entries)):
+            plan = replace(plan, entries=None)
     nbytes = len(head) + plan.index_bytes + plan.value_bytes
     return _tensor_entry(key, dtype, shape, plan.layout, plan.stored, nbytes), _Blob(
         head, source, plan

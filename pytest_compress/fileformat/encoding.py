@@ -22,6 +22,26 @@ LAYOUTS = ("dense", "mask", "gaps")
 # --- bit packing ---------------------------------------------------------------------------
 
 
+def _pack_by_words(v: np.ndarray, bits: int) -> bytes:
+    """``bits`` < 8 not dividing 8 (3, 5, 6, 7): every 8 codes are ``bits`` whole bytes.
+    Each group is shifted together into one little-endian 64-bit word, whose first
+    ``bits`` bytes are the group's bytes in the bit stream (least significant bit first),
+    a chunk of groups at a time: several times faster than a bit matrix."""
+    parts = []
+    for start in range(0, v.size, _CHUNK_CODES):
+        chunk = v[start : start + _CHUNK_CODES]
+        groups = -(-chunk.size // 8)
+        padded = np.zeros(groups * 8, dtype=np.uint64)
+        padded[: chunk.size] = chunk
+        slots = padded.reshape(groups, 8)
+        words = slots[:, 0].copy()
+        for slot in range(1, 8):
+            words |= slots[:, slot] << np.uint64(slot * bits)
+        stream = words.astype("<u8").view(np.uint8).reshape(groups, 8)[:, :bits]
+        parts.append(stream.tobytes()[: packed_size(chunk.size, bits)])
+    return b"".join(parts)
+
+
 def packed_size(count: int, bits: int) -> int:
     """Bytes that ``count`` values take at ``bits`` bits each: ``ceil(count * bits / 8)``."""
     return (count * bits + 7) // 8
@@ -54,6 +74,8 @@ def _pack(v: np.ndarray, bits: int) -> bytes:
         for slot in range(1, per_byte):
             out |= slots[:, slot] << (slot * bits)
         return out.tobytes()
+    if bits < 8:
+        return _pack_by_words(v, bits)
     # Any other width: spread each code into its bits, then pack 8 bits a byte. Chunks of a
     # multiple of 8 codes end on a byte boundary, and keep the bit matrix small.
     shifts = np.arange(bits, dtype=np.uint16)

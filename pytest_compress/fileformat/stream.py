@@ -66,9 +66,9 @@ class Plan:
     index_bytes: int
     value_bytes: int
     nonzero: int = -1
-    # a gaps layout's gaps per chunk, kept from planning for the write pass (``plan``'s
-    # ``budget``), which otherwise finds them twice more (index, then elements)
-    gaps: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
+    # a gaps layout's entries per chunk (uint16: below 2**gap_bits), kept from planning for
+    # the write pass (``plan``'s ``budget``), which otherwise finds them twice more
+    entries: tuple[np.ndarray, ...] | None = field(default=None, compare=False, repr=False)
 
 
 class _BitWriter:
@@ -96,7 +96,7 @@ class _BitWriter:
 def plan(source: Elements, budget: int = 0) -> Plan:
     """The smallest layout (dense, then mask, then the narrowest gaps win ties), as
     ``encoding.layout_sizes`` and ``choose_layout`` pick it, and its sizes; a gaps
-    layout's gaps go with it when they fit in ``budget`` bytes."""
+    layout's entries go with it when its gaps fit in ``budget`` bytes."""
     total, bits = source.numel, source.bits
     kept = sum(source.count(a, b) for a, b in source.chunks())
     value_size = packed_size(total, bits)
@@ -135,8 +135,11 @@ def plan(source: Elements, budget: int = 0) -> Plan:
             index, values = packed_size(entries, gap_bits), packed_size(entries, bits)
             sizes.append((index + values, Plan(Layout("gaps", gap_bits), entries, index, values)))
     chosen = min(sizes, key=lambda size_plan: size_plan[0])[1]
-    kept_gaps = tuple(held) if held and chosen.layout.name == "gaps" else None
-    return replace(chosen, nonzero=kept, gaps=kept_gaps)
+    written = None
+    if held and chosen.layout.name == "gaps":
+        gap_bits = chosen.layout.gap_bits
+        written = tuple(_with_fillers(gaps, gap_bits).astype(np.uint16) for gaps in held)
+    return replace(chosen, nonzero=kept, entries=written)
 
 
 def _gaps(source: Elements) -> Iterator[np.ndarray]:
@@ -149,6 +152,19 @@ def _gaps(source: Elements) -> Iterator[np.ndarray]:
             previous = int(positions[-1])
 
 
+def _with_fillers(gaps: np.ndarray, gap_bits: int) -> np.ndarray:
+    """A chunk's gaps as the layout's entries: a gap too wide for ``gap_bits`` is preceded
+    by fillers (``2**gap_bits - 1``: that many skipped, no element stored)."""
+    fillers = gaps >> gap_bits
+    extra = int(fillers.sum())
+    if extra == 0:  # every gap fits its width: the entries are the gaps themselves
+        return gaps
+    step = 1 << gap_bits
+    entry_gaps = np.full(gaps.size + extra, step - 1, dtype=np.int64)
+    entry_gaps[np.cumsum(fillers + 1) - 1] = gaps - fillers * step
+    return entry_gaps
+
+
 def _entries(
     source: Elements,
     gap_bits: int,
@@ -157,20 +173,15 @@ def _entries(
     positions: bool = True,
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Per chunk, the gaps layout's entries (gap, and with ``positions`` its position):
-    fillers included; from the ``known`` gaps when the plan kept them."""
-    step = 1 << gap_bits
+    fillers included; the ``known`` ones when the plan kept them."""
     previous = -1
-    for gaps in _gaps(source) if known is None else known:
-        fillers = gaps >> gap_bits
-        extra = int(fillers.sum())
-        if extra == 0:  # every gap fits its width: the entries are the gaps themselves
-            entry_gaps = gaps
-        else:
-            entry_gaps = np.full(gaps.size + extra, step - 1, dtype=np.int64)
-            entry_gaps[np.cumsum(fillers + 1) - 1] = gaps - fillers * step
+    chunks = known if known is not None else (_with_fillers(g, gap_bits) for g in _gaps(source))
+    for entry_gaps in chunks:
         at = None
         if positions:
-            at = np.cumsum(entry_gaps + 1, dtype=np.int64) + previous
+            at = (
+                np.cumsum(entry_gaps, dtype=np.int64) + np.arange(1, entry_gaps.size + 1) + previous
+            )
             previous = int(at[-1])
         else:
             previous += int(entry_gaps.sum(dtype=np.int64)) + entry_gaps.size
@@ -181,7 +192,7 @@ def index_parts(
     source: Elements, layout: Layout, known: tuple[np.ndarray, ...] | None = None
 ) -> Iterator[bytes]:
     """The index blob of ``layout``, in pieces (as ``encoding.encode_index`` builds it);
-    ``known``: the gaps the plan kept."""
+    ``known``: the entries the plan kept."""
     if layout.name == "dense":
         return
     writer = _BitWriter(1 if layout.name == "mask" else layout.gap_bits)
@@ -198,7 +209,7 @@ def value_parts(
     source: Elements, layout: Layout, known: tuple[np.ndarray, ...] | None = None
 ) -> Iterator[bytes]:
     """The stored elements in flat order, in pieces: packed codes or raw bytes; ``known``:
-    the gaps the plan kept."""
+    the entries the plan kept."""
     writer = _BitWriter(source.bits) if source.packed else None
 
     def out(values: np.ndarray) -> bytes:

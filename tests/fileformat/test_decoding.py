@@ -360,11 +360,11 @@ def test_gaps_kept_from_the_plan_write_the_same_file(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(container, "stream_plan", recording)
     save_compressed(model, tmp_path / "kept.ptcz")
-    assert any(plan.gaps is not None for plan in planned)
+    assert any(plan.entries is not None for plan in planned)
     monkeypatch.setattr(container, "CODE_CACHE_BYTES", 0)
     planned.clear()
     save_compressed(model, tmp_path / "found.ptcz")
-    assert all(plan.gaps is None for plan in planned)
+    assert all(plan.entries is None for plan in planned)
     assert (tmp_path / "kept.ptcz").read_bytes() == (tmp_path / "found.ptcz").read_bytes()
     loaded = load_compressed(tmp_path / "kept.ptcz", model).state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in model.state_dict().items())
