@@ -128,7 +128,8 @@ def plan(source: Elements, budget: int = 0) -> Plan:
                 shifted >>= 1
             if held is not None:
                 held.append(gaps.astype(narrow))
-                if sum(part.nbytes for part in held) > budget:
+                budget -= held[-1].nbytes
+                if budget < 0:
                     held = None  # over the budget: the write pass finds them again
         for gap_bits in widths:
             entries = kept + fillers[gap_bits]
